@@ -129,6 +129,93 @@ def cmd_models_list(args) -> int:
     return 0
 
 
+def _model_path(name_or_path: str) -> str:
+    """A registered model name (pulled on demand) or a local checkpoint folder."""
+    from .models import REGISTRY, pull
+
+    return str(pull(name_or_path)) if name_or_path in REGISTRY else name_or_path
+
+
+def _floats(value: str) -> list[float]:
+    return [float(v) for v in value.split(",") if v.strip()]
+
+
+def _ints(value: str) -> list[int]:
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
+def cmd_extract(args) -> int:
+    import json as _json
+    import time as _time
+
+    from . import prompts
+    from .direction_file import save_direction
+    from .extract import extract_directions, load_hf_model, resolve_system_prompt
+    from .fingerprint import fingerprint_checkpoint
+    from .selection import direction_file_for, plot_selection, select
+
+    model = _model_path(args.model)
+    harmful = prompts.read_prompt_file(args.harmful) if args.harmful else prompts.harmful("extraction")
+    harmless = prompts.read_prompt_file(args.harmless) if args.harmless else prompts.harmless("extraction")
+    harmful, harmless = harmful[: args.n_pairs], harmless[: args.n_pairs]
+    system_prompt = resolve_system_prompt(args.system_prompt)
+    loaded = load_hf_model(model)
+    fingerprint = fingerprint_checkpoint(model)
+    started = _time.perf_counter()
+    extraction = extract_directions(loaded, harmful, harmless, system_prompt=system_prompt,
+                                    batch_size=args.batch_size)
+    extract_seconds = _time.perf_counter() - started
+    print(f"extracted {loaded.num_layers} layer directions from {len(harmful)}+{len(harmless)} prompts "
+          f"in {extract_seconds:.1f} s")
+
+    layer, alpha, report = args.layer, args.alpha, None
+    if layer is None or alpha is None:
+        report = select(
+            loaded, extraction, prompts.harmful("validation")[: args.val_n], prompts.harmless("validation")[: args.val_n],
+            fingerprint=fingerprint, layers=[layer] if layer is not None else args.layers,
+            alphas=[alpha] if alpha is not None else args.alphas, stage1_n=args.stage1_n,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        )
+        layer, alpha = report.best.layer, report.best.alpha
+        print(f"selected layer {layer}, alpha {alpha:g}: {report.best.to_dict()}")
+    direction = direction_file_for(loaded, extraction, layer, alpha, fingerprint)
+    direction.provenance["extract_seconds"] = f"{extract_seconds:.2f}"
+    path = save_direction(args.out, direction)
+    if report is not None:
+        report_dir = Path(args.report_dir or Path(args.out).with_suffix(""))
+        report_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"model": args.model, "direction_file": str(path), "extract_seconds": extract_seconds,
+                   "system_prompt": args.system_prompt, "n_pairs": len(harmful), **report.to_dict()}
+        (report_dir / "selection.json").write_text(_json.dumps(payload, indent=2) + "\n")
+        plot_selection(report, report_dir / "selection.png")
+        print(f"report: {report_dir / 'selection.json'} and selection.png")
+    print(f"wrote {path} (direction {direction.direction_id}, layer {layer}, alpha {alpha:g})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import run_eval, write_report
+
+    if args.direction and args.endpoint:
+        raise RosiError("rosi: --direction applies to a local engine; an endpoint serves what it serves")
+    model = _model_path(args.model) if args.model else None
+    if model is None and not args.endpoint:
+        raise RosiError("rosi: give --model (local engine) or --endpoint")
+    result = run_eval(model=model, direction=args.direction, alpha=args.alpha, endpoint=args.endpoint,
+                      served_model=args.served_model, api_key=args.api_key, split=args.split,
+                      max_tokens=args.max_tokens, jailbreak_goals=args.jailbreak_goals, limit=args.limit,
+                      tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
+    label = f"rosi alpha={args.alpha}" if args.direction else "base"
+    write_report(result, args.out, label)
+    for key in ("harmful_refusal", "benign_refusal", "jailbreak_attack_success", "degenerate"):
+        r = result[key]
+        print(f"{key}: {r['rate']:.3f} ({r['k']}/{r['n']}, 95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})")
+    if "benign_kl_nats" in result:
+        print(f"benign_kl_nats: {result['benign_kl_nats']:.4f}")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -178,6 +265,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models_pull)
     p = models.add_parser("list", help="registered models and whether they are pulled")
     p.set_defaults(func=cmd_models_list)
+
+    p = sub.add_parser("extract", help="extract a refusal direction; select layer and alpha on validation prompts")
+    p.add_argument("--model", required=True, help="checkpoint folder or registered model name")
+    p.add_argument("--out", required=True)
+    p.add_argument("--harmful", help="file, one instruction per line (default: packaged extraction split)")
+    p.add_argument("--harmless", help="file, one instruction per line (default: packaged extraction split)")
+    p.add_argument("--n-pairs", type=int, default=50)
+    p.add_argument("--layer", type=int, default=None, help="fix the layer (default: select)")
+    p.add_argument("--alpha", type=float, default=None, help="fix alpha (default: select)")
+    p.add_argument("--layers", type=_ints, default=None, help="candidate layers, comma list")
+    p.add_argument("--alphas", type=_floats, default=None, help="candidate alphas, comma list")
+    p.add_argument("--system-prompt", default="none", help="safety | none | FILE (extraction only)")
+    p.add_argument("--val-n", type=int, default=60, help="validation prompts per set (stage 2)")
+    p.add_argument("--stage1-n", type=int, default=24, help="validation prompts per set (stage 1 grid)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--report-dir", default=None)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("eval", help="refusal / over-refusal / jailbreak / KL of a model, base or rosi")
+    p.add_argument("--model", help="checkpoint folder or registered model name")
+    p.add_argument("--direction", help="serve with --load-format rosi and this direction")
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL instead of a local engine")
+    p.add_argument("--served-model", help="model name at the endpoint")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--split", default="test", choices=["extraction", "validation", "test"])
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--jailbreak-goals", type=int, default=20, help="harmful goals wrapped in each template")
+    p.add_argument("--limit", type=int, default=None, help="at most this many prompts per set")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--max-model-len", type=int, default=None, help="vLLM context length (default: the model's)")
+    p.add_argument("--out", required=True, help="JSON path; the PNG is written beside it")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("tiny-model", help="build a tiny random checkpoint (tests, demos)")
     p.add_argument("--family", default="llama")
