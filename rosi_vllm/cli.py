@@ -170,11 +170,16 @@ def cmd_extract(args) -> int:
 
     layer, alpha, report = args.layer, args.alpha, None
     if layer is None or alpha is None:
+        generator = None
+        if args.backend == "vllm":
+            from .lora_generation import LoraVariantGenerator
+
+            generator = LoraVariantGenerator(model)
         report = select(
             loaded, extraction, prompts.harmful("validation")[: args.val_n], prompts.harmless("validation")[: args.val_n],
-            fingerprint=fingerprint, layers=[layer] if layer is not None else args.layers,
+            fingerprint=fingerprint, generator=generator, layers=[layer] if layer is not None else args.layers,
             alphas=[alpha] if alpha is not None else args.alphas, stage1_n=args.stage1_n,
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, stage1_tokens=args.stage1_tokens, batch_size=args.batch_size,
         )
         layer, alpha = report.best.layer, report.best.alpha
         print(f"selected layer {layer}, alpha {alpha:g}: {report.best.to_dict()}")
@@ -205,7 +210,7 @@ def cmd_eval(args) -> int:
                       served_model=args.served_model, api_key=args.api_key, split=args.split,
                       max_tokens=args.max_tokens, jailbreak_goals=args.jailbreak_goals, limit=args.limit,
                       tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
-    label = f"rosi alpha={args.alpha}" if args.direction else "base"
+    label = f"rosi alpha={result['alpha']:g}" if args.direction else "base"
     write_report(result, args.out, label)
     for key in ("harmful_refusal", "benign_refusal", "jailbreak_attack_success", "degenerate"):
         r = result[key]
@@ -279,9 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system-prompt", default="none", help="safety | none | FILE (extraction only)")
     p.add_argument("--val-n", type=int, default=60, help="validation prompts per set (stage 2)")
     p.add_argument("--stage1-n", type=int, default=24, help="validation prompts per set (stage 1 grid)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="completion length for stage 2")
+    p.add_argument("--stage1-tokens", type=int, default=16, help="completion length for the stage 1 grid")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--report-dir", default=None)
+    p.add_argument("--backend", default="hf", choices=["vllm", "hf"],
+                   help="generation for selection: hf (edit in place; default) or vllm (experimental, not covered by "
+                   "CI: all candidates as LoRA adapters on one engine; on CPU vLLM's LoRA path measured ~60x "
+                   "slower per token than base)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("eval", help="refusal / over-refusal / jailbreak / KL of a model, base or rosi")

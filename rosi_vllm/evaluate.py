@@ -84,6 +84,10 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
              split: str = "test", max_tokens: int = 48, jailbreak_goals: int = 20, limit: int | None = None,
              tensor_parallel_size: int = 1, max_model_len: int | None = None) -> dict:
     judge = SubstringJudge()
+    if direction and alpha is None:
+        from .direction_file import load_direction
+
+        alpha = load_direction(direction).recommended_alpha  # what the loader will use
     harmful = list(prompt_sets.harmful(split))[:limit]
     harmless = list(prompt_sets.harmless(split))[:limit]
     goals = list(prompt_sets.harmful(split))[:jailbreak_goals]

@@ -96,59 +96,85 @@ def direction_file_for(loaded: LoadedModel, extraction: Extraction, layer: int, 
                          shape.num_layers, layer, alpha, fingerprint, extraction.provenance())
 
 
-def score_candidate(loaded, extraction, layer, alpha, harmful, harmless, base_logprobs, *, fingerprint,
-                    max_new_tokens, stage, judge, batch_size) -> CandidateScore:
+class HfVariantGenerator:
+    """Fallback generator: applies each variant in place to the transformers model (slow, always works)."""
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 32):
+        self.loaded, self.batch_size = loaded, batch_size
+
+    def generate(self, jobs, max_new_tokens: int) -> list[list[str]]:
+        outputs = []
+        for plan, instructions in jobs:
+            with injected(self.loaded, plan):
+                outputs.append(generate(self.loaded, instructions, max_new_tokens=max_new_tokens,
+                                        batch_size=self.batch_size))
+        return outputs
+
+
+def _plan(loaded, extraction, layer, alpha, fingerprint):
     direction = direction_file_for(loaded, extraction, layer, alpha, fingerprint)
-    plan = build_plan(direction, model_shape(loaded.path), targets=DEFAULT_TARGETS,
-                      checkpoint_fingerprint=fingerprint)
-    with injected(loaded, plan):
-        harm_out = generate(loaded, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        safe_out = generate(loaded, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        kl = mean_kl(base_logprobs, next_token_logprobs(loaded, harmless, batch_size=batch_size))
-    outs = harm_out + safe_out
-    return CandidateScore(
-        layer=layer, alpha=alpha, stage=stage,
-        harmful_refusal=sum(judge.judge(harm_out)) / len(harm_out),
-        benign_refusal=sum(judge.judge(safe_out)) / len(safe_out),
-        kl=kl, degenerate=sum(map(is_degenerate, outs)) / len(outs),
-        n_harmful=len(harmful), n_harmless=len(harmless),
-    )
+    return build_plan(direction, model_shape(loaded.path), targets=DEFAULT_TARGETS, checkpoint_fingerprint=fingerprint)
+
+
+def _score_stage(loaded, generator, extraction, grid, harmful, harmless, base_logprobs, *, fingerprint,
+                 max_new_tokens, stage, judge, batch_size, progress) -> list[CandidateScore]:
+    from tqdm import tqdm
+
+    plans = [_plan(loaded, extraction, layer, alpha, fingerprint) for layer, alpha in grid]
+    kls = []
+    for plan in tqdm(plans, desc=f"select: stage {stage} KL", disable=not progress):
+        with injected(loaded, plan):
+            kls.append(mean_kl(base_logprobs, next_token_logprobs(loaded, harmless, batch_size=batch_size)))
+    jobs = [(plan, prompts) for plan in plans for prompts in (harmful, harmless)]
+    outputs = generator.generate(jobs, max_new_tokens)
+    scores = []
+    for i, ((layer, alpha), kl) in enumerate(zip(grid, kls)):
+        harm_out, safe_out = outputs[2 * i], outputs[2 * i + 1]
+        outs = harm_out + safe_out
+        scores.append(CandidateScore(
+            layer=layer, alpha=alpha, stage=stage,
+            harmful_refusal=sum(judge.judge(harm_out)) / len(harm_out),
+            benign_refusal=sum(judge.judge(safe_out)) / len(safe_out),
+            kl=kl, degenerate=sum(map(is_degenerate, outs)) / len(outs),
+            n_harmful=len(harmful), n_harmless=len(harmless),
+        ))
+    return scores
 
 
 def select(loaded: LoadedModel, extraction: Extraction, harmful, harmless, *, fingerprint: str,
-           layers: list[int] | None = None, alphas: list[float] | None = None, stage1_n: int = 24,
-           finalists: int = 3, max_new_tokens: int = 32, stage1_tokens: int = 8, batch_size: int = 32, progress: bool = True,
-           judge: SubstringJudge | None = None) -> SelectionReport:
-    from tqdm import tqdm
+           generator=None, layers: list[int] | None = None, alphas: list[float] | None = None,
+           stage1_n: int = 24, finalists: int = 3, max_new_tokens: int = 32, stage1_tokens: int = 16,
+           batch_size: int = 32, progress: bool = True, judge: SubstringJudge | None = None) -> SelectionReport:
+    """Score the (layer × α) grid on a validation subset, then the finalists on all of it.
 
+    `generator` produces completions for (variant, prompts) jobs: a
+    `lora_generation.LoraVariantGenerator` (one vLLM engine, all variants as
+    adapters, fast) or `HfVariantGenerator` (default). KL is always exact, from
+    transformers.
+    """
     judge = judge or SubstringJudge()
+    generator = generator or HfVariantGenerator(loaded, batch_size)
     layers = layers or default_layers(loaded.num_layers)
     alphas = alphas or [8.0, 16.0, 32.0, 64.0, 128.0]
     harmful, harmless = list(harmful), list(harmless)
     report = SelectionReport()
 
     base_full = next_token_logprobs(loaded, harmless, batch_size=batch_size)
-    base_harm = generate(loaded, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    base_safe = generate(loaded, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    base_harm, base_safe = generator.generate([(None, harmful), (None, harmless)], max_new_tokens)
     report.baseline = {
         "harmful_refusal": sum(judge.judge(base_harm)) / len(base_harm),
         "benign_refusal": sum(judge.judge(base_safe)) / len(base_safe),
+        "degenerate": sum(map(is_degenerate, base_harm + base_safe)) / len(base_harm + base_safe),
         "n_harmful": len(harmful), "n_harmless": len(harmless),
     }
-
+    common = dict(fingerprint=fingerprint, judge=judge, batch_size=batch_size, progress=progress)
     grid = [(layer, alpha) for layer in layers for alpha in alphas]
-    sub_h, sub_b = harmful[:stage1_n], harmless[:stage1_n]
-    for layer, alpha in tqdm(grid, desc="select: stage 1 (layer x alpha)", disable=not progress):
-        report.candidates.append(score_candidate(
-            loaded, extraction, layer, alpha, sub_h, sub_b, base_full[:stage1_n], fingerprint=fingerprint,
-            max_new_tokens=stage1_tokens, stage=1, judge=judge, batch_size=batch_size))
-
+    report.candidates.extend(_score_stage(
+        loaded, generator, extraction, grid, harmful[:stage1_n], harmless[:stage1_n], base_full[:stage1_n],
+        max_new_tokens=stage1_tokens, stage=1, **common))
     top = sorted(report.candidates, key=CandidateScore.rank_key, reverse=True)[:finalists]
-    final = []
-    for cand in tqdm(top, desc="select: stage 2 (full validation)", disable=not progress):
-        final.append(score_candidate(
-            loaded, extraction, cand.layer, cand.alpha, harmful, harmless, base_full, fingerprint=fingerprint,
-            max_new_tokens=max_new_tokens, stage=2, judge=judge, batch_size=batch_size))
+    final = _score_stage(loaded, generator, extraction, [(c.layer, c.alpha) for c in top], harmful, harmless,
+                         base_full, max_new_tokens=max_new_tokens, stage=2, **common)
     report.candidates.extend(final)
     report.best = max(final, key=CandidateScore.rank_key)
     return report
