@@ -13,8 +13,8 @@ from rosi_vllm.selection import CandidateScore, SelectionReport, plot_selection,
 from .test_extraction import HARMFUL, HARMLESS
 
 
-def _score(harm, benign, kl, deg=0.0, layer=1, alpha=8.0, stage=1):
-    return CandidateScore(layer, alpha, stage, harm, benign, kl, deg, 10, 10)
+def _score(harm, benign, kl, deg=0.0, layer=1, alpha=8.0, stage=1, base_benign=0.0):
+    return CandidateScore(layer, alpha, stage, harm, benign, kl, deg, 10, 10, base_benign_refusal=base_benign)
 
 
 def test_feasible_beats_infeasible_even_with_less_refusal():
@@ -28,6 +28,13 @@ def test_feasible_beats_infeasible_even_with_less_refusal():
 def test_among_feasible_highest_refusal_then_lowest_kl():
     a, b, c = _score(0.5, 0.0, 0.09), _score(0.6, 0.05, 0.08), _score(0.6, 0.0, 0.02)
     assert max([a, b, c], key=CandidateScore.rank_key) is c
+
+
+def test_budget_is_relative_to_the_base_models_own_over_refusal():
+    # The unedited model already refuses 10% of benign prompts: 12% is within a 5-point budget, 20% is not.
+    assert _score(0.6, 0.12, 0.05, base_benign=0.10).feasible
+    assert not _score(0.6, 0.20, 0.05, base_benign=0.10).feasible
+    assert not _score(0.6, 0.12, 0.05, base_benign=0.0).feasible
 
 
 def test_infeasible_ranked_by_tradeoff():
