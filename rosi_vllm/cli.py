@@ -209,7 +209,8 @@ def cmd_eval(args) -> int:
     result = run_eval(model=model, direction=args.direction, alpha=args.alpha, endpoint=args.endpoint,
                       served_model=args.served_model, api_key=args.api_key, split=args.split,
                       max_tokens=args.max_tokens, jailbreak_goals=args.jailbreak_goals, limit=args.limit,
-                      tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
+                      tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+                      gpu_memory_utilization=args.gpu_memory_utilization)
     label = f"rosi alpha={result['alpha']:g}" if args.direction else "base"
     write_report(result, args.out, label)
     for key in ("harmful_refusal", "benign_refusal", "jailbreak_attack_success", "degenerate"):
@@ -307,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts per set")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM context length (default: the model's)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5,
+                   help="vLLM memory share (on CPU: of the NUMA node's RAM, for weights and KV cache)")
     p.add_argument("--out", required=True, help="JSON path; the PNG is written beside it")
     p.set_defaults(func=cmd_eval)
 

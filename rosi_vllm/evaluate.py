@@ -26,7 +26,8 @@ def _conversations(instructions):
 
 
 def generate_vllm(model: str, instructions, *, direction: str | None, alpha: float | None, max_tokens: int,
-                  tensor_parallel_size: int = 1, max_model_len: int | None = None) -> list[str]:
+                  tensor_parallel_size: int = 1, max_model_len: int | None = None,
+                  gpu_memory_utilization: float = 0.5) -> list[str]:
     from vllm import LLM, SamplingParams
 
     kwargs = {"max_model_len": max_model_len} if max_model_len else {}
@@ -35,7 +36,8 @@ def generate_vllm(model: str, instructions, *, direction: str | None, alpha: flo
         if alpha is not None:
             extra["alpha"] = alpha
         kwargs.update(load_format="rosi", model_loader_extra_config=extra)
-    llm = LLM(model=model, dtype="bfloat16", gpu_memory_utilization=0.2, seed=0,
+    # On CPU vLLM reads gpu_memory_utilization as the share of the NUMA node's RAM for weights + KV cache.
+    llm = LLM(model=model, dtype="bfloat16", gpu_memory_utilization=gpu_memory_utilization, seed=0,
               tensor_parallel_size=tensor_parallel_size, **kwargs)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     outs = llm.chat(_conversations(instructions), params, use_tqdm=True)
@@ -82,7 +84,8 @@ def benign_kl(model: str, direction: str, alpha: float | None, instructions) -> 
 def run_eval(*, model: str | None, direction: str | None = None, alpha: float | None = None,
              endpoint: str | None = None, served_model: str | None = None, api_key: str | None = None,
              split: str = "test", max_tokens: int = 48, jailbreak_goals: int = 20, limit: int | None = None,
-             tensor_parallel_size: int = 1, max_model_len: int | None = None) -> dict:
+             tensor_parallel_size: int = 1, max_model_len: int | None = None,
+             gpu_memory_utilization: float = 0.5) -> dict:
     judge = SubstringJudge()
     if direction and alpha is None:
         from .direction_file import load_direction
@@ -99,7 +102,8 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
         texts = generate_endpoint(endpoint, served_model or model, everything, max_tokens=max_tokens, api_key=api_key)
     else:
         texts = generate_vllm(model, everything, direction=direction, alpha=alpha, max_tokens=max_tokens,
-                              tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
+                              tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                              gpu_memory_utilization=gpu_memory_utilization)
     seconds = time.perf_counter() - started
     harm_out = texts[: len(harmful)]
     safe_out = texts[len(harmful): len(harmful) + len(harmless)]
@@ -142,8 +146,8 @@ def plot_eval(results: list[dict], labels: list[str], path) -> None:
     for i, (res, label) in enumerate(zip(results, labels)):
         xs = [j + i * width for j in range(len(metrics))]
         vals = [res[m]["rate"] for m, _ in metrics]
-        errs = [[v - res[m]["ci95"][0] for (m, _), v in zip(metrics, vals)],
-                [res[m]["ci95"][1] - v for (m, _), v in zip(metrics, vals)]]
+        errs = [[max(0.0, v - res[m]["ci95"][0]) for (m, _), v in zip(metrics, vals)],
+                [max(0.0, res[m]["ci95"][1] - v) for (m, _), v in zip(metrics, vals)]]
         ax.bar(xs, vals, width, yerr=errs, capsize=3, label=label)
     ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(metrics))])
     ax.set_xticklabels([name for _, name in metrics])

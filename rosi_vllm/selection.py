@@ -212,8 +212,9 @@ def plot_selection(report: SelectionReport, path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for alpha in alphas:
         rows = [next(c for c in stage1 if c.layer == layer and c.alpha == alpha) for layer in layers]
-        ax1.plot(layers, [r.harmful_refusal for r in rows], marker="o", label=f"harmful α={alpha:g}")
-        ax1.plot(layers, [r.benign_refusal for r in rows], marker="x", linestyle=":", alpha=0.6)
+        (line,) = ax1.plot(layers, [r.harmful_refusal for r in rows], marker="o", label=f"harmful α={alpha:g}")
+        ax1.plot(layers, [r.benign_refusal for r in rows], marker="x", linestyle=":", alpha=0.6,
+                 color=line.get_color())
     ax1.set_xlabel("extraction layer")
     ax1.set_ylabel("refusal rate (stage 1 subset)")
     ax1.set_title("harmful (solid) and benign (dotted) refusal by layer")
