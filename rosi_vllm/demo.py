@@ -3,8 +3,9 @@
 Builds a tiny random Llama with its tokenizer, wraps a deterministic vector as
 a direction file (as `rosi direction import` would), then serves the same
 unchanged checkpoint twice with vLLM, once with the default loader and once
-with ``--load-format rosi``, and shows that the injected model is measurably
-different while a checkpoint injected offline by `rosi inject` agrees with it.
+with ``--load-format rosi``, and shows how far the injection moved the
+next-token distribution. (That the loader matches an offline reference
+injection exactly is what the engine tests prove.)
 A random model has no notion of safety: this demonstrates the machinery, not
 the hardening (that needs a real model and an extracted direction).
 """
@@ -12,7 +13,6 @@ the hardening (that needs a real model and an extracted direction).
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 

@@ -13,12 +13,14 @@ last prompt token is always at position −1.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import __version__
+from .checkpoint import ModelShape, model_shape
 from .prompts import SAFETY_SYSTEM_PROMPT, sha256_of
 
 
@@ -31,6 +33,11 @@ class LoadedModel:
     @property
     def num_layers(self) -> int:
         return self.model.config.num_hidden_layers
+
+    @functools.cached_property
+    def shape(self) -> ModelShape:
+        """Architecture and sizes from the checkpoint's config, read once."""
+        return model_shape(self.path)
 
 
 def load_hf_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:

@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .architectures import DEFAULT_TARGETS
-from .checkpoint import model_shape
 from .direction_file import DirectionFile
 from .extract import Extraction, LoadedModel
 from .hf_eval import generate, injected, mean_kl, next_token_logprobs
@@ -104,7 +103,7 @@ def default_layers(num_layers: int) -> list[int]:
 
 def direction_file_for(loaded: LoadedModel, extraction: Extraction, layer: int, alpha: float,
                        fingerprint: str) -> DirectionFile:
-    shape = model_shape(loaded.path)
+    shape = loaded.shape
     return DirectionFile(extraction.directions[layer].clone(), shape.architecture, shape.hidden_size,
                          shape.num_layers, layer, alpha, fingerprint, extraction.provenance())
 
@@ -128,7 +127,7 @@ class HfVariantGenerator:
 
 def _plan(loaded, extraction, layer, alpha, fingerprint):
     direction = direction_file_for(loaded, extraction, layer, alpha, fingerprint)
-    return build_plan(direction, model_shape(loaded.path), targets=DEFAULT_TARGETS, checkpoint_fingerprint=fingerprint)
+    return build_plan(direction, loaded.shape, targets=DEFAULT_TARGETS, checkpoint_fingerprint=fingerprint)
 
 
 def _score_stage(loaded, generator, extraction, grid, harmful, harmless, base_logprobs, *, fingerprint,

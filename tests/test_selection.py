@@ -8,7 +8,7 @@ import pytest
 
 from rosi_vllm.extract import extract_directions, load_hf_model
 from rosi_vllm.fingerprint import fingerprint_checkpoint
-from rosi_vllm.selection import CandidateScore, SelectionReport, plot_selection, select
+from rosi_vllm.selection import CandidateScore, plot_selection, select
 
 from .test_extraction import HARMFUL, HARMLESS
 
