@@ -35,8 +35,8 @@ def writer_row_means(plan: InjectionPlan, model_dir: str | Path) -> dict[str, to
     for path in safetensors_files(model_dir):
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
-                hit = plan.match(name)
-                if hit is None or (hit[1] is not None and hit[1] >= plan.num_layers):
+                hit = plan.target(name)
+                if hit is None:
                     continue
                 if hit[0].layout is not Layout.OUT_IN:
                     raise RosiError(f"rosi: LoRA export supports nn.Linear layouts only; {name!r} is {hit[0].layout.value}")
@@ -50,13 +50,10 @@ def lora_tensors(plan: InjectionPlan, row_means: dict[str, torch.Tensor],
     tensors: dict[str, torch.Tensor] = {}
     b = (plan.alpha * plan.unit_dir)[:, None].to(dtype).contiguous()
     for name, w_bar in row_means.items():
-        writer, layer = plan.match(name)
         module = PEFT_PREFIX + name.removesuffix(".weight")
         tensors[f"{module}.lora_A.weight"] = w_bar[None, :].to(dtype).contiguous()
         tensors[f"{module}.lora_B.weight"] = b.clone()  # safetensors refuses shared storage
-        plan.stats.edited[writer.target] += 1
-        if layer is not None:
-            plan.stats.layers.setdefault(writer.target, set()).add(layer)
+        plan.record_edit(*plan.match(name))
     plan.check_complete()
     return tensors
 

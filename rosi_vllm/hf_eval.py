@@ -28,7 +28,7 @@ def injected(loaded: LoadedModel, plan: InjectionPlan | None):
     saved = {}
     with torch.no_grad():
         for name, param in params.items():
-            if plan.match(name) is not None:
+            if plan.target(name) is not None:
                 saved[name] = param.detach().clone()
                 param.copy_(plan.edit(name, saved[name]))
     try:

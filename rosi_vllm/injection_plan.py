@@ -66,22 +66,31 @@ class InjectionPlan:
                 return writer, (int(layer) if layer is not None else None)
         return None
 
-    def edit(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """Return `tensor` edited if `name` is a targeted residual writer, else unchanged."""
+    def target(self, name: str) -> tuple[ResidualWriter, int | None] | None:
+        """The writer `name` is if it is to be edited; None for other tensors and extra layers."""
         hit = self.match(name)
-        if hit is None:
-            return tensor
-        writer, layer = hit
-        if layer is not None and layer >= self.num_layers:
+        if hit is not None and hit[1] is not None and hit[1] >= self.num_layers:
             # e.g. DeepSeek-V3's multi-token-prediction block: not on the served path.
             self.stats.skipped_extra_layers += 1
-            return tensor
-        started = time.perf_counter()
-        edited = inject(tensor, self.unit_dir, self.alpha, writer.layout)
-        self.stats.math_seconds += time.perf_counter() - started
+            return None
+        return hit
+
+    def record_edit(self, writer: ResidualWriter, layer: int | None) -> None:
+        """Count one edited matrix; `check_complete` reads these counts."""
         self.stats.edited[writer.target] += 1
         if layer is not None:
             self.stats.layers.setdefault(writer.target, set()).add(layer)
+
+    def edit(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Return `tensor` edited if `name` is a targeted residual writer, else unchanged."""
+        hit = self.target(name)
+        if hit is None:
+            return tensor
+        writer, layer = hit
+        started = time.perf_counter()
+        edited = inject(tensor, self.unit_dir, self.alpha, writer.layout)
+        self.stats.math_seconds += time.perf_counter() - started
+        self.record_edit(writer, layer)
         return edited
 
     def apply(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:

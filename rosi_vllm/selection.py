@@ -130,9 +130,10 @@ def _plan(loaded, extraction, layer, alpha, fingerprint):
     return build_plan(direction, loaded.shape, targets=DEFAULT_TARGETS, checkpoint_fingerprint=fingerprint)
 
 
-def _score_stage(loaded, generator, extraction, grid, harmful, harmless, base_logprobs, *, fingerprint,
-                 max_new_tokens, stage, judge, batch_size, progress) -> list[CandidateScore]:
-    """Score `grid` on these prompts; the unedited model is generated alongside as the budget's reference."""
+def _score_stage(loaded, generator, extraction, grid, harmful, harmless, base_logprobs, base_safe, *,
+                 fingerprint, max_new_tokens, stage, judge, batch_size, progress) -> list[CandidateScore]:
+    """Score `grid` on these prompts; `base_safe` (the unedited model's completions of `harmless`,
+    same length) is the reference the utility budget is measured from."""
     from tqdm import tqdm
 
     plans = [_plan(loaded, extraction, layer, alpha, fingerprint) for layer, alpha in grid]
@@ -140,8 +141,8 @@ def _score_stage(loaded, generator, extraction, grid, harmful, harmless, base_lo
     for plan in tqdm(plans, desc=f"select: stage {stage} KL", disable=not progress):
         with injected(loaded, plan):
             kls.append(mean_kl(base_logprobs, next_token_logprobs(loaded, harmless, batch_size=batch_size)))
-    jobs = [(None, harmless)] + [(plan, prompts) for plan in plans for prompts in (harmful, harmless)]
-    base_safe, *outputs = generator.generate(jobs, max_new_tokens)
+    outputs = generator.generate([(plan, prompts) for plan in plans for prompts in (harmful, harmless)],
+                                 max_new_tokens)
     base_benign = sum(judge.judge(base_safe)) / len(base_safe)
     base_degenerate = sum(map(is_degenerate, base_safe)) / len(base_safe)
     scores = []
@@ -165,10 +166,11 @@ def select(loaded: LoadedModel, extraction: Extraction, harmful, harmless, *, fi
            batch_size: int = 32, progress: bool = True, judge: SubstringJudge | None = None) -> SelectionReport:
     """Score the (layer × α) grid on a validation subset, then the finalists on all of it.
 
-    `generator` produces completions for (variant, prompts) jobs: a
-    `lora_generation.LoraVariantGenerator` (one vLLM engine, all variants as
-    adapters, fast) or `HfVariantGenerator` (default). KL is always exact, from
-    transformers.
+    `generator` produces completions for (variant, prompts) jobs:
+    `HfVariantGenerator` (default) or a `lora_generation.LoraVariantGenerator`
+    (one vLLM engine, all variants as adapters; experimental, and on CPU vLLM's
+    LoRA path measured ~60x slower per token than the base model). KL is always
+    exact, from transformers.
     """
     judge = judge or SubstringJudge()
     generator = generator or HfVariantGenerator(loaded, batch_size)
@@ -187,12 +189,14 @@ def select(loaded: LoadedModel, extraction: Extraction, harmful, harmless, *, fi
     }
     common = dict(fingerprint=fingerprint, judge=judge, batch_size=batch_size, progress=progress)
     grid = [(layer, alpha) for layer in layers for alpha in alphas]
+    (stage1_base_safe,) = generator.generate([(None, harmless[:stage1_n])], stage1_tokens)
     report.candidates.extend(_score_stage(
         loaded, generator, extraction, grid, harmful[:stage1_n], harmless[:stage1_n], base_full[:stage1_n],
-        max_new_tokens=stage1_tokens, stage=1, **common))
+        stage1_base_safe, max_new_tokens=stage1_tokens, stage=1, **common))
     top = sorted(report.candidates, key=CandidateScore.rank_key, reverse=True)[:finalists]
+    # Stage 2 uses the full split at full length: the baseline above is its reference.
     final = _score_stage(loaded, generator, extraction, [(c.layer, c.alpha) for c in top], harmful, harmless,
-                         base_full, max_new_tokens=max_new_tokens, stage=2, **common)
+                         base_full, base_safe, max_new_tokens=max_new_tokens, stage=2, **common)
     report.candidates.extend(final)
     report.best = max(final, key=CandidateScore.rank_key)
     return report
