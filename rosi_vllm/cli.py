@@ -222,6 +222,54 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_ab_report(args) -> int:
+    from .serving.ab_report import build_report, format_report, read_metrics_text, write_report
+
+    report = build_report(read_metrics_text(args.metrics), args.tenant, args.experiment, args.control)
+    print(format_report(report))
+    if args.out:
+        json_path, png = write_report(report, args.out)
+        print(f"wrote {json_path} and {png}")
+    return 0
+
+
+def cmd_adapters_export(args) -> int:
+    from .loader_config import RosiLoaderConfig
+    from .serving.routing import adapter_name
+    from .serving.variant_adapters import VariantAdapterStore
+
+    loader_config, _ = RosiLoaderConfig.from_extra_config(
+        {"direction": args.direction, "targets": list(args.targets)})
+    store = VariantAdapterStore(_model_path(args.model), loader_config, args.baked_alpha, args.out)
+    for alpha in args.alphas:
+        if alpha < 0 and not args.allow_negative_alpha:
+            raise RosiError(f"rosi: alpha={alpha:g} is negative, which ablates (removes) the safety direction; "
+                            "pass --allow-negative-alpha to do this deliberately")
+        path = store.adapter_for(alpha)
+        print(f"{adapter_name(alpha)}: {path} (delta {alpha - args.baked_alpha:+g} on weights baked at "
+              f"{args.baked_alpha:g})")
+    return 0
+
+
+def cmd_tenants_check(args) -> int:
+    from .serving.tenant_config import load_tenant_config
+
+    config = load_tenant_config(args.config)
+    baked = args.baked_alpha
+    if baked is not None:
+        config.check_baked_alpha(baked)
+    for name, tenant in sorted(config.tenants.items()):
+        variants = ", ".join(f"{v}={'baked' if config.variants[v] == 'baked' else config.variants[v]}"
+                             for v in tenant.allowed_variants)
+        line = f"{name}: default {tenant.default_variant}; may name: {variants}"
+        if tenant.experiment:
+            arms = ", ".join(f"{v} {p:g}%" for v, p in tenant.experiment.arms)
+            line += f"; experiment {tenant.experiment.name}: {arms}"
+        print(line)
+    print(f"ok: {len(config.tenants)} tenants, {len(config.variants)} variants (sha256 {config.source_sha256[:12]})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -312,6 +360,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vLLM memory share (on CPU: of the NUMA node's RAM, for weights and KV cache)")
     p.add_argument("--out", required=True, help="JSON path; the PNG is written beside it")
     p.set_defaults(func=cmd_eval)
+
+    ab = sub.add_parser("ab", help="A/B experiments").add_subparsers(dest="sub", required=True)
+    p = ab.add_parser("report", help="per-arm refusal (95%% CI), difference and significance, latency ratios")
+    p.add_argument("--metrics", required=True, help="the server's /metrics URL, or a saved scrape")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--control", default=None, help="control arm (default: 'base' if present)")
+    p.add_argument("--out", default=None, help="JSON path; the PNG is written beside it")
+    p.set_defaults(func=cmd_ab_report)
+
+    adapters = sub.add_parser("adapters", help="per-tenant alpha as PEFT rank-1 LoRA adapters").add_subparsers(
+        dest="sub", required=True)
+    p = adapters.add_parser("export", help="write PEFT adapters that move weights baked at --baked-alpha to each alpha")
+    p.add_argument("--model", required=True, help="the *unedited* checkpoint (w̄ comes from it)")
+    p.add_argument("--direction", required=True)
+    p.add_argument("--baked-alpha", type=float, required=True, help="alpha the server bakes in (0: unhardened)")
+    p.add_argument("--alphas", type=_floats, required=True, help="comma list of alpha values to export")
+    p.add_argument("--targets", type=_targets, default=DEFAULT_TARGETS)
+    p.add_argument("--allow-negative-alpha", action="store_true")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_adapters_export)
+
+    tenants = sub.add_parser("tenants", help="tenant config tools").add_subparsers(dest="sub", required=True)
+    p = tenants.add_parser("check", help="validate a tenant config as the server would and summarise it")
+    p.add_argument("config")
+    p.add_argument("--baked-alpha", type=float, default=None, help="also check the served alpha against the bounds")
+    p.set_defaults(func=cmd_tenants_check)
 
     p = sub.add_parser("tiny-model", help="build a tiny random checkpoint (tests, demos)")
     p.add_argument("--family", default="llama")

@@ -6,6 +6,18 @@ residual stream at the last prompt token at the *input* of every decoder layer
 (``hidden_states[ℓ]`` in transformers, the "resid_pre" of Arditi et al. 2024).
 The direction for layer ℓ is mean(harmful) − mean(harmless) there.
 
+Two methods (``rosi extract --method``):
+
+* ``mean-diff`` (the paper): mean(harmful) − mean(harmless).
+* ``refusal-contrast``: the model is asked the harmful instructions (under the
+  same extraction-only system prompt), its greedy answers are judged, and the
+  direction is mean(refused) − mean(complied), both *harmful*. Topic ("this is
+  about weapons") cancels, because both groups are harmful; what remains is what
+  the model's own refusals have that its compliances lack. Measured on
+  SmolLM2-135M (benchmarks/results/extraction/README.md), the mean-diff vector
+  mostly encodes "harmful topic" and does not induce refusal at any α, while the
+  refusal-contrast vector does.
+
 Deterministic: float32, eval mode, fixed batch composition, left padding so the
 last prompt token is always at position −1.
 """
@@ -94,17 +106,28 @@ class Extraction:
     harmless_sha256: str
     system_prompt: str | None
     n_pairs: int
+    method: str = "mean-diff"
+    #: refusal-contrast only: how many harmful prompts the model refused / complied with
+    n_refused: int | None = None
+    n_complied: int | None = None
 
     def provenance(self) -> dict[str, str]:
-        return {
+        described = {
+            "mean-diff": "extract: difference of means (harmful - harmless), last prompt token, resid_pre",
+            "refusal-contrast": "extract: refusal contrast (refused - complied harmful), last prompt token, resid_pre",
+        }[self.method]
+        provenance = {
             "tool_version": f"rosi-vllm {__version__}",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "method": "extract: difference of means, last prompt token, resid_pre",
+            "method": described,
             "n_pairs": str(self.n_pairs),
             "harmful_sha256": self.harmful_sha256,
             "harmless_sha256": self.harmless_sha256,
             "system_prompt": self.system_prompt or "",
         }
+        if self.method == "refusal-contrast":
+            provenance.update(n_refused=str(self.n_refused), n_complied=str(self.n_complied))
+        return provenance
 
 
 def extract_directions(loaded: LoadedModel, harmful, harmless, *, system_prompt: str | None = None,
@@ -116,3 +139,40 @@ def extract_directions(loaded: LoadedModel, harmful, harmless, *, system_prompt:
                              "harmless", progress)
     return Extraction(h.mean(dim=1) - b.mean(dim=1), sha256_of(harmful), sha256_of(harmless), system_prompt,
                       min(len(harmful), len(harmless)))
+
+
+def extract_refusal_contrast(loaded: LoadedModel, harmful, *, system_prompt: str | None = None, judge=None,
+                             max_new_tokens: int = 16, min_per_group: int = 8, batch_size: int = 16,
+                             progress: bool = True) -> Extraction:
+    """mean(refused) − mean(complied) over the model's own answers to harmful instructions.
+
+    Needs the model to refuse some and comply with some: an uncensored model
+    usually needs ``system_prompt`` (extraction only) to refuse at all. Fewer
+    than `min_per_group` in either group is an error rather than a noisy vector.
+    """
+    from .errors import RosiError
+    from .hf_eval import generate
+    from .judge import SubstringJudge
+
+    judge = judge or SubstringJudge()
+    harmful = list(harmful)
+    answers = []
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, len(harmful), batch_size), desc="answers", unit="batch", disable=not progress):
+        answers += generate(loaded, harmful[start:start + batch_size], system_prompt=system_prompt,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size)
+    refused_flags = judge.judge(answers)
+    refused = [p for p, r in zip(harmful, refused_flags) if r]
+    complied = [p for p, r in zip(harmful, refused_flags) if not r]
+    if min(len(refused), len(complied)) < min_per_group:
+        raise RosiError(
+            f"rosi: refusal-contrast needs at least {min_per_group} refused and {min_per_group} complied harmful "
+            f"prompts; the model refused {len(refused)} of {len(harmful)}. Use more prompts, or (for a model "
+            "that never refuses) --system-prompt safety")
+    r = last_token_residuals(loaded, chat_texts(loaded.tokenizer, refused, system_prompt), batch_size,
+                             "refused", progress)
+    c = last_token_residuals(loaded, chat_texts(loaded.tokenizer, complied, system_prompt), batch_size,
+                             "complied", progress)
+    return Extraction(r.mean(dim=1) - c.mean(dim=1), sha256_of(harmful), sha256_of([]), system_prompt,
+                      len(harmful), method="refusal-contrast", n_refused=len(refused), n_complied=len(complied))

@@ -14,6 +14,15 @@ def register() -> None:
 
     from .vllm_loader import LOAD_FORMAT, RosiModelLoader
 
-    if _LOAD_FORMAT_TO_MODEL_LOADER.get(LOAD_FORMAT) is RosiModelLoader:
-        return
-    register_model_loader(LOAD_FORMAT)(RosiModelLoader)
+    if _LOAD_FORMAT_TO_MODEL_LOADER.get(LOAD_FORMAT) is not RosiModelLoader:
+        register_model_loader(LOAD_FORMAT)(RosiModelLoader)
+
+    import os
+
+    from .serving.service import CONFIG_ENV
+
+    if os.environ.get(CONFIG_ENV):
+        # Tenant layer on: α variants other than the baked one are adapters resolved by name.
+        from .serving.lora_resolver import register_resolver
+
+        register_resolver()

@@ -1,0 +1,1 @@
+"""Serving layer: tenants and per-tenant α, A/B arms, metrics (see `middleware`)."""

@@ -1,0 +1,287 @@
+"""``vllm serve --middleware rosi_vllm.serving.middleware.RosiTenantMiddleware``: tenants, A/B, metrics.
+
+Lives inside vLLM's own API server (its ``--middleware`` hook), so there is no
+proxy hop. A plain ASGI middleware (not Starlette's BaseHTTPMiddleware) so
+streamed responses pass through event by event.
+
+Per request: authenticate the bearer key → tenant (401 otherwise); route to a
+variant (`routing.route`), rewriting ``model`` to the engine's name for it (the
+served model when the variant is the baked α, else a ``rosi-alpha-*`` rank-1
+adapter); tag the response with ``x-rosi-*`` headers; judge the completed text
+for refusal and record metrics.
+
+Fails closed: if the tenant config is invalid at start-up, or does not fit the
+served model (baked α out of bounds, adapters needed but LoRA off), every
+request, ``/health`` included, is answered 503 with the ``rosi:`` reason, so
+the server never becomes ready. Endpoints are default-deny for tenants: only
+completions, chat completions and the model list are routed; vLLM's runtime
+LoRA load/unload endpoints (switched on for adapter resolution) are refused to
+everyone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from ..errors import RosiError
+from ..judge import SubstringJudge
+from .metrics import default_metrics
+from .response_capture import ResponseCapture
+from .routing import Route, RouteDenied, route
+from .service import ADAPTER_CACHE_ENV, CONFIG_ENV, TenantService
+
+logger = logging.getLogger("vllm.rosi.tenants")
+
+PUBLIC_PATHS = frozenset({"/health", "/ping", "/metrics", "/version"})
+ROUTED_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+TENANT_PASSTHROUGH = frozenset({"/v1/models"})
+#: would let a caller load arbitrary adapters (they exist because resolution needs runtime LoRA updating)
+BLOCKED_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
+
+_SERVICE: TenantService | None = None
+
+
+def current_service() -> TenantService | None:
+    """The process's tenant service (the LoRA resolver asks it which adapters exist)."""
+    return _SERVICE
+
+
+class RosiTenantMiddleware:
+    def __init__(self, app, config_path: str | None = None, metrics=None):
+        global _SERVICE
+        self.app = app
+        self.metrics = metrics or default_metrics()
+        self.judge = SubstringJudge()
+        self.failure: str | None = None
+        self.bound = False
+        self.service: TenantService | None = None
+        path = config_path or os.environ.get(CONFIG_ENV)
+        try:
+            if not path:
+                raise RosiError(f"rosi: the tenant middleware needs {CONFIG_ENV}=path/to/tenants.yaml")
+            self.service = TenantService(path, self.metrics)
+            _SERVICE = self.service
+        except RosiError as exc:
+            self._fail(str(exc))
+
+    def _fail(self, message: str) -> None:
+        self.failure = message
+        logger.error("%s (serving nothing: every request, /health included, answers 503)", message)
+
+    # -- binding ----------------------------------------------------------------------------
+    def _bind(self, scope) -> None:
+        self.bound = True
+        if self.failure is not None:
+            return
+        app = scope.get("app")
+        state = getattr(app, "state", None)
+        try:
+            from .vllm_facts import served_model_facts
+
+            served = served_model_facts(state)
+            cache = os.environ.get(ADAPTER_CACHE_ENV) or os.path.join(
+                os.path.expanduser("~"), ".cache", "rosi-vllm", "adapters")
+
+            def store_factory():
+                from ..loader_config import RosiLoaderConfig
+                from .variant_adapters import VariantAdapterStore
+
+                loader_config, _ = RosiLoaderConfig.from_extra_config(
+                    state.vllm_config.load_config.model_loader_extra_config)
+                return VariantAdapterStore(served.model_dir, loader_config, served.baked_alpha, cache)
+
+            self.service.bind(served, store_factory)
+        except RosiError as exc:
+            self._fail(str(exc))
+
+    # -- ASGI -------------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "lifespan"):
+            return await self.app(scope, receive, send)
+        if not self.bound:
+            self._bind(scope)
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if self.failure is not None:
+            return await _json_response(send, 503, {"error": {"message": self.failure, "type": "rosi_unavailable"}})
+        if path in PUBLIC_PATHS:
+            return await self.app(scope, receive, send)
+        if path in BLOCKED_PATHS:
+            self.metrics.rejected.labels("blocked_endpoint").inc()
+            return await _error(send, 403, "rosi: adapters are managed by the operator's tenant config")
+
+        started = time.perf_counter()
+        service = self.service
+        service.maybe_reload()
+        config = service.config  # one snapshot for the whole request
+        tenant = config.tenant_for_key(_bearer(scope))
+        if tenant is None:
+            self.metrics.rejected.labels("unauthenticated").inc()
+            return await _error(send, 401, "rosi: missing or unknown API key", "authentication_error")
+        if path in TENANT_PASSTHROUGH:
+            return await self.app(scope, receive, send)
+        endpoint = ROUTED_PATHS.get(path)
+        if endpoint is None or scope.get("method") != "POST":
+            self.metrics.rejected.labels("endpoint_not_routed").inc()
+            return await _error(send, 404, f"rosi: {path} is not served through the tenant layer")
+
+        body, more = await _read_body(receive)
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError
+        except ValueError:
+            self.metrics.rejected.labels("bad_json").inc()
+            return await _error(send, 400, "rosi: request body must be a JSON object")
+        user = payload.get("user") if isinstance(payload.get("user"), str) else None
+        user = user or _header(scope, config.user_header)
+        requested = payload.get("model") if isinstance(payload.get("model"), str) else None
+        served = service.served
+        try:
+            decision = route(config, tenant, requested, user, served_model=served.name,
+                             baked_alpha=served.baked_alpha)
+        except RouteDenied:
+            self.metrics.rejected.labels("model_not_allowed").inc()
+            return await _error(send, 404, f"The model `{requested}` does not exist.", "NotFoundError")
+
+        payload["model"] = decision.engine_model
+        streaming = bool(payload.get("stream"))
+        strip_usage = False
+        if streaming:
+            options = payload.get("stream_options") if isinstance(payload.get("stream_options"), dict) else {}
+            if not options.get("include_usage"):
+                payload["stream_options"] = {**options, "include_usage": True}
+                strip_usage = True
+        new_body = json.dumps(payload).encode("utf-8")
+        scope = dict(scope)
+        scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+        scope["headers"].append((b"content-length", str(len(new_body)).encode()))
+        overhead = time.perf_counter() - started
+        recorder = _ResponseRecorder(self, decision, endpoint, streaming, strip_usage, send, started, overhead)
+        await self.app(scope, _replay(new_body, receive, more), recorder.send)
+        recorder.finish_if_incomplete()
+
+
+class _ResponseRecorder:
+    """Wraps ``send``: adds the x-rosi-* headers, captures text, records metrics at the end."""
+
+    def __init__(self, mw: RosiTenantMiddleware, decision: Route, endpoint: str, streaming: bool,
+                 strip_usage: bool, send, started: float, overhead: float):
+        self.mw, self.decision, self.endpoint, self.downstream = mw, decision, endpoint, send
+        self.started, self.overhead = started, overhead
+        self.capture = ResponseCapture(streaming=streaming, strip_usage_event=strip_usage)
+        self.status = 500
+        self.ttft: float | None = None
+        self.done = False
+        self.labels = (decision.tenant, decision.variant, decision.experiment, decision.arm)
+
+    async def send(self, message):
+        tick = time.perf_counter()
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message.get("status", 200)
+            headers = list(message.get("headers", []))
+            d = self.decision
+            headers += [(b"x-rosi-tenant", d.tenant.encode()), (b"x-rosi-variant", d.variant.encode()),
+                        (b"x-rosi-arm", d.arm.encode()), (b"x-rosi-alpha", f"{d.alpha:g}".encode())]
+            if d.experiment:
+                headers.append((b"x-rosi-experiment", d.experiment.encode()))
+            message = {**message, "headers": headers}
+        elif kind == "http.response.body":
+            more = message.get("more_body", False)
+            out = self.capture.feed(message.get("body", b""))
+            if self.ttft is None and self.capture.first_content_seen:
+                self.ttft = tick - self.started
+            if not more:
+                out += self.capture.finish()
+            message = {**message, "body": out}
+            if not more:
+                self.overhead += time.perf_counter() - tick
+                await self.downstream(message)
+                self._record(time.perf_counter())
+                return
+        self.overhead += time.perf_counter() - tick
+        await self.downstream(message)
+
+    def finish_if_incomplete(self) -> None:
+        if not self.done:  # the app ended without a final body (client gone, error)
+            self._record(time.perf_counter())
+
+    def _record(self, ended: float) -> None:
+        if self.done:
+            return
+        self.done = True
+        m, labels = self.mw.metrics, self.labels
+        m.requests.labels(*labels, self.endpoint, str(self.status)).inc()
+        m.e2e.labels(*labels).observe(ended - self.started)
+        m.overhead.observe(self.overhead)
+        if self.status != 200:
+            return
+        if self.ttft is not None:
+            m.ttft.labels(*labels).observe(self.ttft)
+        texts = list(self.capture.texts.values())
+        if texts:
+            m.responses.labels(*labels).inc(len(texts))
+            refused = sum(self.mw.judge.judge(texts))
+            if refused:
+                m.refusals.labels(*labels).inc(refused)
+        if self.capture.completion_tokens:
+            m.generated_tokens.labels(*labels).inc(self.capture.completion_tokens)
+
+
+def _bearer(scope) -> str | None:
+    value = _header(scope, "authorization")
+    if value and value[:7].lower() == "bearer ":
+        return value[7:].strip()
+    return None
+
+
+def _header(scope, name: str) -> str | None:
+    wanted = name.lower().encode("latin-1")
+    for key, value in scope.get("headers", []):
+        if key.lower() == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+async def _read_body(receive) -> tuple[bytes, bool]:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), False
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+def _replay(body: bytes, receive, connected: bool):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if not connected:
+            return {"type": "http.disconnect"}
+        return await receive()  # later reads wait for the client's disconnect, as vLLM expects
+
+    return replay
+
+
+async def _json_response(send, status: int, payload: dict, headers=()) -> None:
+    body = json.dumps(payload).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _error(send, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+    await _json_response(send, status, {"error": {"message": message, "type": kind, "code": status}}, headers)

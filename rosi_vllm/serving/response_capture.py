@@ -1,0 +1,115 @@
+"""Read the generated text and token count out of an OpenAI-style response as it streams by.
+
+Pure bytes-in/bytes-out, no vLLM or ASGI. Two shapes:
+
+* non-streaming: one JSON body (possibly split across chunks), forwarded
+  unchanged and parsed at the end;
+* streaming: server-sent events ``data: {...}\\n\\n`` ending in
+  ``data: [DONE]``. Events are forwarded as soon as they are complete.
+
+For streaming token counts the middleware asks vLLM for a usage event
+(``stream_options.include_usage``); if the client did not ask for it itself,
+that event is removed again here, so the client sees exactly the stream it
+requested. Without a usage event tokens are counted as content events (one per
+token with vLLM's defaults) and `tokens_exact` is False.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ResponseCapture:
+    streaming: bool
+    strip_usage_event: bool = False
+    texts: dict[int, str] = field(default_factory=dict)
+    completion_tokens: int = 0
+    tokens_exact: bool = False
+    first_content_seen: bool = False
+    _buffer: bytes = b""
+    _content_events: int = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Consume a body chunk; return the bytes to forward to the client now."""
+        if not self.streaming:
+            self._buffer += chunk
+            return chunk
+        self._buffer += chunk
+        out = []
+        while True:
+            end = self._buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event, self._buffer = self._buffer[: end + 2], self._buffer[end + 2:]
+            if self._handle_event(event):
+                out.append(event)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """End of body: parse what a non-streaming response held; flush an unterminated event."""
+        if not self.streaming:
+            self._parse_json_body(self._buffer)
+            self._buffer = b""
+            return b""
+        rest, self._buffer = self._buffer, b""
+        if rest.strip() and self._handle_event(rest):
+            return rest
+        if not self.tokens_exact:
+            self.completion_tokens = self._content_events
+        return b""
+
+    def _handle_event(self, event: bytes) -> bool:
+        """Record one SSE event; False if it must not reach the client."""
+        payload = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        if not payload or payload == b"[DONE]":
+            if not self.tokens_exact:
+                self.completion_tokens = self._content_events
+            return True
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return True
+        if not isinstance(data, dict):
+            return True
+        usage = data.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.completion_tokens, self.tokens_exact = usage["completion_tokens"], True
+            if self.strip_usage_event and not data.get("choices"):
+                return False
+        for choice in data.get("choices") or []:
+            piece = _choice_text(choice)
+            if piece:
+                index = choice.get("index", 0)
+                self.texts[index] = self.texts.get(index, "") + piece
+                self.first_content_seen = True
+                self._content_events += 1
+        return True
+
+    def _parse_json_body(self, body: bytes) -> None:
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            return
+        if not isinstance(data, dict):
+            return
+        for choice in data.get("choices") or []:
+            piece = _choice_text(choice)
+            if piece is not None:
+                self.texts[choice.get("index", 0)] = piece
+        usage = data.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.completion_tokens, self.tokens_exact = usage["completion_tokens"], True
+
+
+def _choice_text(choice) -> str | None:
+    if not isinstance(choice, dict):
+        return None
+    if isinstance(choice.get("text"), str):  # completions
+        return choice["text"]
+    for key in ("delta", "message"):  # chat: streaming delta / full message
+        part = choice.get(key)
+        if isinstance(part, dict) and isinstance(part.get("content"), str):
+            return part["content"]
+    return None

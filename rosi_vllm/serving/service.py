@@ -1,0 +1,166 @@
+"""The tenant layer's per-process state: current config, the served model's facts, hot reload.
+
+One `TenantService` per API-server process, shared by the middleware (routes
+requests) and the LoRA resolver (builds adapters only for α values the current
+config serves). No ASGI here and no vLLM imports: `bind` receives plain facts.
+
+Reload contract: the config file is re-checked at most once per
+`reload_interval` seconds, on the request path (a ``stat``). A changed file is
+parsed and validated completely before it replaces the old config in one
+reference swap, so a request sees either the old or the new config, never a
+mix; an invalid file is rejected with one ``rosi:`` log line and the old config
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import RosiError
+from .metrics import RosiMetrics
+from .routing import ADAPTER_PREFIX, adapter_alphas, adapter_name
+from .tenant_config import TenantConfig, load_tenant_config
+
+logger = logging.getLogger("vllm.rosi.tenants")
+
+CONFIG_ENV = "ROSI_TENANT_CONFIG"
+ADAPTER_CACHE_ENV = "ROSI_ADAPTER_CACHE"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the engine serves, read from vLLM's config once it exists."""
+    name: str  # the served model name clients use
+    model_dir: str
+    baked_alpha: float
+    direction_id: str
+    fingerprint: str
+    layer: int
+    lora_enabled: bool  # --enable-lora and runtime LoRA resolution both on
+
+
+class TenantService:
+    def __init__(self, config_path: str | Path, metrics: RosiMetrics, *, reload_interval: float = 1.0,
+                 environ: dict[str, str] | None = None):
+        self.config_path = Path(config_path)
+        self.metrics = metrics
+        self.reload_interval = reload_interval
+        self.environ = environ
+        self.config: TenantConfig = load_tenant_config(self.config_path, environ)
+        self.generation = 1
+        self.served: ServedModel | None = None
+        self.adapter_store = None  # VariantAdapterStore, set by bind when adapters are needed
+        self._seen = self._file_state()
+        self._next_check = time.monotonic() + reload_interval
+        self._reload_lock = threading.Lock()
+        metrics.config_generation.set(self.generation)
+
+    # -- binding to the engine -------------------------------------------------------------
+    def bind(self, served: ServedModel, adapter_store_factory) -> None:
+        """Check the config against the served model; raise `RosiError` if it cannot be served."""
+        self._check_servable(self.config, served)
+        self.served = served
+        self._adapter_store_factory = adapter_store_factory
+        self._ensure_adapter_store(self.config)
+        self.metrics.direction.labels(served.direction_id, f"{served.baked_alpha:g}", served.fingerprint,
+                                      str(served.layer)).set(1)
+        logger.info("rosi: tenant layer serving %s (baked alpha %g) for tenants %s; variants %s",
+                    served.name, served.baked_alpha, sorted(self.config.tenants), self._variant_summary(self.config))
+        self._prebuild_adapters(self.config)
+
+    def _ensure_adapter_store(self, config: TenantConfig) -> None:
+        if self.adapter_store is None and adapter_alphas(config, self.served.baked_alpha):
+            self.adapter_store = self._adapter_store_factory()
+
+    def _check_servable(self, config: TenantConfig, served: ServedModel) -> None:
+        config.check_baked_alpha(served.baked_alpha)
+        needed = adapter_alphas(config, served.baked_alpha)
+        if needed and not served.lora_enabled:
+            raise RosiError(
+                f"rosi: tenant config serves alpha values {sorted(needed)} besides the baked {served.baked_alpha:g}, "
+                "which are rank-1 LoRA adapters: start vllm serve with --enable-lora --max-lora-rank 1 and "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true")
+
+    def _variant_summary(self, config: TenantConfig) -> dict[str, str]:
+        baked = self.served.baked_alpha if self.served else 0.0
+        return {name: f"{config.alpha_of(name, baked):g}" for name in config.variants}
+
+    def _prebuild_adapters(self, config: TenantConfig) -> None:
+        """Build adapters in the background so the first request of a new α does not wait for it."""
+        if self.adapter_store is None or self.served is None:
+            return
+        alphas = sorted(adapter_alphas(config, self.served.baked_alpha))
+
+        def build():
+            for alpha in alphas:
+                try:
+                    self.adapter_store.adapter_for(alpha)
+                except Exception as exc:  # the resolver will raise it again, per request
+                    logger.error("rosi: building the adapter for alpha %g failed: %s", alpha, exc)
+
+        threading.Thread(target=build, name="rosi-adapters", daemon=True).start()
+
+    # -- LoRA resolution -------------------------------------------------------------------
+    def alpha_for_adapter(self, lora_name: str) -> float | None:
+        """α of a ``rosi-alpha-*`` adapter name, only if the current config serves it."""
+        if self.served is None or not lora_name.startswith(ADAPTER_PREFIX):
+            return None
+        for alpha in adapter_alphas(self.config, self.served.baked_alpha):
+            if adapter_name(alpha) == lora_name:
+                return alpha
+        return None
+
+    # -- hot reload ------------------------------------------------------------------------
+    def _file_state(self):
+        try:
+            st = os.stat(self.config_path)
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return None
+
+    def maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.reload_interval
+        state = self._file_state()
+        if state == self._seen:
+            return
+        with self._reload_lock:
+            if state == self._seen:
+                return
+            self._seen = state
+            self.reload()
+
+    def reload(self) -> bool:
+        """Validate the file and swap it in; on any error keep serving the current config."""
+        try:
+            config = load_tenant_config(self.config_path, self.environ)
+            if self.served is not None:
+                self._check_servable(config, self.served)
+        except RosiError as exc:
+            self.metrics.config_reloads.labels("rejected").inc()
+            logger.error("rosi: tenant config reload rejected, still serving generation %d: %s", self.generation,
+                         str(exc).removeprefix("rosi: "))
+            return False
+        if self.served is not None:
+            try:
+                self._ensure_adapter_store(config)
+            except Exception as exc:
+                self.metrics.config_reloads.labels("rejected").inc()
+                logger.error("rosi: tenant config reload rejected, still serving generation %d: cannot prepare "
+                             "adapters: %s", self.generation, exc)
+                return False
+        self.config = config
+        self.generation += 1
+        self.metrics.config_generation.set(self.generation)
+        self.metrics.config_reloads.labels("applied").inc()
+        logger.info("rosi: tenant config generation %d applied: tenants %s; variants %s", self.generation,
+                    sorted(config.tenants), self._variant_summary(config))
+        self._prebuild_adapters(config)
+        return True

@@ -1,0 +1,59 @@
+"""Rank-1 LoRA adapters that move a model baked at α₀ to another α, built on demand and cached.
+
+Weights baked at α₀ are ``W + α₀·ŝ·w̄ᵀ`` (w̄ from the *unedited* W). The
+variant α is ``W + α·ŝ·w̄ᵀ``, so the adapter adds ``(α − α₀)·ŝ·w̄ᵀ``: a rank-1
+LoRA with ``B = (α − α₀)·ŝ`` and ``A = w̄ᵀ``, where w̄ must come from the
+unedited checkpoint on disk (not from the baked weights). The base model is
+the variant α = 0, i.e. ``Δ = −α₀``. Δ may be negative here even when no
+served α is: the operator-facing α checks live in the tenant config.
+
+No vLLM imports: the resolver (vLLM glue) asks this store for a folder.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from ..adapters import write_adapter, writer_row_means
+from ..checkpoint import model_shape
+from ..direction_file import DirectionFile, load_direction
+from ..injection_plan import build_plan
+from ..loader_config import RosiLoaderConfig
+
+
+class VariantAdapterStore:
+    def __init__(self, model_dir: str | Path, loader_config: RosiLoaderConfig, baked_alpha: float,
+                 cache_dir: str | Path):
+        self.model_dir = Path(model_dir)
+        self.loader_config = loader_config
+        self.baked_alpha = baked_alpha
+        self.direction: DirectionFile = load_direction(loader_config.direction)
+        self.shape = model_shape(self.model_dir)
+        self.cache_dir = Path(cache_dir) / f"{self.direction.direction_id}-baked{baked_alpha:g}"
+        self._row_means: dict[str, torch.Tensor] | None = None
+        self._lock = threading.Lock()
+
+    def _plan(self, delta: float):
+        cfg = self.loader_config
+        # Fingerprint already verified by the loader for these very files.
+        return build_plan(self.direction, self.shape, alpha=delta, targets=cfg.targets, allow_negative_alpha=True,
+                          sandwich_norm=cfg.sandwich_norm, checkpoint_fingerprint=None)
+
+    def adapter_for(self, alpha: float) -> Path:
+        """Folder of the PEFT adapter serving `alpha` on the baked weights (built once)."""
+        out = self.cache_dir / f"alpha{alpha:g}"
+        if (out / "adapter_config.json").exists():
+            return out
+        with self._lock:
+            if (out / "adapter_config.json").exists():
+                return out
+            plan = self._plan(alpha - self.baked_alpha)
+            if self._row_means is None:
+                self._row_means = writer_row_means(plan, self.model_dir)
+            tmp = out.with_name(out.name + ".tmp")
+            write_adapter(plan, self.model_dir, tmp, row_means=self._row_means)
+            tmp.replace(out)  # adapter_config.json appears only with a complete folder
+        return out
