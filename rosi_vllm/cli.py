@@ -150,23 +150,29 @@ def cmd_extract(args) -> int:
 
     from . import prompts
     from .direction_file import save_direction
-    from .extract import extract_directions, load_hf_model, resolve_system_prompt
+    from .extract import extract_directions, extract_refusal_contrast, load_hf_model, resolve_system_prompt
     from .fingerprint import fingerprint_checkpoint
     from .selection import direction_file_for, plot_selection, select
 
     model = _model_path(args.model)
     harmful = prompts.read_prompt_file(args.harmful) if args.harmful else prompts.harmful("extraction")
     harmless = prompts.read_prompt_file(args.harmless) if args.harmless else prompts.harmless("extraction")
-    harmful, harmless = harmful[: args.n_pairs], harmless[: args.n_pairs]
     system_prompt = resolve_system_prompt(args.system_prompt)
     loaded = load_hf_model(model)
     fingerprint = fingerprint_checkpoint(model)
     started = _time.perf_counter()
-    extraction = extract_directions(loaded, harmful, harmless, system_prompt=system_prompt,
-                                    batch_size=args.batch_size)
+    if args.method == "refusal-contrast":
+        harmful = harmful[: args.n_harmful]
+        extraction = extract_refusal_contrast(loaded, harmful, system_prompt=system_prompt,
+                                              batch_size=args.batch_size)
+        counted = f"{len(harmful)} harmful prompts ({extraction.n_refused} refused, {extraction.n_complied} complied)"
+    else:
+        harmful, harmless = harmful[: args.n_pairs], harmless[: args.n_pairs]
+        extraction = extract_directions(loaded, harmful, harmless, system_prompt=system_prompt,
+                                        batch_size=args.batch_size)
+        counted = f"{len(harmful)}+{len(harmless)} prompts"
     extract_seconds = _time.perf_counter() - started
-    print(f"extracted {loaded.num_layers} layer directions from {len(harmful)}+{len(harmless)} prompts "
-          f"in {extract_seconds:.1f} s")
+    print(f"extracted {loaded.num_layers} layer directions ({args.method}) from {counted} in {extract_seconds:.1f} s")
 
     layer, alpha, report = args.layer, args.alpha, None
     if layer is None or alpha is None:
@@ -190,7 +196,8 @@ def cmd_extract(args) -> int:
         report_dir = Path(args.report_dir or Path(args.out).with_suffix(""))
         report_dir.mkdir(parents=True, exist_ok=True)
         payload = {"model": args.model, "direction_file": str(path), "extract_seconds": extract_seconds,
-                   "system_prompt": args.system_prompt, "n_pairs": len(harmful), **report.to_dict()}
+                   "method": args.method, "system_prompt": args.system_prompt, "n_harmful": len(harmful),
+                   "n_refused": extraction.n_refused, "n_complied": extraction.n_complied, **report.to_dict()}
         (report_dir / "selection.json").write_text(_json.dumps(payload, indent=2) + "\n")
         plot_selection(report, report_dir / "selection.png")
         print(f"report: {report_dir / 'selection.json'} and selection.png")
@@ -325,7 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--harmful", help="file, one instruction per line (default: packaged extraction split)")
     p.add_argument("--harmless", help="file, one instruction per line (default: packaged extraction split)")
-    p.add_argument("--n-pairs", type=int, default=50)
+    p.add_argument("--method", default="mean-diff", choices=["mean-diff", "refusal-contrast"],
+                   help="mean-diff: harmful - harmless (the paper); refusal-contrast: harmful the model refused - "
+                   "harmful it complied with (see rosi_vllm/extract.py)")
+    p.add_argument("--n-pairs", type=int, default=50, help="mean-diff: prompts per set")
+    p.add_argument("--n-harmful", type=int, default=200, help="refusal-contrast: harmful prompts to answer and split")
     p.add_argument("--layer", type=int, default=None, help="fix the layer (default: select)")
     p.add_argument("--alpha", type=float, default=None, help="fix alpha (default: select)")
     p.add_argument("--layers", type=_ints, default=None, help="candidate layers, comma list")

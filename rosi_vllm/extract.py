@@ -150,15 +150,15 @@ def extract_refusal_contrast(loaded: LoadedModel, harmful, *, system_prompt: str
     usually needs ``system_prompt`` (extraction only) to refuse at all. Fewer
     than `min_per_group` in either group is an error rather than a noisy vector.
     """
+    from tqdm import tqdm
+
     from .errors import RosiError
-    from .hf_eval import generate
+    from .hf_eval import generate  # hf_eval imports this module: import at call time
     from .judge import SubstringJudge
 
     judge = judge or SubstringJudge()
     harmful = list(harmful)
     answers = []
-    from tqdm import tqdm
-
     for start in tqdm(range(0, len(harmful), batch_size), desc="answers", unit="batch", disable=not progress):
         answers += generate(loaded, harmful[start:start + batch_size], system_prompt=system_prompt,
                             max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -76,3 +76,38 @@ def test_extract_serve_eval_end_to_end(tiny_model, tmp_path):
     assert 0.0 <= lo <= result["harmful_refusal"]["rate"] <= hi <= 1.0
     assert result["benign_kl_nats"] > 0.0
     assert report.with_suffix(".png").stat().st_size > 1000
+
+
+class AlternatingJudge:
+    """Test judge: flags every other answer as a refusal (a random model never refuses)."""
+
+    def judge(self, completions):
+        return [i % 2 == 0 for i in range(len(completions))]
+
+
+def test_refusal_contrast_is_refused_minus_complied(tiny_model):
+    from rosi_vllm.extract import extract_refusal_contrast
+
+    loaded = load_hf_model(tiny_model("llama"))
+    prompts = HARMFUL + HARMFUL[::-1]
+    ex = extract_refusal_contrast(loaded, prompts, judge=AlternatingJudge(), max_new_tokens=2, min_per_group=2,
+                                  batch_size=3, progress=False)
+    refused, complied = prompts[0::2], prompts[1::2]
+    r = last_token_residuals(loaded, chat_texts(loaded.tokenizer, refused), progress=False).mean(dim=1)
+    c = last_token_residuals(loaded, chat_texts(loaded.tokenizer, complied), progress=False).mean(dim=1)
+    assert torch.allclose(ex.directions, r - c, atol=1e-5)
+    assert (ex.n_refused, ex.n_complied, ex.method) == (len(refused), len(complied), "refusal-contrast")
+    assert ex.provenance()["method"].startswith("extract: refusal contrast")
+
+
+def test_refusal_contrast_needs_both_groups(tiny_model):
+    from rosi_vllm.errors import RosiError
+    from rosi_vllm.extract import extract_refusal_contrast
+
+    class NeverRefuses:
+        def judge(self, completions):
+            return [False] * len(completions)
+
+    loaded = load_hf_model(tiny_model("llama"))
+    with pytest.raises(RosiError, match="refused 0 of"):
+        extract_refusal_contrast(loaded, HARMFUL, judge=NeverRefuses(), max_new_tokens=2, progress=False)

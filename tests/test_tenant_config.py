@@ -158,3 +158,14 @@ def test_json_capture_reads_completion_and_chat_bodies():
     cap.feed(json.dumps({"choices": [{"index": 0, "message": {"content": "hi"}}]}).encode())
     cap.finish()
     assert cap.texts == {0: "hi"}
+
+
+def test_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    from rosi_vllm.serving.tenant_config import load_tenant_config
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "tenants.example.yaml"
+    cfg = load_tenant_config(path, environ={"ACME_API_KEY": "a", "KIDS_APP_API_KEY": "b"})
+    cfg.check_baked_alpha(64.0)
+    assert cfg.tenants["acme"].experiment.name == "acme-hardening-1"

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .conftest import write_direction
 from rosi_vllm.serving.routing import assign_arm
 from rosi_vllm.serving.tenant_config import Experiment, key_digest
-from .serving import start_server, wait_until
+from rosi_vllm.serve_process import start_server, wait_until
 
 pytestmark = pytest.mark.engine
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from rosi_vllm.checkpoint import model_shape
 
 from .conftest import write_direction
-from .serving import start_server, wait_until
+from rosi_vllm.serve_process import start_server, wait_until
 
 pytestmark = pytest.mark.engine
 

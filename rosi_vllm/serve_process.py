@@ -1,4 +1,4 @@
-"""Start `vllm serve` as an operator would, for tests: free port, log file, health polling."""
+"""Start `vllm serve` as an operator would, for tests and benchmarks: free port, log file, health polling."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import requests
 
 SERVE_FLAGS = ["--dtype", "bfloat16", "--max-model-len", "256", "--gpu-memory-utilization", "0.1", "--enforce-eager"]
 
@@ -42,9 +40,13 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def healthy(self) -> bool:
+        import urllib.error
+        import urllib.request
+
         try:
-            return requests.get(self.url + "/health", timeout=1).status_code == 200
-        except requests.RequestException:
+            with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
             return False
 
     def stop(self) -> None:

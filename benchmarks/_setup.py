@@ -1,0 +1,48 @@
+"""Models and directions for the benchmarks: the embedded model when pulled, tiny ones for smoke runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def resolve_model(name: str, work: Path) -> Path:
+    """A registered model name (pulled if needed), a folder, or ``tiny`` (random Llama, for smoke runs)."""
+    if name == "tiny":
+        from rosi_vllm.tiny_models import build_tiny_model
+
+        out = work / "tiny-llama"
+        return out if (out / "config.json").exists() else build_tiny_model("llama", out)
+    if Path(name).is_dir():
+        return Path(name)
+    from rosi_vllm.models import pull
+
+    return Path(pull(name))
+
+
+def direction_for(model: Path, work: Path, shipped: str | None = None, alpha: float = 8.0) -> tuple[Path, str]:
+    """The shipped direction for `model` if given, else a seeded random unit direction.
+
+    For speed and memory the direction's values are irrelevant (same tensors, same
+    shapes); the result records which one was used.
+    """
+    if shipped and Path(shipped).exists():
+        return Path(shipped), f"shipped {shipped}"
+    from rosi_vllm.checkpoint import model_shape
+    from rosi_vllm.direction_file import DirectionFile, save_direction
+    from rosi_vllm.fingerprint import fingerprint_checkpoint
+
+    shape = model_shape(model)
+    vector = torch.randn(shape.hidden_size, generator=torch.Generator().manual_seed(0))
+    out = work / f"{model.name}-random-direction.safetensors"
+    save_direction(out, DirectionFile(vector, shape.architecture, shape.hidden_size, shape.num_layers,
+                                      shape.num_layers // 2, alpha, fingerprint_checkpoint(model),
+                                      {"method": "benchmark: seeded random unit vector"}))
+    return out, "random unit vector (seed 0)"
+
+
+def unique_prompts(n: int, words: int, tag: str) -> list[str]:
+    """Distinct prompts (no prefix-cache hits between requests) of about `words` words."""
+    body = " ".join(f"word{i % 97}" for i in range(words))
+    return [f"{tag} request {i}: {body}" for i in range(n)]

@@ -1,0 +1,202 @@
+"""P5 tenant/A-B layer latency: what the rosi middleware adds per request, at 64 concurrent.
+
+    python -m benchmarks.p5_tenant_layer           # full: 5,000 requests in-process + real vllm serve
+    python -m benchmarks.p5_tenant_layer --smoke   # CI: 512 requests in-process only
+
+1. In-process: the middleware wraps a *fake* instantaneous streaming engine
+   (named so: the point is to isolate the layer's own work), 64 requests in
+   flight; the middleware's own per-request time (auth, routing, body rewrite,
+   SSE capture, judge, metrics) is recorded exactly, p50/p99. Target ≤ 1 ms p50.
+2. With the real server (full run): the same tiny model served with and without
+   the middleware, 64 concurrent streamed requests, alternating; e2e p50/p99
+   difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import yaml
+
+from ._common import RESULTS, median, percentile, write_result
+
+KEY = "sk-bench-key"
+
+
+class _FakeEngine:
+    """Fake downstream ASGI app: streams 16 token events at once (no model)."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for i in range(16):
+            event = json.dumps({"choices": [{"index": 0, "text": f" token{i}"}]})
+            await send({"type": "http.response.body", "body": f"data: {event}\n\n".encode(), "more_body": True})
+        usage = json.dumps({"choices": [], "usage": {"completion_tokens": 16}})
+        await send({"type": "http.response.body", "body": f"data: {usage}\n\ndata: [DONE]\n\n".encode()})
+
+
+class _Recorder:
+    def __init__(self):
+        self.values = []
+
+    def observe(self, value):
+        self.values.append(value)
+
+
+def in_process(n: int, concurrency: int, work: Path) -> dict:
+    from prometheus_client import CollectorRegistry
+
+    from rosi_vllm.direction_file import DirectionFile, save_direction
+    from rosi_vllm.serving.metrics import RosiMetrics
+    from rosi_vllm.serving.middleware import RosiTenantMiddleware
+    from rosi_vllm.serving.tenant_config import key_digest
+
+    import torch
+
+    from rosi_vllm.checkpoint import model_shape
+    from rosi_vllm.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.tiny_models import build_tiny_model
+
+    model = build_tiny_model("llama", work / "tiny")
+    shape = model_shape(model)
+    direction = save_direction(work / "d.safetensors", DirectionFile(
+        torch.ones(shape.hidden_size), shape.architecture, shape.hidden_size, shape.num_layers, 1, 8.0,
+        fingerprint_checkpoint(model), {"method": "benchmark"}))
+    config = work / "tenants.yaml"
+    config.write_text(yaml.safe_dump({
+        "version": 1, "variants": {"also-baked": 8, "standard": "baked"},  # both equal the baked alpha: no adapter
+        "tenants": {"t": {"api_key_sha256": [key_digest(KEY)], "default_variant": "standard",
+                          "experiment": {"name": "e", "arms": {"also-baked": 50, "standard": 50}}}}}))
+    metrics = RosiMetrics(CollectorRegistry())
+    recorder = metrics.overhead = _Recorder()
+    mw = RosiTenantMiddleware(_FakeEngine(), config_path=str(config), metrics=metrics)
+    state = SimpleNamespace(  # the fields of vLLM's app.state the middleware reads
+        vllm_config=SimpleNamespace(
+            load_config=SimpleNamespace(load_format="rosi", model_loader_extra_config={"direction": str(direction)}),
+            lora_config=None, model_config=SimpleNamespace(model=str(model))),
+        openai_serving_models=SimpleNamespace(base_model_paths=[SimpleNamespace(name="served")]))
+
+    async def one(i):
+        body = json.dumps({"model": "served", "prompt": "hello", "max_tokens": 16, "stream": True,
+                           "user": f"user-{i}"}).encode()
+        scope = {"type": "http", "path": "/v1/completions", "method": "POST", "app": SimpleNamespace(state=state),
+                 "headers": [(b"authorization", f"Bearer {KEY}".encode()), (b"content-type", b"application/json")]}
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            pass
+
+        await mw(scope, receive, send)
+
+    async def run():
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def bounded(i):
+            async with semaphore:
+                await one(i)
+
+        await asyncio.gather(*(bounded(i) for i in range(n)))
+
+    asyncio.run(run())  # warm-up pass (imports, first bind)
+    recorder.values.clear()
+    started = time.perf_counter()
+    asyncio.run(run())
+    wall = time.perf_counter() - started
+    values = recorder.values
+    return {"requests": len(values), "concurrency": concurrency, "wall_s": wall,
+            "overhead_p50_ms": median(values) * 1000, "overhead_p99_ms": percentile(values, 0.99) * 1000,
+            "overhead_mean_ms": sum(values) / len(values) * 1000}
+
+
+def served(requests: int, concurrency: int, rounds: int, work: Path) -> dict:
+    from rosi_vllm.serve_process import start_server, wait_until
+    from rosi_vllm.serving.tenant_config import key_digest
+
+    from ._load import run_load, summarise
+    from ._setup import direction_for, resolve_model, unique_prompts
+
+    model = resolve_model("tiny", work)
+    direction, _ = direction_for(model, work)
+    config = work / "served-tenants.yaml"
+    config.write_text(yaml.safe_dump({"version": 1, "variants": {"standard": "baked"},
+                                      "tenants": {"t": {"api_key_sha256": [key_digest(KEY)],
+                                                        "default_variant": "standard"}}}))
+    out = {"plain": [], "middleware": []}
+    for r in range(rounds):
+        for arm in ("plain", "middleware"):
+            args = ["--middleware", "rosi_vllm.serving.middleware.RosiTenantMiddleware"] if arm == "middleware" else []
+            env = {"ROSI_TENANT_CONFIG": str(config)} if arm == "middleware" else {}
+            server = start_server(model, work / f"{arm}{r}.log", extra={"direction": str(direction)}, args=args, env=env)
+            try:
+                assert wait_until(server, timeout=600)[0], server.log()[-2000:]
+                bodies = [{"model": str(model), "prompt": p, "max_tokens": 8, "ignore_eos": True}
+                          for p in unique_prompts(requests, 8, f"{arm}{r}")]
+                headers = [{"Authorization": f"Bearer {KEY}"}] * requests
+                run_load(server.url, [dict(b) for b in bodies[:64]], concurrency=concurrency, headers=headers[:64])
+                out[arm].append(summarise(*run_load(server.url, bodies, concurrency=concurrency, headers=headers)))
+            finally:
+                server.stop()
+    plain_p50 = median(x["e2e_p50_s"] for x in out["plain"])
+    mw_p50 = median(x["e2e_p50_s"] for x in out["middleware"])
+    return {"rounds": out, "e2e_p50_added_ms": (mw_p50 - plain_p50) * 1000,
+            "e2e_p50_ratio": mw_p50 / plain_p50}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ip = result["in_process"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels, values = ["p50", "p99", "mean"], [ip["overhead_p50_ms"], ip["overhead_p99_ms"], ip["overhead_mean_ms"]]
+    if result.get("served"):
+        labels.append("served e2e p50 added")
+        values.append(result["served"]["e2e_p50_added_ms"])
+    ax.bar(labels, values)
+    ax.axhline(1.0, color="red", linestyle=":", label="target p50 ≤ 1 ms")
+    ax.set_ylabel("ms per request")
+    ax.set_title(f"P5 tenant layer, {ip['concurrency']} concurrent")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--served-requests", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="rosi-p5-"))
+    result = {"in_process": in_process(512 if args.smoke else args.requests, args.concurrency, work)}
+    if not args.smoke:
+        result["served"] = served(args.served_requests, args.concurrency, args.rounds, work)
+    name = "p5_tenant_layer_smoke" if args.smoke else "p5_tenant_layer"
+    out_dir = Path(args.out_dir)
+    path = write_result(name, result, out_dir)
+    plot(result, out_dir / f"{name}.png")
+    print(json.dumps({k: v for k, v in result.items() if k != "served"} | (
+        {"served_e2e_p50_added_ms": result["served"]["e2e_p50_added_ms"]} if "served" in result else {}), indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
