@@ -15,12 +15,11 @@ default loader's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
-from ._common import RESULTS, median, write_result
+from ._common import benchmark_parser, figure, median, write_result
 from ._load import run_load, summarise
 from ._setup import direction_for, resolve_model, unique_prompts
 
@@ -61,33 +60,25 @@ def ratios(rounds: list[dict], levels: list[int]) -> dict:
 
 
 def plot(table: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     levels = list(table)
     keys = ["decode_tokens_per_s", "prefill_requests_per_s", "ttft_p50", "e2e_p50"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.8 / len(keys)
-    for i, key in enumerate(keys):
-        ax.bar([j + i * width for j in range(len(levels))], [table[lv][key] for lv in levels], width, label=key)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.axhspan(0.995, 1.005, color="green", alpha=0.15, label="target band (±0.5 %)")
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(levels))], [f"concurrency {lv}" for lv in levels])
-    ax.set_ylim(0.8, 1.2)
-    ax.set_ylabel("rosi / base")
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (9, 4)) as (fig, ax):
+        width = 0.8 / len(keys)
+        for i, key in enumerate(keys):
+            ax.bar([j + i * width for j in range(len(levels))], [table[lv][key] for lv in levels], width, label=key)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.axhspan(0.995, 1.005, color="green", alpha=0.15, label="target band (±0.5 %)")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(levels))], [f"concurrency {lv}" for lv in levels])
+        ax.set_ylim(0.8, 1.2)
+        ax.set_ylabel("rosi / base")
+        ax.set_title(title)
+        ax.legend(fontsize=7, ncol=2)
 
 
 def main(argv=None) -> int:
     from rosi_vllm.serve_process import start_server, wait_until
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--direction", default=None, help="default: directions/<model>.safetensors if shipped")
     parser.add_argument("--rounds", type=int, default=3, help="base/rosi pairs")
@@ -95,8 +86,6 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=48, help="per level and phase (at least the level)")
     parser.add_argument("--prompt-words", type=int, default=150)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--smoke", action="store_true", help="tiny model, 1 round, 2 levels, few requests")
-    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.rounds, args.concurrency, args.requests, args.max_tokens = "tiny", 1, "1,4", 4, 8

@@ -19,7 +19,6 @@ Two measurements:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import RESULTS, median, write_result
+from ._common import benchmark_parser, figure, median, write_result
 from ._setup import direction_for, resolve_model
 
 
@@ -120,38 +119,28 @@ def served(model: Path, direction: Path, tp_sizes: list[int], work: Path) -> lis
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    names = [r["model"] for r in results]
-    base = [median(r["base_s"]) for r in results]
-    rosi = [median(r["rosi_s"]) for r in results]
-    math_s = [median(r["delta_math_s"]) for r in results]
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], base, 0.4, label="default loader")
-    ax.bar([x + 0.2 for x in xs], rosi, 0.4, label="rosi loader")
-    ax.bar([x + 0.2 for x in xs], math_s, 0.4, label="of which delta math", color="C3")
-    for x, r in zip(xs, results):
-        ax.text(x + 0.2, median(r["rosi_s"]), f"x{r['ratio_rosi_over_base']:.3f}", ha="center", va="bottom")
-    ax.set_xticks(list(xs), [f"{n}\n{r['weights_gb']:.2f} GB" for n, r in zip(names, results)])
-    ax.set_ylabel("seconds to stream all weights (median)")
-    ax.set_title("P2 load time: rosi vs default loader (target ratio ≤ 1.05)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (7, 4)) as (fig, ax):
+        names = [r["model"] for r in results]
+        base = [median(r["base_s"]) for r in results]
+        rosi = [median(r["rosi_s"]) for r in results]
+        math_s = [median(r["delta_math_s"]) for r in results]
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], base, 0.4, label="default loader")
+        ax.bar([x + 0.2 for x in xs], rosi, 0.4, label="rosi loader")
+        ax.bar([x + 0.2 for x in xs], math_s, 0.4, label="of which delta math", color="C3")
+        for x, r in zip(xs, results):
+            ax.text(x + 0.2, median(r["rosi_s"]), f"x{r['ratio_rosi_over_base']:.3f}", ha="center", va="bottom")
+        ax.set_xticks(list(xs), [f"{n}\n{r['weights_gb']:.2f} GB" for n, r in zip(names, results)])
+        ax.set_ylabel("seconds to stream all weights (median)")
+        ax.set_title("P2 load time: rosi vs default loader (target ratio ≤ 1.05)")
+        ax.legend()
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--models", default="smollm2-135m-instruct,random-1b")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tp", default="1,2", help="TP sizes for the served start-up runs ('' to skip)")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.smoke:
         args.models, args.repeats, args.tp = "tiny", 2, ""

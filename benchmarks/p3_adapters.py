@@ -19,12 +19,11 @@ concurrency; the target is a cost ≤ 5 % at 16 concurrent.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
-from ._common import RESULTS, write_result
+from ._common import benchmark_parser, figure, write_result
 from ._load import run_load, summarise
 from ._setup import direction_for, resolve_model, unique_prompts
 
@@ -54,39 +53,29 @@ def measure(url: str, models: list[str], levels: list[int], requests: int, max_t
 
 
 def plot(table: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for arm, per_level in table.items():
-        levels = list(per_level)
-        ax.plot([int(x) for x in levels], [per_level[x] for x in levels], marker="o", label=arm)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.axhline(0.95, color="green", linestyle=":", label="target at 16 concurrent (≥ 0.95)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("concurrent requests")
-    ax.set_ylabel("output tokens/s relative to baked")
-    ax.set_title("P3 per-tenant α as rank-1 adapters vs baked weights")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (8, 4)) as (fig, ax):
+        for arm, per_level in table.items():
+            levels = list(per_level)
+            ax.plot([int(x) for x in levels], [per_level[x] for x in levels], marker="o", label=arm)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.axhline(0.95, color="green", linestyle=":", label="target at 16 concurrent (≥ 0.95)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel("output tokens/s relative to baked")
+        ax.set_title("P3 per-tenant α as rank-1 adapters vs baked weights")
+        ax.legend(fontsize=7)
 
 
 def main(argv=None) -> int:
     from rosi_vllm.serve_process import start_server, wait_until
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--tenants", default="1,4,16")
     parser.add_argument("--requests", type=int, default=16, help="per cell (at least the concurrency)")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.concurrency, args.tenants, args.requests, args.max_tokens = "tiny", "1,4", "1,4", 4, 4

@@ -10,33 +10,24 @@ on 2 cores. Median of --repeats runs per N.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from ._common import RESULTS, median, write_result
+from ._common import benchmark_parser, figure, median, write_result
 from ._setup import resolve_model
 
 
 def plot(rows: list[dict], path: Path, target: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ns = [r["n_pairs"] for r in rows]
-    ax.plot(ns, [r["seconds_median"] for r in rows], marker="o", label="extraction (median)")
-    ax.axhline(target, color="red", linestyle=":", label=f"target for 50+50: {target:g} s")
-    ax.set_xlabel("prompt pairs (harmful + harmless each)")
-    ax.set_ylabel("seconds")
-    ax.set_title("P4 extraction time")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (6, 4)) as (fig, ax):
+        ns = [r["n_pairs"] for r in rows]
+        ax.plot(ns, [r["seconds_median"] for r in rows], marker="o", label="extraction (median)")
+        ax.axhline(target, color="red", linestyle=":", label=f"target for 50+50: {target:g} s")
+        ax.set_xlabel("prompt pairs (harmful + harmless each)")
+        ax.set_ylabel("seconds")
+        ax.set_title("P4 extraction time")
+        ax.legend()
 
 
 def main(argv=None) -> int:
@@ -45,13 +36,11 @@ def main(argv=None) -> int:
     from rosi_vllm import prompts
     from rosi_vllm.extract import extract_directions, load_hf_model
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--pairs", default="10,25,50,100,200")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.pairs, args.repeats = "tiny", "4,8", 1

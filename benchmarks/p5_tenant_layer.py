@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import tempfile
@@ -24,7 +23,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from ._common import RESULTS, median, percentile, write_result
+from ._common import benchmark_parser, figure, median, percentile, write_result
 
 KEY = "sk-bench-key"
 
@@ -154,35 +153,25 @@ def served(requests: int, concurrency: int, rounds: int, work: Path) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ip = result["in_process"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    labels, values = ["p50", "p99", "mean"], [ip["overhead_p50_ms"], ip["overhead_p99_ms"], ip["overhead_mean_ms"]]
-    if result.get("served"):
-        labels.append("served e2e p50 added")
-        values.append(result["served"]["e2e_p50_added_ms"])
-    ax.bar(labels, values)
-    ax.axhline(1.0, color="red", linestyle=":", label="target p50 ≤ 1 ms")
-    ax.set_ylabel("ms per request")
-    ax.set_title(f"P5 tenant layer, {ip['concurrency']} concurrent")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (6, 4)) as (fig, ax):
+        labels, values = ["p50", "p99", "mean"], [ip["overhead_p50_ms"], ip["overhead_p99_ms"], ip["overhead_mean_ms"]]
+        if result.get("served"):
+            labels.append("served e2e p50 added")
+            values.append(result["served"]["e2e_p50_added_ms"])
+        ax.bar(labels, values)
+        ax.axhline(1.0, color="red", linestyle=":", label="target p50 ≤ 1 ms")
+        ax.set_ylabel("ms per request")
+        ax.set_title(f"P5 tenant layer, {ip['concurrency']} concurrent")
+        ax.legend()
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--served-requests", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rosi-p5-"))
     result = {"in_process": in_process(512 if args.smoke else args.requests, args.concurrency, work)}

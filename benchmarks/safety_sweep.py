@@ -13,12 +13,10 @@ token on benign prompts. Wilson 95 % intervals on every rate.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from ._common import RESULTS, write_result
+from ._common import benchmark_parser, figure, write_result
 from ._setup import direction_for, resolve_model
 
 
@@ -34,15 +32,13 @@ def main(argv=None) -> int:
     from rosi_vllm.judge import SubstringJudge, is_degenerate
     from rosi_vllm.stats import rate
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--direction", default=None, help="default: directions/<model>.safetensors")
     parser.add_argument("--alphas", default="0,16,32,48,64,96,128")
     parser.add_argument("--n", type=int, default=50, help="prompts per set (test split)")
     parser.add_argument("--jailbreak-goals", type=int, default=10, help="goals x 5 templates")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rosi-sweep-"))
     if args.smoke:
@@ -85,31 +81,23 @@ def main(argv=None) -> int:
 
 
 def plot(rows, path: Path, model: str, recommended: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     xs = [r["alpha"] for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, label in [("harmful_refusal", "harmful refused"), ("benign_refusal", "benign refused"),
-                       ("jailbreak_attack_success", "jailbreak success"), ("degenerate", "degenerate")]:
-        rates = [r[key]["rate"] for r in rows]
-        lo = [r[key]["rate"] - r[key]["ci95"][0] for r in rows]
-        hi = [r[key]["ci95"][1] - r[key]["rate"] for r in rows]
-        ax.errorbar(xs, rates, yerr=[lo, hi], marker="o", capsize=3, label=label)
-    ax.axvline(recommended, color="gray", linestyle=":", label=f"recommended α={recommended:g}")
-    ax.set_xlabel("α")
-    ax.set_ylabel("rate (95% Wilson CI)")
-    ax.set_ylim(-0.02, 1.02)
-    ax2 = ax.twinx()
-    ax2.plot(xs, [r["benign_kl_nats"] for r in rows], color="black", linestyle="--", label="KL (right)")
-    ax2.set_ylabel("KL on benign, nats")
-    ax.set_title(f"Safety sweep: {model}")
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (8, 4.5)) as (fig, ax):
+        for key, label in [("harmful_refusal", "harmful refused"), ("benign_refusal", "benign refused"),
+                           ("jailbreak_attack_success", "jailbreak success"), ("degenerate", "degenerate")]:
+            rates = [r[key]["rate"] for r in rows]
+            lo = [r[key]["rate"] - r[key]["ci95"][0] for r in rows]
+            hi = [r[key]["ci95"][1] - r[key]["rate"] for r in rows]
+            ax.errorbar(xs, rates, yerr=[lo, hi], marker="o", capsize=3, label=label)
+        ax.axvline(recommended, color="gray", linestyle=":", label=f"recommended α={recommended:g}")
+        ax.set_xlabel("α")
+        ax.set_ylabel("rate (95% Wilson CI)")
+        ax.set_ylim(-0.02, 1.02)
+        ax2 = ax.twinx()
+        ax2.plot(xs, [r["benign_kl_nats"] for r in rows], color="black", linestyle="--", label="KL (right)")
+        ax2.set_ylabel("KL on benign, nats")
+        ax.set_title(f"Safety sweep: {model}")
+        ax.legend(fontsize=7, loc="upper left")
 
 
 if __name__ == "__main__":

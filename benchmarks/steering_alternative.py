@@ -14,7 +14,6 @@ LoRA adapter, is measured against baked weights in P3.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import RESULTS, median, write_result
+from ._common import benchmark_parser, figure, median, write_result
 from ._setup import direction_for, resolve_model
 
 
@@ -61,14 +60,12 @@ def main(argv=None) -> int:
     from rosi_vllm.hf_eval import injected
     from rosi_vllm.injection_plan import build_plan
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--alpha", type=float, default=32.0)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.prompts, args.max_new_tokens, args.rounds = "tiny", 4, 8, 1
@@ -107,18 +104,10 @@ def main(argv=None) -> int:
     name = "steering_alternative_smoke" if args.smoke else "steering_alternative"
     out_dir = Path(args.out_dir)
     path = write_result(name, result, out_dir)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.bar(["baked (rosi)", "forward hook"], [result["tokens_per_s"]["baked"], result["tokens_per_s"]["hook"]])
-    ax.set_ylabel("generated tokens/s (transformers, greedy)")
-    ax.set_title(f"same rank-one term, α={args.alpha:g}: tokens agree {agree:.1%}")
-    fig.tight_layout()
-    fig.savefig(out_dir / f"{name}.png", dpi=110)
-    plt.close(fig)
+    with figure(out_dir / f"{name}.png", (5, 4)) as (fig, ax):
+        ax.bar(["baked (rosi)", "forward hook"], [result["tokens_per_s"]["baked"], result["tokens_per_s"]["hook"]])
+        ax.set_ylabel("generated tokens/s (transformers, greedy)")
+        ax.set_title(f"same rank-one term, α={args.alpha:g}: tokens agree {agree:.1%}")
     print(json.dumps({k: result[k] for k in ("tokens_per_s", "throughput_ratio_hook_over_baked", "token_agreement")}))
     print(f"wrote {path}")
     return 0

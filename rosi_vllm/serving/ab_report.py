@@ -87,6 +87,15 @@ def read_metrics_text(source: str) -> str:
     return Path(source).read_text(encoding="utf-8")
 
 
+#: exported sample name → ArmStats field it adds to
+_COUNTER_FIELDS = {
+    "rosi_requests_total": "requests", "rosi_judged_responses_total": "judged", "rosi_refusals_total": "refusals",
+    "rosi_generated_tokens_total": "tokens", "rosi_e2e_seconds_sum": "e2e_sum", "rosi_e2e_seconds_count": "e2e_count",
+    "rosi_ttft_seconds_sum": "ttft_sum", "rosi_ttft_seconds_count": "ttft_count",
+}
+_BUCKET_FIELDS = {"rosi_e2e_seconds_bucket": "e2e_buckets", "rosi_ttft_seconds_bucket": "ttft_buckets"}
+
+
 def collect_arms(metrics_text: str, tenant: str, experiment: str) -> dict[str, ArmStats]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -97,29 +106,13 @@ def collect_arms(metrics_text: str, tenant: str, experiment: str) -> dict[str, A
             if labels.get("tenant") != tenant or labels.get("experiment") != experiment:
                 continue
             arm = arms.setdefault(labels["arm"], ArmStats(labels["arm"], labels.get("variant", labels["arm"])))
-            name, value = s.name, s.value
-            if name == "rosi_requests_total":
-                arm.requests += value
-            elif name == "rosi_judged_responses_total":
-                arm.judged += value
-            elif name == "rosi_refusals_total":
-                arm.refusals += value
-            elif name == "rosi_generated_tokens_total":
-                arm.tokens += value
-            elif name == "rosi_e2e_seconds_sum":
-                arm.e2e_sum += value
-            elif name == "rosi_e2e_seconds_count":
-                arm.e2e_count += value
-            elif name == "rosi_ttft_seconds_sum":
-                arm.ttft_sum += value
-            elif name == "rosi_ttft_seconds_count":
-                arm.ttft_count += value
-            elif name == "rosi_e2e_seconds_bucket":
+            if s.name in _COUNTER_FIELDS:
+                field_name = _COUNTER_FIELDS[s.name]
+                setattr(arm, field_name, getattr(arm, field_name) + s.value)
+            elif s.name in _BUCKET_FIELDS:
+                buckets = getattr(arm, _BUCKET_FIELDS[s.name])
                 le = float(labels["le"])
-                arm.e2e_buckets[le] = arm.e2e_buckets.get(le, 0.0) + value
-            elif name == "rosi_ttft_seconds_bucket":
-                le = float(labels["le"])
-                arm.ttft_buckets[le] = arm.ttft_buckets.get(le, 0.0) + value
+                buckets[le] = buckets.get(le, 0.0) + s.value
     return arms
 
 
