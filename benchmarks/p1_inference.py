@@ -1,6 +1,6 @@
 """P1 inference overhead: `--load-format rosi` vs the default loader, same vLLM, same flags.
 
-    python -m benchmarks.p1_inference                 # full: SmolLM2-135M, 3 rounds, concurrency 1/4/16
+    python -m benchmarks.p1_inference                 # full: SmolLM2-135M, 2 rounds, concurrency 1/4/16
     python -m benchmarks.p1_inference --smoke         # CI: tiny model, seconds of load
 
 Rounds alternate base, rosi, base, rosi, ... (one server up at a time, so the
@@ -81,11 +81,11 @@ def main(argv=None) -> int:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--direction", default=None, help="default: directions/<model>.safetensors if shipped")
-    parser.add_argument("--rounds", type=int, default=3, help="base/rosi pairs")
+    parser.add_argument("--rounds", type=int, default=2, help="base/rosi pairs")
     parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--requests", type=int, default=48, help="per level and phase (at least the level)")
+    parser.add_argument("--requests", type=int, default=16, help="per level and phase (at least the level)")
     parser.add_argument("--prompt-words", type=int, default=150)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.rounds, args.concurrency, args.requests, args.max_tokens = "tiny", 1, "1,4", 4, 8
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         if len(rounds) <= i:
             rounds.append({})
         kwargs = {"load_format": None} if arm == "base" else {"extra": {"direction": str(direction)}}
-        server = start_server(model, work / f"{arm}-{i}.log", **kwargs)
+        server = start_server(model, work / f"{arm}-{i}.log", args=["--max-model-len", "1024"], **kwargs)
         try:
             up, _ = wait_until(server, timeout=600)
             if not up:

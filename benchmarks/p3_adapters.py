@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--tenants", default="1,4,16")
-    parser.add_argument("--requests", type=int, default=16, help="per cell (at least the concurrency)")
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=8, help="per cell (at least the concurrency)")
+    parser.add_argument("--max-tokens", type=int, default=16)
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.concurrency, args.tenants, args.requests, args.max_tokens = "tiny", "1,4", "1,4", 4, 4
