@@ -86,10 +86,11 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=16, help="per level and phase (at least the level)")
     parser.add_argument("--prompt-words", type=int, default=150)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-model-len", type=int, default=1024)
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.rounds, args.concurrency, args.requests, args.max_tokens = "tiny", 1, "1,4", 4, 8
-        args.prompt_words = 40
+        args.prompt_words, args.max_model_len = 40, 512
     levels = [int(x) for x in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="rosi-p1-"))
     model = resolve_model(args.model, work)
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         if len(rounds) <= i:
             rounds.append({})
         kwargs = {"load_format": None} if arm == "base" else {"extra": {"direction": str(direction)}}
-        server = start_server(model, work / f"{arm}-{i}.log", args=["--max-model-len", "1024"], **kwargs)
+        server = start_server(model, work / f"{arm}-{i}.log", args=["--max-model-len", str(args.max_model_len)], **kwargs)
         try:
             up, _ = wait_until(server, timeout=600)
             if not up:

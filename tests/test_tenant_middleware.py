@@ -152,3 +152,20 @@ def test_non_rosi_server_fails_closed(setup):
     mw = RosiTenantMiddleware(FakeEngineApp(), config_path=str(config), metrics=RosiMetrics(CollectorRegistry()))
     status, _, body = call(mw, "/health", method="GET", state=state)
     assert status == 503 and b"needs --load-format rosi" in body
+
+
+def test_websockets_are_refused_not_passed_through(setup):
+    model, direction, config = setup
+    downstream = FakeEngineApp()
+    mw = RosiTenantMiddleware(downstream, config_path=str(config), metrics=RosiMetrics(CollectorRegistry()))
+    sent = []
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/v1/realtime", "headers": [], "app": SimpleNamespace(state=None)}
+    asyncio.run(mw(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}] and downstream.requests == []

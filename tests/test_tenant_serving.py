@@ -348,3 +348,13 @@ def test_500_concurrent_streamed_requests_lose_none(stack):
 
     assert delta("rosi_requests_total") == 500
     assert delta("rosi_generated_tokens_total") == 500 * 4  # exact, from the usage event
+
+
+def test_dashboard_references_only_metrics_the_live_server_exports(stack):
+    """Runs last: by now every labelled rosi_* series (reloads, rejections) has been created."""
+    from .test_deploy import dashboard_metric_names
+
+    text = requests.get(stack["tenants"].url + "/metrics", timeout=10).text
+    exported = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    missing = dashboard_metric_names() - exported
+    assert not missing, missing

@@ -99,6 +99,10 @@ class RosiTenantMiddleware:
 
     # -- ASGI -------------------------------------------------------------------------------
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            # No tenant routing for websockets (vLLM's realtime endpoints): refuse rather than bypass auth.
+            self.metrics.rejected.labels("websocket").inc()
+            return await send({"type": "websocket.close", "code": 1008})
         if scope["type"] not in ("http", "lifespan"):
             return await self.app(scope, receive, send)
         if not self.bound:

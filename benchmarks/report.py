@@ -1,0 +1,93 @@
+"""Regenerate the results table in benchmarks/README.md from the JSON files in results/.
+
+    python -m benchmarks.report
+
+Every number in the table is read from a result file written by a benchmark
+command; the table names the command and the machine beside each row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ._common import RESULTS, median
+
+README = Path(__file__).resolve().parent / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(x, spec=".3f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def rows() -> list[str]:
+    out = ["| benchmark | result | target | command |", "|---|---|---|---|"]
+    p1 = _load("p1_inference")
+    if p1:
+        for level, r in p1["ratios_rosi_over_base"].items():
+            out.append(f"| P1 inference, concurrency {level} | decode tok/s ×{_fmt(r['decode_tokens_per_s'])}, "
+                       f"prefill req/s ×{_fmt(r['prefill_requests_per_s'])}, TTFT p50 ×{_fmt(r['ttft_p50'])}, "
+                       f"e2e p50 ×{_fmt(r['e2e_p50'])} (rosi / base) | throughput ≥ 0.995 | `{p1['command']}` |")
+    p2 = _load("p2_load_time")
+    if p2:
+        for r in p2["in_process"]:
+            out.append(f"| P2 load, {r['model']} ({r['weights_gb']:.2f} GB) | stream+copy ×"
+                       f"{_fmt(r['ratio_rosi_over_base'])} (base {median(r['base_s']):.2f} s, rosi "
+                       f"{median(r['rosi_s']):.2f} s); delta math {median(r['delta_math_s']):.3f} s = "
+                       f"{r['delta_math_s_per_gb']:.3f} s/GB | ≤ 1.05 | `{p2['command']}` |")
+        for r in p2["served"]:
+            workers = ", ".join(f"{w['delta_math_ms']:.0f} ms" for w in r["rosi_workers"]) or "–"
+            out.append(f"| P2 served start-up, TP={r['tp']}, {r['arm']} | {r['wall_to_health_s']:.1f} s to /health; "
+                       f"vLLM 'Loading weights' {r['vllm_loading_weights_s']} s; rosi delta math per worker: "
+                       f"{workers} | – | (same) |")
+    p3 = _load("p3_adapters")
+    if p3:
+        for arm, per in p3["throughput_ratio_vs_baked"].items():
+            cells = ", ".join(f"c={lv}: ×{_fmt(v, '.2f')}" for lv, v in per.items())
+            out.append(f"| P3 {arm} vs baked (tok/s) | {cells} | ≥ 0.95 at c=16 | `{p3['command']}` |")
+    p4 = _load("p4_extraction")
+    if p4:
+        cells = ", ".join(f"N={r['n_pairs']}: {r['seconds_median']:.1f} s" for r in p4["rows"])
+        out.append(f"| P4 extraction ({p4['model']}) | {cells} | N=50 ≤ 20 s | `{p4['command']}` |")
+    p5 = _load("p5_tenant_layer")
+    if p5:
+        ip = p5["in_process"]
+        served = p5.get("served")
+        extra = (f"; real server e2e p50 +{served['e2e_p50_added_ms']:.2f} ms (×{served['e2e_p50_ratio']:.3f})"
+                 if served else "")
+        out.append(f"| P5 tenant layer, {ip['concurrency']} concurrent | own time p50 {ip['overhead_p50_ms']:.3f} ms, "
+                   f"p99 {ip['overhead_p99_ms']:.3f} ms{extra} | p50 ≤ 1 ms | `{p5['command']}` |")
+    st = _load("steering_alternative")
+    if st:
+        out.append(f"| runtime steering (hooks) vs baked | throughput ×{_fmt(st['throughput_ratio_hook_over_baked'])} "
+                   f"(hook / baked), tokens agree {st['token_agreement']:.1%} | – | `{st['command']}` |")
+    for path in sorted(RESULTS.glob("safety_sweep_*.json")):
+        if path.stem.endswith("_smoke"):
+            continue
+        sw = json.loads(path.read_text())
+        cells = "; ".join(f"α={r['alpha']:g}: {r['harmful_refusal']['rate']:.0%}/{r['benign_refusal']['rate']:.0%}/"
+                          f"{r['jailbreak_attack_success']['rate']:.0%}, KL {r['benign_kl_nats']:.2f}" for r in sw["rows"])
+        out.append(f"| safety sweep {sw['model']} (harmful refused / benign refused / jailbreak success) | {cells} "
+                   f"| – | `{sw['command']}` |")
+    return out
+
+
+def main() -> int:
+    machines = {json.loads(p.read_text())["machine"].get("cpu_model", "?") for p in RESULTS.glob("*.json")
+                if not p.stem.endswith("_smoke")}
+    table = "\n".join(rows() + ["", f"Machines in these results: {', '.join(sorted(machines)) or 'none yet'}."])
+    text = README.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    README.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
