@@ -1,6 +1,6 @@
 """P2 load time: the rosi loader's weight stream vs vLLM's default loader, same files.
 
-    python -m benchmarks.p2_load_time              # full: SmolLM2-135M and a random 1.2B Llama; TP 1 and 2
+    python -m benchmarks.p2_load_time              # full: SmolLM2-135M and a random 1.2B Llama (TP 1 and 2)
     python -m benchmarks.p2_load_time --smoke      # CI: tiny model, 2 repetitions, no TP run
 
 Two measurements:
@@ -102,8 +102,9 @@ def served(model: Path, direction: Path, tp_sizes: list[int], work: Path) -> lis
             kwargs = {"load_format": None} if arm == "base" else {"extra": {"direction": str(direction)}}
             env = {"VLLM_CPU_OMP_THREADS_BIND": "|".join(str(i) for i in range(tp))} if tp > 1 else {}
             started = time.perf_counter()
-            server = start_server(model, work / f"tp{tp}-{arm}.log", args=["--tensor-parallel-size", str(tp)],
-                                  env=env, **kwargs)
+            # memory share (on CPU: of RAM) large enough for a 2.2 GB model plus its KV cache
+            server = start_server(model, work / f"tp{tp}-{arm}.log", env=env, **kwargs,
+                                  args=["--tensor-parallel-size", str(tp), "--gpu-memory-utilization", "0.3"])
             try:
                 up, _ = wait_until(server, timeout=600)
                 wall = time.perf_counter() - started
@@ -141,6 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="smollm2-135m-instruct,random-1b")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tp", default="1,2", help="TP sizes for the served start-up runs ('' to skip)")
+    parser.add_argument("--tp-model", default="random-1b",
+                        help="model for the served runs (its head count must divide by every TP size)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.models, args.repeats, args.tp = "tiny", 2, ""
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
         model = random_llama(work / "random-1b") if name == "random-1b" else resolve_model(name, work)
         direction, _ = direction_for(model, work)
         results.append(in_process(model, direction, args.repeats))
-        if args.tp and name != "random-1b":
+        if args.tp and name == args.tp_model:
             served_rows += served(model, direction, [int(x) for x in args.tp.split(",")], work)
     name = "p2_load_time_smoke" if args.smoke else "p2_load_time"
     out_dir = Path(args.out_dir)

@@ -7,9 +7,10 @@
    (named so: the point is to isolate the layer's own work), 64 requests in
    flight; the middleware's own per-request time (auth, routing, body rewrite,
    SSE capture, judge, metrics) is recorded exactly, p50/p99. Target ≤ 1 ms p50.
-2. With the real server (full run): the same tiny model served with and without
-   the middleware, 64 concurrent streamed requests, alternating; e2e p50/p99
-   difference.
+2. With the real server (full run): the same tiny model served plain, with a
+   do-nothing pass-through middleware (what vLLM's ``--middleware`` hook itself
+   costs) and with the rosi middleware, 64 concurrent streamed requests, arms
+   alternating; e2e p50 differences.
 """
 
 from __future__ import annotations
@@ -118,6 +119,20 @@ def in_process(n: int, concurrency: int, work: Path) -> dict:
             "overhead_mean_ms": sum(values) / len(values) * 1000}
 
 
+def _served_overhead_ms(url: str) -> float | None:
+    """Mean of the middleware's own per-request time, from the live server's histogram."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+              if s.name.startswith("rosi_middleware_overhead_seconds_") and not s.labels}
+    count = values.get("rosi_middleware_overhead_seconds_count")
+    return values["rosi_middleware_overhead_seconds_sum"] / count * 1000 if count else None
+
+
 def served(requests: int, concurrency: int, rounds: int, work: Path) -> dict:
     from rosi_vllm.serve_process import start_server, wait_until
     from rosi_vllm.serving.tenant_config import key_digest
@@ -131,11 +146,14 @@ def served(requests: int, concurrency: int, rounds: int, work: Path) -> dict:
     config.write_text(yaml.safe_dump({"version": 1, "variants": {"standard": "baked"},
                                       "tenants": {"t": {"api_key_sha256": [key_digest(KEY)],
                                                         "default_variant": "standard"}}}))
-    out = {"plain": [], "middleware": []}
+    out = {"plain": [], "passthrough": [], "middleware": []}
+    middleware = {"passthrough": "benchmarks._passthrough.PassThroughMiddleware",
+                  "middleware": "rosi_vllm.serving.middleware.RosiTenantMiddleware"}
+    root = str(Path(__file__).resolve().parents[1])
     for r in range(rounds):
-        for arm in ("plain", "middleware"):
-            args = ["--middleware", "rosi_vllm.serving.middleware.RosiTenantMiddleware"] if arm == "middleware" else []
-            env = {"ROSI_TENANT_CONFIG": str(config)} if arm == "middleware" else {}
+        for arm in out:
+            args = ["--middleware", middleware[arm]] if arm in middleware else []
+            env = {"ROSI_TENANT_CONFIG": str(config), "PYTHONPATH": root} if arm == "middleware" else {"PYTHONPATH": root}
             server = start_server(model, work / f"{arm}{r}.log", extra={"direction": str(direction)}, args=args, env=env)
             try:
                 assert wait_until(server, timeout=600)[0], server.log()[-2000:]
@@ -143,13 +161,20 @@ def served(requests: int, concurrency: int, rounds: int, work: Path) -> dict:
                           for p in unique_prompts(requests, 8, f"{arm}{r}")]
                 headers = [{"Authorization": f"Bearer {KEY}"}] * requests
                 run_load(server.url, [dict(b) for b in bodies[:64]], concurrency=concurrency, headers=headers[:64])
-                out[arm].append(summarise(*run_load(server.url, bodies, concurrency=concurrency, headers=headers)))
+                row = summarise(*run_load(server.url, bodies, concurrency=concurrency, headers=headers))
+                if arm == "middleware":
+                    row["own_overhead_mean_ms"] = _served_overhead_ms(server.url)
+                out[arm].append(row)
             finally:
                 server.stop()
     plain_p50 = median(x["e2e_p50_s"] for x in out["plain"])
     mw_p50 = median(x["e2e_p50_s"] for x in out["middleware"])
+    pass_p50 = median(x["e2e_p50_s"] for x in out["passthrough"])
+    own = [x["own_overhead_mean_ms"] for x in out["middleware"] if x.get("own_overhead_mean_ms") is not None]
     return {"rounds": out, "e2e_p50_added_ms": (mw_p50 - plain_p50) * 1000,
-            "e2e_p50_ratio": mw_p50 / plain_p50}
+            "e2e_p50_ratio": mw_p50 / plain_p50, "own_overhead_mean_ms": median(own),
+            "passthrough_e2e_p50_added_ms": (pass_p50 - plain_p50) * 1000,
+            "rosi_vs_passthrough_e2e_p50_added_ms": (mw_p50 - pass_p50) * 1000}
 
 
 def plot(result: dict, path: Path) -> None:

@@ -26,14 +26,27 @@ def _fmt(x, spec=".3f"):
     return "n/a" if x is None else format(x, spec)
 
 
+def p1_noise_floor(p1: dict, level: str) -> float | None:
+    """Largest relative difference between two *base* rounds at this level: what identical servers vary by."""
+    bases = [r["base"][level] for r in p1["rounds"] if "base" in r]
+    if len(bases) < 2:
+        return None
+    keys = [("decode", "output_tokens_per_s"), ("prefill", "prefill_requests_per_s"), ("decode", "ttft_p50_s"),
+            ("decode", "e2e_p50_s")]
+    return max(abs(bases[i][a][b] / bases[j][a][b] - 1) for a, b in keys
+               for i in range(len(bases)) for j in range(len(bases)) if i != j)
+
+
 def rows() -> list[str]:
     out = ["| benchmark | result | target | command |", "|---|---|---|---|"]
     p1 = _load("p1_inference")
     if p1:
         for level, r in p1["ratios_rosi_over_base"].items():
+            noise = p1_noise_floor(p1, level)
             out.append(f"| P1 inference, concurrency {level} | decode tok/s ×{_fmt(r['decode_tokens_per_s'])}, "
                        f"prefill req/s ×{_fmt(r['prefill_requests_per_s'])}, TTFT p50 ×{_fmt(r['ttft_p50'])}, "
-                       f"e2e p50 ×{_fmt(r['e2e_p50'])} (rosi / base) | throughput ≥ 0.995 | `{p1['command']}` |")
+                       f"e2e p50 ×{_fmt(r['e2e_p50'])} (rosi / base); base vs base across rounds: "
+                       f"{_fmt(noise, '.0%')} | throughput ≥ 0.995 | `{p1['command']}` |")
     p2 = _load("p2_load_time")
     if p2:
         for r in p2["in_process"]:
@@ -59,8 +72,10 @@ def rows() -> list[str]:
     if p5:
         ip = p5["in_process"]
         served = p5.get("served")
-        extra = (f"; real server e2e p50 +{served['e2e_p50_added_ms']:.2f} ms (×{served['e2e_p50_ratio']:.3f})"
-                 if served else "")
+        extra = (f"; real server e2e p50 vs plain: rosi +{served['e2e_p50_added_ms']:.1f} ms, a do-nothing "
+                 f"--middleware +{served.get('passthrough_e2e_p50_added_ms', float('nan')):.1f} ms, so rosi vs "
+                 f"do-nothing {served.get('rosi_vs_passthrough_e2e_p50_added_ms', float('nan')):+.1f} ms; rosi's own "
+                 f"time there {served.get('own_overhead_mean_ms') or float('nan'):.2f} ms" if served else "")
         out.append(f"| P5 tenant layer, {ip['concurrency']} concurrent | own time p50 {ip['overhead_p50_ms']:.3f} ms, "
                    f"p99 {ip['overhead_p99_ms']:.3f} ms{extra} | p50 ≤ 1 ms | `{p5['command']}` |")
     st = _load("steering_alternative")

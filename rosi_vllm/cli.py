@@ -350,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default=None)
     p.add_argument("--backend", default="hf", choices=["vllm", "hf"],
                    help="generation for selection: hf (edit in place; default) or vllm (experimental, not covered by "
-                   "CI: all candidates as LoRA adapters on one engine; on CPU vLLM's LoRA path measured ~60x "
-                   "slower per token than base)")
+                   "CI: all candidates as LoRA adapters on one engine; on CPU, adapter requests ran at 0.5-0.7x of "
+                   "baked throughput in benchmark P3, and each new adapter costs a load)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("eval", help="refusal / over-refusal / jailbreak / KL of a model, base or rosi")

@@ -31,8 +31,8 @@ def unit_direction(direction: torch.Tensor) -> torch.Tensor:
     return direction / norm
 
 
-def rank_one_delta(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, layout: Layout) -> torch.Tensor:
-    """The float32 delta ``α · ŝ ⊗ w̄`` in ``weight``'s own layout."""
+def _float32_copy(weight: torch.Tensor, unit_dir: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """A private float32 copy of `weight` (safe to edit in place) and ŝ on its device, after the checks."""
     if not torch.is_floating_point(weight):
         raise RosiError(
             f"rosi: cannot inject into a {weight.dtype} tensor (pre-quantized checkpoint?); "
@@ -40,22 +40,34 @@ def rank_one_delta(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, l
         )
     if weight.ndim != 2:
         raise RosiError(f"rosi: expected a 2-D weight, got shape {tuple(weight.shape)}")
-    w = weight.to(torch.float32)
-    s = unit_dir.to(device=w.device, dtype=torch.float32)
     d_model_axis = 0 if layout is Layout.OUT_IN else 1
-    if w.shape[d_model_axis] != s.shape[0]:
+    if weight.shape[d_model_axis] != unit_dir.shape[0]:
         raise RosiError(
-            f"rosi: weight shape {tuple(w.shape)} has d_model={w.shape[d_model_axis]} "
-            f"on axis {d_model_axis}, direction has {s.shape[0]}"
+            f"rosi: weight shape {tuple(weight.shape)} has d_model={weight.shape[d_model_axis]} "
+            f"on axis {d_model_axis}, direction has {unit_dir.shape[0]}"
         )
+    w = weight.to(torch.float32, copy=True)
+    return w, unit_dir.to(device=w.device, dtype=torch.float32)
+
+
+def rank_one_delta(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, layout: Layout) -> torch.Tensor:
+    """The float32 delta ``α · ŝ ⊗ w̄`` in ``weight``'s own layout."""
+    w, s = _float32_copy(weight, unit_dir, layout)
     if layout is Layout.OUT_IN:
-        w_bar = w.mean(dim=0)  # [d_in]: mean of W's rows
-        return alpha * torch.outer(s, w_bar)
-    w_bar = w.mean(dim=1)  # [d_in]: the same mean in the transposed layout
-    return alpha * torch.outer(w_bar, s)
+        return alpha * torch.outer(s, w.mean(dim=0))  # w̄ [d_in]: mean of W's rows
+    return alpha * torch.outer(w.mean(dim=1), s)  # the same mean in the transposed layout
 
 
 def inject(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, layout: Layout) -> torch.Tensor:
-    """Return a new tensor ``W + α·ŝ·w̄ᵀ`` in ``weight``'s dtype; ``weight`` is untouched."""
-    delta = rank_one_delta(weight, unit_dir, alpha, layout)
-    return (weight.to(torch.float32) + delta).to(weight.dtype)
+    """Return a new tensor ``W + α·ŝ·w̄ᵀ`` in ``weight``'s dtype; ``weight`` is untouched.
+
+    One float32 copy, edited in place with a fused rank-1 update (``addr_``), so
+    loading a checkpoint allocates no full-size delta: this is the load-time
+    cost P2 measures.
+    """
+    w, s = _float32_copy(weight, unit_dir, layout)
+    if layout is Layout.OUT_IN:
+        w.addr_(s, w.mean(dim=0), alpha=alpha)  # w̄ from the unedited W: computed before the update
+    else:
+        w.addr_(w.mean(dim=1), s, alpha=alpha)
+    return w.to(weight.dtype)

@@ -168,8 +168,8 @@ def select(loaded: LoadedModel, extraction: Extraction, harmful, harmless, *, fi
 
     `generator` produces completions for (variant, prompts) jobs:
     `HfVariantGenerator` (default) or a `lora_generation.LoraVariantGenerator`
-    (one vLLM engine, all variants as adapters; experimental, and on CPU vLLM's
-    LoRA path measured ~60x slower per token than the base model). KL is always
+    (one vLLM engine, all variants as adapters; experimental: on CPU adapter
+    requests ran at 0.5-0.7x of baked throughput in benchmark P3). KL is always
     exact, from transformers.
     """
     judge = judge or SubstringJudge()

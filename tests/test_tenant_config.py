@@ -169,3 +169,17 @@ def test_shipped_example_config_is_valid():
     cfg = load_tenant_config(path, environ={"ACME_API_KEY": "a", "KIDS_APP_API_KEY": "b"})
     cfg.check_baked_alpha(64.0)
     assert cfg.tenants["acme"].experiment.name == "acme-hardening-1"
+
+
+def test_long_streams_keep_the_opening_and_exact_counts_without_decoding_every_event():
+    cap = ResponseCapture(streaming=True, strip_usage_event=True, text_limit=20)
+    events = [_sse({"choices": [{"index": 0, "text": f"word{i} "}]}) for i in range(50)]
+    events.append(_sse({"choices": [], "usage": {"completion_tokens": 50}}))
+    out = b"".join(cap.feed(e) for e in events) + cap.feed(b"data: [DONE]\n\n") + cap.finish()
+    assert cap.texts[0] == "word0 word1 word2 wo" and cap.completion_tokens == 50 and cap.tokens_exact
+    assert b'"usage"' not in out and out.count(b"word") == 50
+    fallback = ResponseCapture(streaming=True, text_limit=20)
+    for e in events[:50]:
+        fallback.feed(e)
+    fallback.finish()
+    assert fallback.completion_tokens == 50 and not fallback.tokens_exact  # counted past the text limit

@@ -12,6 +12,11 @@ For streaming token counts the middleware asks vLLM for a usage event
 that event is removed again here, so the client sees exactly the stream it
 requested. Without a usage event tokens are counted as content events (one per
 token with vLLM's defaults) and `tokens_exact` is False.
+
+Text is kept up to `text_limit` characters per choice: the refusal judge reads
+only the opening (160 characters), and once every choice has that much, later
+events are no longer JSON-decoded (a byte search finds the usage event), so a
+long stream costs the API server almost nothing per token.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from dataclasses import dataclass, field
 class ResponseCapture:
     streaming: bool
     strip_usage_event: bool = False
+    text_limit: int = 512
     texts: dict[int, str] = field(default_factory=dict)
     completion_tokens: int = 0
     tokens_exact: bool = False
     first_content_seen: bool = False
     _buffer: bytes = b""
     _content_events: int = 0
+    _saturated: bool = False
 
     def feed(self, chunk: bytes) -> bytes:
         """Consume a body chunk; return the bytes to forward to the client now."""
@@ -67,6 +74,9 @@ class ResponseCapture:
             if not self.tokens_exact:
                 self.completion_tokens = self._content_events
             return True
+        if self._saturated and b'"usage"' not in payload:
+            self._content_events += 1  # enough text for the judge: count, do not decode
+            return True
         try:
             data = json.loads(payload)
         except ValueError:
@@ -82,9 +92,10 @@ class ResponseCapture:
             piece = _choice_text(choice)
             if piece:
                 index = choice.get("index", 0)
-                self.texts[index] = self.texts.get(index, "") + piece
+                self.texts[index] = (self.texts.get(index, "") + piece)[: self.text_limit]
                 self.first_content_seen = True
                 self._content_events += 1
+        self._saturated = bool(self.texts) and min(map(len, self.texts.values())) >= self.text_limit
         return True
 
     def _parse_json_body(self, body: bytes) -> None:
