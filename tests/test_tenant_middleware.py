@@ -122,7 +122,7 @@ def test_compliant_text_is_not_counted_as_refusal(setup, monkeypatch):
     call(mw, "/v1/completions", {"prompt": "x"}, state=fake_vllm_state(model, direction, lora=True))
     labels = {"tenant": "acme", "variant": "standard", "experiment": "", "arm": "none"}
     assert registry.get_sample_value("rosi_judged_responses_total", labels) == 1
-    assert registry.get_sample_value("rosi_refusals_total", labels) is None
+    assert registry.get_sample_value("rosi_refusals_total", labels) == 0
 
 
 def test_invalid_config_at_start_fails_closed_health_included(setup, tmp_path):

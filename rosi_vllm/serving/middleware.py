@@ -230,9 +230,8 @@ class _ResponseRecorder:
         texts = list(self.capture.texts.values())
         if texts:
             m.responses.labels(*labels).inc(len(texts))
-            refused = sum(self.mw.judge.judge(texts))
-            if refused:
-                m.refusals.labels(*labels).inc(refused)
+            # inc(0) too: the series exists from the first judged response, so refusal *rates* are 0, not absent
+            m.refusals.labels(*labels).inc(sum(self.mw.judge.judge(texts)))
         if self.capture.completion_tokens:
             m.generated_tokens.labels(*labels).inc(self.capture.completion_tokens)
 
