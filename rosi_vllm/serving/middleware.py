@@ -86,12 +86,9 @@ class RosiTenantMiddleware:
                 os.path.expanduser("~"), ".cache", "rosi-vllm", "adapters")
 
             def store_factory():
-                from ..loader_config import RosiLoaderConfig
                 from .variant_adapters import VariantAdapterStore
 
-                loader_config, _ = RosiLoaderConfig.from_extra_config(
-                    state.vllm_config.load_config.model_loader_extra_config)
-                return VariantAdapterStore(served.model_dir, loader_config, served.baked_alpha, cache)
+                return VariantAdapterStore(served.model_dir, served.loader_config, served.baked_alpha, cache)
 
             self.service.bind(served, store_factory)
         except RosiError as exc:

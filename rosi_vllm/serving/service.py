@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RosiError
+from ..loader_config import RosiLoaderConfig
 from .metrics import RosiMetrics
 from .routing import ADAPTER_PREFIX, adapter_alphas, adapter_name
 from .tenant_config import TenantConfig, load_tenant_config
@@ -42,6 +43,7 @@ class ServedModel:
     fingerprint: str
     layer: int
     lora_enabled: bool  # --enable-lora and runtime LoRA resolution both on
+    loader_config: RosiLoaderConfig  # the server's parsed --model-loader-extra-config (adapters must match it)
 
 
 class TenantService:

@@ -36,4 +36,5 @@ def served_model_facts(state) -> ServedModel:
         fingerprint=direction.model_fingerprint,
         layer=direction.layer,
         lora_enabled=lora_enabled,
+        loader_config=loader_config,
     )
