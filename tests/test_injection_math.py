@@ -132,3 +132,16 @@ def test_no_target_matched_fails_closed(tiny_model, direction_for):
     renamed = [(n.replace("self_attn", "attention"), t) for n, t in load_file(str(model_dir / "model.safetensors")).items()]
     with pytest.raises(RosiError, match="no checkpoint tensor matched target 'attn_out'"):
         list(plan.apply(renamed))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_alpha_zero_leaves_every_tensor_bit_identical(dtype, tiny_model, direction_for):
+    """The canary recipe's base deployment runs the rosi loader at α = 0 and claims bit-identical weights."""
+    model_dir = tiny_model("llama", dtype=dtype, with_tokenizer=False)
+    plan = build_plan(load_direction(direction_for(model_dir)), model_shape(model_dir),
+                      checkpoint_fingerprint=fingerprint_checkpoint(model_dir), alpha=0.0)
+    original = load_file(str(model_dir / "model.safetensors"))
+    edited = dict(plan.apply(original.items()))
+    assert plan.stats.total == 4  # the loader still edits (α = 0) every writer
+    for name, tensor in original.items():
+        assert edited[name].dtype == tensor.dtype and torch.equal(edited[name], tensor), name
