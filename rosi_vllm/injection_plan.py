@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -37,8 +37,10 @@ from .loader_config import check_alpha
 @dataclass
 class InjectionStats:
     edited: Counter = field(default_factory=Counter)  # target -> matrices edited
+    seen: Counter = field(default_factory=Counter)  # target -> matrices found in the stream (edited or not kept)
     layers: dict = field(default_factory=dict)  # target -> set of layer indices
     skipped_extra_layers: int = 0
+    left_to_other_stages: int = 0  # pipeline parallelism: writers this process streams but does not keep
     math_seconds: float = 0.0
 
     @property
@@ -78,30 +80,47 @@ class InjectionPlan:
     def record_edit(self, writer: ResidualWriter, layer: int | None) -> None:
         """Count one edited matrix; `check_complete` reads these counts."""
         self.stats.edited[writer.target] += 1
+        self._record_seen(writer, layer)
+
+    def _record_seen(self, writer: ResidualWriter, layer: int | None) -> None:
+        self.stats.seen[writer.target] += 1
         if layer is not None:
             self.stats.layers.setdefault(writer.target, set()).add(layer)
 
-    def edit(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """Return `tensor` edited if `name` is a targeted residual writer, else unchanged."""
+    def edit(self, name: str, tensor: torch.Tensor, kept: Callable[[str], bool] | None = None) -> torch.Tensor:
+        """Return `tensor` edited if `name` is a targeted residual writer, else unchanged.
+
+        ``kept(name)`` False means this process drops the tensor after reading it
+        (a layer of another pipeline stage): it is counted as present, so the
+        completeness check still covers every layer, and passed on unedited.
+        """
         hit = self.target(name)
         if hit is None:
             return tensor
         writer, layer = hit
+        if kept is not None and not kept(name):
+            self.stats.left_to_other_stages += 1
+            self._record_seen(writer, layer)
+            return tensor
         started = time.perf_counter()
         edited = inject(tensor, self.unit_dir, self.alpha, writer.layout)
         self.stats.math_seconds += time.perf_counter() - started
         self.record_edit(writer, layer)
         return edited
 
-    def apply(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield the stream with every residual writer edited; raise if any target was missed."""
+    def apply(self, weights: Iterable[tuple[str, torch.Tensor]],
+              kept: Callable[[str], bool] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield the stream with every residual writer edited; raise if any target was missed.
+
+        ``kept``: which tensors this process keeps (None: all), see `edit`.
+        """
         for name, tensor in weights:
-            yield name, self.edit(name, tensor)
+            yield name, self.edit(name, tensor, kept)
         self.check_complete()
 
     def check_complete(self) -> None:
         for target in self.targets:
-            if self.stats.edited[target] == 0:
+            if self.stats.seen[target] == 0:
                 raise RosiError(
                     f"rosi: no checkpoint tensor matched target {target!r} for architecture family "
                     f"{self.spec.family!r}; refusing to serve an unhardened model"
@@ -117,9 +136,11 @@ class InjectionPlan:
 
     def summary(self) -> str:
         per_target = ", ".join(f"{t}={self.stats.edited[t]}" for t in self.targets)
+        other = self.stats.left_to_other_stages
+        elsewhere = f" (+{other} in other pipeline stages' layers, edited there)" if other else ""
         return (
             f"rosi: direction={self.direction_id} alpha={self.alpha:g} "
-            f"edited {self.stats.total} matrices ({per_target}) "
+            f"edited {self.stats.total} matrices ({per_target}){elsewhere} "
             f"in {self.stats.math_seconds * 1000:.1f} ms; fingerprint "
             f"{'verified' if self.fingerprint_verified else 'NOT verified (verify_fingerprint=false)'}"
         )

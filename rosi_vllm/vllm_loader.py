@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from vllm.config import ModelConfig
+from vllm.config import ModelConfig, get_current_vllm_config_or_none
 from vllm.config.load import LoadConfig
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
@@ -74,6 +74,9 @@ class RosiModelLoader(DefaultModelLoader):
 
     def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
         started = time.perf_counter()
+        vllm_config = get_current_vllm_config_or_none()
+        if vllm_config is not None:
+            refuse_cpu_eager_pipeline(vllm_config)
         self._plan = self._build_plan(model_config)
         validated = time.perf_counter()
         super().load_weights(model, model_config)
@@ -91,4 +94,43 @@ class RosiModelLoader(DefaultModelLoader):
     ) -> Generator[tuple[str, torch.Tensor], None, None]:
         if self._plan is None:  # load_weights builds it; guard direct callers too
             self._plan = self._build_plan(model_config)
-        yield from self._plan.apply(super().get_all_weights(model_config, model))
+        yield from self._plan.apply(super().get_all_weights(model_config, model), kept_by(model))
+
+
+def kept_by(model: nn.Module):
+    """Under pipeline parallelism: which streamed tensors this stage keeps (None: all of them).
+
+    Every stage reads the whole checkpoint, and the model's ``load_weights`` drops
+    the layers of other stages with ``is_pp_missing_parameter``. The same
+    predicate here skips the delta math for exactly those, so each stage edits
+    only its own layers; a name it does not recognise counts as kept (edited).
+    """
+    from vllm.distributed.parallel_state import (
+        get_pp_group,
+        model_parallel_is_initialized,
+    )
+    from vllm.model_executor.models.utils import is_pp_missing_parameter
+
+    if not model_parallel_is_initialized() or get_pp_group().world_size == 1:
+        return None  # one stage, or a loader driven outside vLLM's workers (benchmarks)
+    return lambda name: not is_pp_missing_parameter(name, model)
+
+
+def refuse_cpu_eager_pipeline(vllm_config) -> None:
+    """vLLM 0.32's CPU runner cannot run pipeline stages in eager mode: say so before the first request.
+
+    It allocates the stage-to-stage buffers only in its warm-up, which it skips at
+    compilation mode NONE (``--enforce-eager``, LoRA on CPU), so the server comes up
+    and then fails every request (``assert self.intermediate_tensors is not None``),
+    whatever the load format. Failing at load with the fix is kinder.
+    """
+    from vllm.config import CompilationMode
+    from vllm.platforms import current_platform
+
+    if (current_platform.is_cpu() and vllm_config.parallel_config.pipeline_parallel_size > 1
+            and vllm_config.compilation_config.mode == CompilationMode.NONE):
+        raise RosiError(
+            "rosi: pipeline parallelism on vLLM's CPU backend needs a compilation mode other than NONE "
+            "(vLLM 0.32's CPU runner skips the warm-up that allocates the stage buffers in eager mode, and "
+            "every request would fail): drop --enforce-eager and pass -cc '{\"mode\": 2, \"backend\": \"eager\"}'; "
+            "LoRA (the per-tenant tier) forces eager mode on CPU, so it cannot be combined with PP there")

@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--load-format", default="auto")
     parser.add_argument("--extra", default=None, help="model-loader-extra-config JSON")
     parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=1)
+    parser.add_argument("--eager", action="store_true", help="force --enforce-eager even with --pp > 1")
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -32,16 +34,23 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     kwargs = {}
+    if args.pp > 1 and not args.eager:
+        # vLLM 0.32's CPU runner allocates the stage-to-stage buffers only in its warm-up, which it
+        # skips in eager mode (compilation mode NONE), so later stages fail their first step. One
+        # Dynamo trace with the eager backend runs the warm-up without an inductor compile.
+        kwargs["compilation_config"] = {"mode": 2, "backend": "eager"}
+    else:
+        kwargs["enforce_eager"] = True
     if args.extra:
         kwargs["model_loader_extra_config"] = json.loads(args.extra)
     llm = LLM(
         model=args.model,
         load_format=args.load_format,
         tensor_parallel_size=args.tp,
+        pipeline_parallel_size=args.pp,
         dtype="bfloat16",
         gpu_memory_utilization=0.1,
         max_model_len=256,
-        enforce_eager=True,
         seed=0,
         **kwargs,
     )

@@ -126,6 +126,23 @@ def test_partial_stream_fails_closed(tiny_model, direction_for):
         list(plan.apply(stream))
 
 
+
+def test_pipeline_stage_edits_only_the_layers_it_keeps(tiny_model, direction_for):
+    """A stage passes other stages' writers on untouched, and still requires every layer in the stream."""
+    model_dir = tiny_model("llama", dtype=torch.float32, with_tokenizer=False)
+    tensors = load_file(str(model_dir / "model.safetensors"))
+    full = dict(_plan(model_dir, direction_for(model_dir)).apply(tensors.items()))
+    plan = _plan(model_dir, direction_for(model_dir))
+    stage = dict(plan.apply(tensors.items(), kept=lambda name: not name.startswith("model.layers.1.")))
+    for name, tensor in tensors.items():
+        expected = tensor if name.startswith("model.layers.1.") else full[name]
+        assert torch.equal(stage[name], expected), name
+    assert plan.stats.total == 2 and plan.stats.left_to_other_stages == 2
+    assert "(+2 in other pipeline stages' layers, edited there)" in plan.summary()
+    partial = [(n, t) for n, t in tensors.items() if n != "model.layers.1.mlp.down_proj.weight"]
+    with pytest.raises(RosiError, match="missing \\[1\\]"):
+        list(_plan(model_dir, direction_for(model_dir)).apply(partial, kept=lambda name: "layers.1." not in name))
+
 def test_no_target_matched_fails_closed(tiny_model, direction_for):
     model_dir = tiny_model("llama", dtype=torch.float32, with_tokenizer=False)
     plan = _plan(model_dir, direction_for(model_dir))

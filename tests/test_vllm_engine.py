@@ -36,13 +36,17 @@ MIN_EFFECT = 0.1
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_probe(out: Path, model: Path, *, load_format="auto", extra=None, tp=1, env=None) -> list[dict]:
+def run_probe(out: Path, model: Path, *, load_format="auto", extra=None, tp=1, pp=1, env=None,
+              eager=False, expect_failure=False) -> list[dict] | str:
     cmd = [sys.executable, str(REPO / "tests" / "engine_probe.py"), "--model", str(model), "--out", str(out),
-           "--load-format", load_format, "--tp", str(tp)]
+           "--load-format", load_format, "--tp", str(tp), "--pp", str(pp)] + (["--eager"] if eager else [])
     if extra is not None:
         cmd += ["--extra", json.dumps(extra)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
     log = proc.stdout + proc.stderr
+    if expect_failure:
+        assert proc.returncode != 0, log[-4000:]
+        return log
     assert proc.returncode == 0, log[-4000:]
     out.with_suffix(".log").write_text(log)
     return json.loads(out.read_text())
@@ -108,3 +112,27 @@ def test_tensor_parallel_2_matches_tp1(family_runs, tmp_path):
     assert log.count("rosi: direction=") == 2, log[-3000:]
     assert max_prompt_logprob_diff(tp2, runs["rosi"]) <= TP_TOL
     assert max_prompt_logprob_diff(tp2, runs["base"]) >= MIN_EFFECT
+
+
+def test_pipeline_parallel_2_matches_pp1_and_each_stage_injects(family_runs, tmp_path):
+    """Two pipeline stages (one layer each), each a process that loads the plugin and edits what it is streamed."""
+    runs = family_runs("llama", with_base=True)
+    pp2 = run_probe(
+        tmp_path / "pp2.json", runs["model"], load_format="rosi", extra={"direction": str(runs["direction"])}, pp=2,
+        env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
+    )
+    log = (tmp_path / "pp2.log").read_text()
+    # Each stage edits its own layer and leaves the other stage's (which it reads, then drops) to that stage.
+    assert log.count("edited 2 matrices (attn_out=1, mlp_out=1) (+2 in other pipeline stages' layers") == 2, log[-3000:]
+    assert max_prompt_logprob_diff(pp2, runs["rosi"]) <= TP_TOL
+    assert max_prompt_logprob_diff(pp2, runs["base"]) >= MIN_EFFECT
+    assert [r["token_ids"] for r in pp2] == [r["token_ids"] for r in runs["rosi"]]
+
+
+def test_pipeline_parallel_in_eager_mode_on_cpu_fails_at_load_with_the_fix(family_runs, tmp_path):
+    """vLLM 0.32's CPU runner would come up and then fail every request; the loader says why, at load."""
+    runs = family_runs("llama")
+    log = run_probe(tmp_path / "eager.json", runs["model"], load_format="rosi", pp=2, eager=True,
+                    extra={"direction": str(runs["direction"])}, env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
+                    expect_failure=True)
+    assert "rosi: pipeline parallelism on vLLM's CPU backend needs a compilation mode other than NONE" in log
