@@ -59,10 +59,12 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(model: Path, log_path: Path, *, load_format: str | None = "rosi", extra: dict | None = None,
+def start_server(model: Path | None, log_path: Path, *, load_format: str | None = "rosi", extra: dict | None = None,
                  args: list[str] | None = None, env: dict | None = None) -> Server:
+    """`vllm serve` on a free local port; ``model=None`` when ``args`` name it (``--model=...``)."""
     port = free_port()
-    cmd = vllm_command() + ["serve", str(model), "--host", "127.0.0.1", "--port", str(port), *SERVE_FLAGS]
+    cmd = vllm_command() + ["serve", *([str(model)] if model is not None else []),
+                            "--host", "127.0.0.1", "--port", str(port), *SERVE_FLAGS]
     if load_format:
         cmd += ["--load-format", load_format]
     if extra is not None:

@@ -16,23 +16,15 @@ plugin and inject its own copy.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from rosi_vllm.serve_process import (
-    SERVE_FLAGS,
-    Server,
-    free_port,
-    vllm_command,
-    wait_until,
-)
+from rosi_vllm.serve_process import Server, start_server, wait_until
 
 from .conftest import write_direction
 
@@ -51,12 +43,8 @@ def rewrite(text: str, mounts: dict[str, Path]) -> str:
 def launch(args: list[str], env: dict[str, str], log: Path, tp: int) -> Server:
     """vLLM's image entrypoint (`vllm serve`) with the recipe's args, on a free local port."""
     args = [a for a in args if not a.startswith("--port")]
-    port = free_port()
-    cmd = vllm_command() + ["serve", *args, "--host", "127.0.0.1", "--port", str(port), *SERVE_FLAGS]
     cpu_env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"} if tp == 2 else {}
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, **cpu_env, **env})
-    return Server(proc, port, log)
+    return start_server(None, log, load_format=None, args=args, env={**cpu_env, **env})
 
 
 def kubernetes_single_node(tmp: Path, model: Path, direction: Path) -> tuple[list[str], dict, dict]:
