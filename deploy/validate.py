@@ -12,7 +12,12 @@ Nothing is fetched from the network:
 - LeaderWorkerSet: a hand-written schema of its own fields (no package bundles
   that CRD), and its pod templates as ``PodTemplateSpec`` by kubernetes-validate;
 - the ``metadata`` of every custom resource: kubernetes-validate's ObjectMeta;
-- compose: check-jsonschema's vendored compose-spec.
+- compose: check-jsonschema's vendored compose-spec;
+- every ``vllm serve`` command line in a manifest or the compose file: parsed by
+  the installed vLLM's own CLI parser (a misspelt or retired flag is an error)
+  and, with ``--load-format rosi``, its ``--model-loader-extra-config`` by
+  rosi-vllm's strict loader-config parser. Skipped, and said so, where vLLM is
+  not installed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
+import shlex
 import subprocess
 import sys
 from functools import cache
@@ -111,6 +118,84 @@ def file_errors(path: Path, version: str = DEFAULT_K8S_VERSION) -> list[str]:
     return [f"{path}: {line}" for doc in docs for line in manifest_errors(doc, version)]
 
 
+def compose_interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` forms (unset required → placeholder)."""
+    def one(match):
+        name, op, word = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        return word if op == ":-" else f"<{name}>"
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, text)
+
+
+def vllm_command_lines(k8s_root: Path = DEPLOY / "k8s", compose: Path = DEPLOY / "compose/docker-compose.yml"):
+    """(where, argv after ``vllm serve``) of every vLLM container in the recipes.
+
+    A container without ``command`` runs the image entrypoint, ``vllm serve``, on
+    its ``args``; a shell ``command`` is searched for ``vllm serve``.
+    """
+    found = []
+
+    def from_container(where: str, container: dict) -> None:
+        if "command" not in container:
+            if any(str(a).startswith("--model") for a in container.get("args", [])):
+                found.append((where, [str(a) for a in container["args"]]))
+            return
+        words = shlex.split(" ".join(str(c) for c in container["command"] + container.get("args", [])))
+        for i in range(len(words) - 1):
+            if words[i] == "vllm" and words[i + 1] == "serve":
+                argv = []
+                for word in words[i + 2:]:
+                    if word in ("&&", ";", "||", "|"):
+                        break
+                    argv.append(word)
+                found.append((where, argv))
+
+    for path in manifest_files(k8s_root):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            spec = doc.get("spec") or {}
+            templates = [spec.get("template")] + [(spec.get("leaderWorkerTemplate") or {}).get(k)
+                                                  for k in ("leaderTemplate", "workerTemplate")]
+            for template in filter(None, templates):
+                for container in template["spec"].get("containers", []):
+                    from_container(f"{path.relative_to(DEPLOY)} {doc['kind']}/{doc['metadata']['name']}/"
+                                   f"{container['name']}", container)
+    services = yaml.safe_load(compose_interpolate(compose.read_text(), {}))["services"]
+    for name, service in services.items():
+        if not any(str(a).startswith("--model") for a in service.get("command", [])):
+            continue  # prometheus, grafana
+        found.append((f"{compose.relative_to(DEPLOY)} service {name}", [str(a) for a in service["command"]]))
+    return found
+
+
+def vllm_argv_errors(where: str, argv: list[str]) -> list[str]:
+    """Parse one ``vllm serve`` argv as the installed vLLM would, and the rosi loader config as the loader would."""
+    import contextlib
+    import io
+
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from rosi_vllm.errors import RosiError
+    from rosi_vllm.loader_config import RosiLoaderConfig
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args = make_arg_parser(FlexibleArgumentParser(prog="vllm serve")).parse_args(argv)
+    except SystemExit:
+        return [f"{where}: vllm serve rejects the arguments: {stderr.getvalue().strip().splitlines()[-1]}"]
+    if args.load_format != "rosi":
+        return [f"{where}: --load-format is {args.load_format!r}, not rosi"]
+    try:
+        RosiLoaderConfig.from_extra_config(args.model_loader_extra_config)
+    except RosiError as exc:
+        return [f"{where}: {exc}"]
+    return []
+
+
 def compose_errors(path: Path) -> list[str]:
     done = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
                            str(path)], check=False, capture_output=True, text=True, timeout=120)
@@ -132,9 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.files:
         errors += compose_errors(DEPLOY / "compose/docker-compose.yml")
         checked += 1
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            print("vllm is not installed: `vllm serve` command lines not checked", file=sys.stderr)
+        else:
+            for where, command_line in vllm_command_lines():
+                errors += vllm_argv_errors(where, command_line)
+                checked += 1
     for line in errors:
         print(line)
-    print(f"{checked} file(s) checked, {len(errors)} problem(s)", file=sys.stderr)
+    print(f"{checked} file(s) and command line(s) checked, {len(errors)} problem(s)", file=sys.stderr)
     return 1 if errors else 0
 
 

@@ -51,3 +51,14 @@ def direction_for(tmp_path):
         return write_direction(model_dir, tmp_path / f"dir-{len(list(tmp_path.iterdir()))}.safetensors", **kwargs)
 
     return make
+
+
+def deploy_script(relative: str):
+    """Import a script under deploy/ (scripts, not a package) by path, e.g. ``deploy_script("validate")``."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / f"{relative}.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

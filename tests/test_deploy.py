@@ -23,20 +23,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from rosi_vllm.serving.metrics import RosiMetrics
 
+from .conftest import deploy_script
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
-def _deploy_module(relative: str):
-    """deploy/ holds scripts, not a package: load one by path."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(Path(relative).name, DEPLOY / f"{relative}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-validate = _deploy_module("validate")
+validate = deploy_script("validate")
 
 
 def manifests():
@@ -99,11 +91,30 @@ def test_unknown_kinds_are_an_error_not_a_pass():
 
 
 def test_vendored_schemas_name_their_source():
-    vendor = _deploy_module("schemas/vendor")
+    vendor = deploy_script("schemas/vendor")
     for package, version, _integrity, _module, filename in vendor.PINS:
         assert f"{package}@{version}" in json.loads((DEPLOY / "schemas" / filename).read_text())["$comment"]
     assert set(validate.CUSTOM_SCHEMAS.values()) <= {p.name for p in (DEPLOY / "schemas").glob("*.json")}
 
+
+
+def test_every_vllm_command_line_parses_with_the_installed_vllm():
+    lines = validate.vllm_command_lines()
+    assert len(lines) == 5  # single-node, multi-node leader, canary base + hardened, compose
+    for where, argv in lines:
+        assert validate.vllm_argv_errors(where, argv) == [], where
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda argv: argv + ["--pipline-parallel-size=2"], "unrecognized arguments: --pipline-parallel-size=2"),
+    (lambda argv: [a.replace('"direction"', '"alpha": 8, "alhpa"') for a in argv], "unknown model-loader-extra-config"),
+    (lambda argv: [a.replace('"direction"', '"alpha": -4, "direction"') for a in argv], "negative"),
+    (lambda argv: [a for a in argv if not a.startswith("--load-format")], "not rosi"),
+])
+def test_a_broken_vllm_command_line_is_an_error(change, expected):
+    where, argv = next(line for line in validate.vllm_command_lines() if "single-node" in line[0])
+    (error,) = validate.vllm_argv_errors(where, change(argv))
+    assert expected in error, error
 
 def test_every_rosi_container_runs_the_plugin_consistently():
     """Every vLLM container: rosi load format, a direction, the tenant middleware and its config."""
@@ -182,7 +193,7 @@ def test_dashboard_references_only_exported_rosi_metrics():
 
 
 def _renderer():
-    return _deploy_module("render_dashboard")
+    return deploy_script("render_dashboard")
 
 
 def test_dashboard_queries_evaluate_on_real_metric_output(tmp_path):

@@ -26,11 +26,12 @@ import yaml
 
 from rosi_vllm.serve_process import Server, start_server, wait_until
 
-from .conftest import write_direction
+from .conftest import deploy_script, write_direction
 
 pytestmark = pytest.mark.engine
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+validate = deploy_script("validate")
 KEYS = {"ACME_API_KEY": "sk-acme-recipe-test", "KIDS_APP_API_KEY": "sk-kids-recipe-test"}
 
 
@@ -78,25 +79,13 @@ def kubernetes_single_node(tmp: Path, model: Path, direction: Path) -> tuple[lis
     return args, env, container
 
 
-def compose_interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} forms."""
-    def one(match):
-        name, op, word = match.group(1), match.group(2), match.group(3)
-        if env.get(name):
-            return env[name]
-        if op == ":-":
-            return word
-        raise AssertionError(f"compose needs {name}: {word}")
-    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, text)
-
-
 def compose_service(tmp: Path, model: Path, direction: Path) -> tuple[list[str], dict]:
     compose_dir = DEPLOY / "compose"
     directions = tmp / "directions"
     directions.mkdir()
     shutil.copy(direction, directions / direction.name)
     host_env = {"MODEL_DIR": str(model), "DIRECTION": direction.name, **KEYS}
-    service = yaml.safe_load(compose_interpolate((compose_dir / "docker-compose.yml").read_text(), host_env))
+    service = yaml.safe_load(validate.compose_interpolate((compose_dir / "docker-compose.yml").read_text(), host_env))
     service = service["services"]["vllm"]
     mounts = {}
     for volume in service["volumes"]:
