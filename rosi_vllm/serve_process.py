@@ -70,8 +70,8 @@ def start_server(model: Path | None, log_path: Path, *, load_format: str | None 
     if extra is not None:
         cmd += ["--model-loader-extra-config", json.dumps(extra)]
     cmd += args or []
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     return Server(proc, port, log_path)
 
 
