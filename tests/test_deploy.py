@@ -230,7 +230,7 @@ def test_images_and_extras_pin_the_vllm_release_ci_tests():
     """The loader plugs into vLLM's model-loader API, which changes between releases: every pin names one."""
     import importlib.metadata
 
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     extras = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     (cpu_pin,) = extras["cpu"]
