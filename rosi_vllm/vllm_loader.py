@@ -3,9 +3,10 @@
 Thin glue by design. vLLM's `DefaultModelLoader` finds the checkpoint files and
 yields full (unsharded) checkpoint tensors; `model.load_weights` then shards,
 fuses and places them. We sit exactly between the two, so every worker edits
-the full tensor (the row mean w̄ needs all of W) and vLLM's own tensor/pipeline
-parallel sharding, fused projections and online quantization see ordinary
-weights. All decisions are made by `injection_plan`, which knows no vLLM.
+the full tensor (the row mean w̄ needs all of W) and vLLM's own tensor parallel
+sharding, fused projections and online quantization see ordinary weights; a
+pipeline stage edits only the layers it keeps (`kept_by`). All decisions are
+made by `injection_plan`, which knows no vLLM.
 """
 
 from __future__ import annotations
