@@ -53,11 +53,14 @@ def direction_for(tmp_path):
     return make
 
 
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
 def deploy_script(relative: str):
     """Import a script under deploy/ (scripts, not a package) by path, e.g. ``deploy_script("validate")``."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "deploy" / f"{relative}.py"
+    path = DEPLOY / f"{relative}.py"
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,10 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from rosi_vllm.serving.metrics import RosiMetrics
 
-from .conftest import deploy_script
-
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-
+from .conftest import DEPLOY, deploy_script
 
 validate = deploy_script("validate")
 

@@ -26,11 +26,10 @@ import yaml
 
 from rosi_vllm.serve_process import Server, start_server, wait_until
 
-from .conftest import deploy_script, write_direction
+from .conftest import DEPLOY, deploy_script, write_direction
 
 pytestmark = pytest.mark.engine
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 validate = deploy_script("validate")
 KEYS = {"ACME_API_KEY": "sk-acme-recipe-test", "KIDS_APP_API_KEY": "sk-kids-recipe-test"}
 
@@ -120,13 +119,13 @@ def check_tenant_traffic(server: Server, model_name: str) -> None:
 
 @pytest.fixture(scope="module")
 def recipe_inputs(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("recipes")
+    """(model, direction): the tiny model stands in for the model volume, its direction for the ConfigMap's."""
     model = tiny_model("llama")
-    return tmp, model, write_direction(model, tmp / "tiny-llama.safetensors", alpha=8.0)
+    return model, write_direction(model, tmp_path_factory.mktemp("recipes") / "tiny-llama.safetensors", alpha=8.0)
 
 
 def test_kubernetes_single_node_deployment_serves_with_tp2_and_the_plugin_in_both_workers(recipe_inputs, tmp_path):
-    _, model, direction = recipe_inputs
+    model, direction = recipe_inputs
     args, env, container = kubernetes_single_node(tmp_path, model, direction)
     tp = int(next(a.split("=")[1] for a in args if a.startswith("--tensor-parallel-size=")))
     assert tp == 2
@@ -147,7 +146,7 @@ def test_kubernetes_single_node_deployment_serves_with_tp2_and_the_plugin_in_bot
 
 
 def test_compose_vllm_service_serves_tenants(recipe_inputs, tmp_path):
-    _, model, direction = recipe_inputs
+    model, direction = recipe_inputs
     args, env = compose_service(tmp_path, model, direction)
     server = launch(args, env, tmp_path / "compose.log", tp=1)
     try:
