@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -91,20 +90,3 @@ def benchmark_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true", help="CI mode: tiny model, a few requests, seconds")
     parser.add_argument("--out-dir", default=str(RESULTS))
     return parser
-
-
-@contextlib.contextmanager
-def figure(path: Path, size=(8, 4)):
-    """A matplotlib (figure, axes) on the Agg backend, saved to `path` and closed on exit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=size)
-    try:
-        yield fig, ax
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)

@@ -10,13 +10,13 @@ import torch
 def resolve_model(name: str, work: Path) -> Path:
     """A registered model name (pulled if needed), a folder, or ``tiny`` (random Llama, for smoke runs)."""
     if name == "tiny":
-        from rosi_vllm.tiny_models import build_tiny_model
+        from rosi_vllm.testing.tiny_models import build_tiny_model
 
         out = work / "tiny-llama"
         return out if (out / "config.json").exists() else build_tiny_model("llama", out)
     if Path(name).is_dir():
         return Path(name)
-    from rosi_vllm.models import pull
+    from rosi_vllm.tools.models import pull
 
     return Path(pull(name))
 
@@ -30,15 +30,13 @@ def direction_for(model: Path, work: Path, shipped: str | None = None, alpha: fl
     if shipped and Path(shipped).exists():
         return Path(shipped), f"shipped {shipped}"
     from rosi_vllm.checkpoint import model_shape
-    from rosi_vllm.direction_file import DirectionFile, save_direction
-    from rosi_vllm.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.direction_file import direction_for_checkpoint, save_direction
 
     shape = model_shape(model)
     vector = torch.randn(shape.hidden_size, generator=torch.Generator().manual_seed(0))
     out = work / f"{model.name}-random-direction.safetensors"
-    save_direction(out, DirectionFile(vector, shape.architecture, shape.hidden_size, shape.num_layers,
-                                      shape.num_layers // 2, alpha, fingerprint_checkpoint(model),
-                                      {"method": "benchmark: seeded random unit vector"}))
+    save_direction(out, direction_for_checkpoint(model, vector, alpha=alpha, shape=shape,
+                                                 method="benchmark: seeded random unit vector"))
     return out, "random unit vector (seed 0)"
 
 

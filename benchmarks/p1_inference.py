@@ -19,7 +19,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from ._common import benchmark_parser, figure, median, write_result
+from rosi_vllm.reports.plots import figure
+
+from ._common import benchmark_parser, median, write_result
 from ._load import run_load, summarise
 from ._setup import direction_for, resolve_model, unique_prompts
 
@@ -76,7 +78,7 @@ def plot(table: dict, path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    from rosi_vllm.serve_process import start_server, wait_until
+    from rosi_vllm.testing.serve_process import start_server, wait_until
 
     parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 
-from ._common import benchmark_parser, figure, median, write_result
+from rosi_vllm.reports.plots import figure
+
+from ._common import benchmark_parser, median, write_result
 from ._setup import direction_for, resolve_model
 
 
@@ -37,7 +39,7 @@ def random_llama(out: Path, hidden=2048, layers=16, intermediate=8192, vocab=320
         return out
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rosi_vllm.tiny_models import build_tokenizer
+    from rosi_vllm.testing.tiny_models import build_tokenizer
 
     config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate,
                          num_attention_heads=hidden // 64, num_key_value_heads=hidden // 256, vocab_size=vocab,
@@ -62,8 +64,8 @@ def stream_once(loader, model_config) -> tuple[float, float, int]:
         dest.copy_(tensor)
         total += tensor.numel() * tensor.element_size()
     elapsed = time.perf_counter() - started
-    plan = getattr(loader, "_plan", None)
-    return elapsed, (plan.stats.math_seconds if plan else 0.0), total
+    run = getattr(loader, "_run", None)
+    return elapsed, (run.stats.math_seconds if run else 0.0), total
 
 
 def in_process(model: Path, direction: Path, repeats: int) -> dict:
@@ -71,7 +73,7 @@ def in_process(model: Path, direction: Path, repeats: int) -> dict:
     from vllm.config.load import LoadConfig
     from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
-    from rosi_vllm.vllm_loader import RosiModelLoader
+    from rosi_vllm.vllm_glue.loader import RosiModelLoader
 
     model_config = ModelConfig(model=str(model), dtype="bfloat16", max_model_len=256)
     base_times, rosi_times, math_times, nbytes = [], [], [], 0
@@ -94,7 +96,7 @@ def in_process(model: Path, direction: Path, repeats: int) -> dict:
 
 
 def served(model: Path, direction: Path, tp_sizes: list[int], work: Path) -> list[dict]:
-    from rosi_vllm.serve_process import start_server, wait_until
+    from rosi_vllm.testing.serve_process import start_server, wait_until
 
     rows = []
     for tp in tp_sizes:

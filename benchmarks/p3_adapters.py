@@ -23,7 +23,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from ._common import benchmark_parser, figure, write_result
+from rosi_vllm.reports.plots import figure
+
+from ._common import benchmark_parser, write_result
 from ._load import run_load, summarise
 from ._setup import direction_for, resolve_model, unique_prompts
 
@@ -68,7 +70,7 @@ def plot(table: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from rosi_vllm.serve_process import start_server, wait_until
+    from rosi_vllm.testing.serve_process import start_server, wait_until
 
     parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")

@@ -15,7 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._common import benchmark_parser, figure, median, write_result
+from rosi_vllm.reports.plots import figure
+
+from ._common import benchmark_parser, median, write_result
 from ._setup import resolve_model
 
 
@@ -33,8 +35,8 @@ def plot(rows: list[dict], path: Path, target: float) -> None:
 def main(argv=None) -> int:
     import torch
 
-    from rosi_vllm import prompts
-    from rosi_vllm.extract import extract_directions, load_hf_model
+    from rosi_vllm.extraction import prompts
+    from rosi_vllm.extraction.extract import extract_directions, load_hf_model
 
     parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")

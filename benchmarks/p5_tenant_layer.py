@@ -24,7 +24,9 @@ from types import SimpleNamespace
 
 import yaml
 
-from ._common import benchmark_parser, figure, median, percentile, write_result
+from rosi_vllm.reports.plots import figure
+
+from ._common import benchmark_parser, median, percentile, write_result
 
 KEY = "sk-bench-key"
 
@@ -53,24 +55,19 @@ class _Recorder:
 
 
 def in_process(n: int, concurrency: int, work: Path) -> dict:
+    import torch
     from prometheus_client import CollectorRegistry
 
-    from rosi_vllm.direction_file import DirectionFile, save_direction
+    from rosi_vllm.checkpoint import model_shape
+    from rosi_vllm.direction_file import direction_for_checkpoint, save_direction
     from rosi_vllm.serving.metrics import RosiMetrics
     from rosi_vllm.serving.middleware import RosiTenantMiddleware
     from rosi_vllm.serving.tenant_config import key_digest
-
-    import torch
-
-    from rosi_vllm.checkpoint import model_shape
-    from rosi_vllm.fingerprint import fingerprint_checkpoint
-    from rosi_vllm.tiny_models import build_tiny_model
+    from rosi_vllm.testing.tiny_models import build_tiny_model
 
     model = build_tiny_model("llama", work / "tiny")
-    shape = model_shape(model)
-    direction = save_direction(work / "d.safetensors", DirectionFile(
-        torch.ones(shape.hidden_size), shape.architecture, shape.hidden_size, shape.num_layers, 1, 8.0,
-        fingerprint_checkpoint(model), {"method": "benchmark"}))
+    direction = save_direction(work / "d.safetensors", direction_for_checkpoint(
+        model, torch.ones(model_shape(model).hidden_size), alpha=8.0, layer=1, method="benchmark"))
     config = work / "tenants.yaml"
     config.write_text(yaml.safe_dump({
         "version": 1, "variants": {"also-baked": 8, "standard": "baked"},  # both equal the baked alpha: no adapter
@@ -134,8 +131,8 @@ def _served_overhead_ms(url: str) -> float | None:
 
 
 def served(requests: int, concurrency: int, rounds: int, work: Path) -> dict:
-    from rosi_vllm.serve_process import start_server, wait_until
     from rosi_vllm.serving.tenant_config import key_digest
+    from rosi_vllm.testing.serve_process import start_server, wait_until
 
     from ._load import run_load, summarise
     from ._setup import direction_for, resolve_model, unique_prompts

@@ -16,18 +16,25 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ._common import benchmark_parser, figure, write_result
+from rosi_vllm.reports.plots import figure
+
+from ._common import benchmark_parser, write_result
 from ._setup import direction_for, resolve_model
 
 
 def main(argv=None) -> int:
     from tqdm import tqdm
 
-    from rosi_vllm import prompts
     from rosi_vllm.architectures import DEFAULT_TARGETS
     from rosi_vllm.direction_file import load_direction
-    from rosi_vllm.extract import load_hf_model
-    from rosi_vllm.hf_eval import generate, injected, mean_kl, next_token_logprobs
+    from rosi_vllm.extraction import prompts
+    from rosi_vllm.extraction.extract import load_hf_model
+    from rosi_vllm.extraction.hf_eval import (
+        generate,
+        injected,
+        mean_kl,
+        next_token_logprobs,
+    )
     from rosi_vllm.injection_plan import build_plan
     from rosi_vllm.judge import SubstringJudge, is_degenerate
     from rosi_vllm.stats import rate

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ._common import benchmark_parser, figure, median, write_result
+from rosi_vllm.reports.plots import figure
+
+from ._common import benchmark_parser, median, write_result
 from ._setup import direction_for, resolve_model
 
 
@@ -53,11 +55,11 @@ def generate_ids(loaded, texts, max_new_tokens):
 
 
 def main(argv=None) -> int:
-    from rosi_vllm import prompts
     from rosi_vllm.architectures import DEFAULT_TARGETS
     from rosi_vllm.direction_file import load_direction
-    from rosi_vllm.extract import chat_texts, load_hf_model
-    from rosi_vllm.hf_eval import injected
+    from rosi_vllm.extraction import prompts
+    from rosi_vllm.extraction.extract import chat_texts, load_hf_model
+    from rosi_vllm.extraction.hf_eval import injected
     from rosi_vllm.injection_plan import build_plan
 
     parser = benchmark_parser(__doc__)

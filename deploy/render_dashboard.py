@@ -220,9 +220,9 @@ def run_and_scrape(seconds: float, work: Path) -> list:
     from rosi_vllm.checkpoint import model_shape
     from rosi_vllm.direction_file import DirectionFile, save_direction
     from rosi_vllm.fingerprint import fingerprint_checkpoint
-    from rosi_vllm.serve_process import start_server, wait_until
     from rosi_vllm.serving.tenant_config import key_digest
-    from rosi_vllm.tiny_models import build_tiny_model
+    from rosi_vllm.testing.serve_process import start_server, wait_until
+    from rosi_vllm.testing.tiny_models import build_tiny_model
 
     model = build_tiny_model("llama", work / "tiny")
     shape = model_shape(model)

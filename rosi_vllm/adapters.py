@@ -48,13 +48,14 @@ def lora_tensors(plan: InjectionPlan, row_means: dict[str, torch.Tensor],
                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """PEFT state dict of the plan's rank-1 deltas; refuses if a target is missing in any layer."""
     tensors: dict[str, torch.Tensor] = {}
+    run = plan.start()
     b = (plan.alpha * plan.unit_dir)[:, None].to(dtype).contiguous()
     for name, w_bar in row_means.items():
         module = PEFT_PREFIX + name.removesuffix(".weight")
         tensors[f"{module}.lora_A.weight"] = w_bar[None, :].to(dtype).contiguous()
         tensors[f"{module}.lora_B.weight"] = b.clone()  # safetensors refuses shared storage
-        plan.record_edit(*plan.match(name))
-    plan.check_complete()
+        run.record_edit(*plan.target(name))
+    run.check_complete()
     return tensors
 
 

@@ -13,6 +13,7 @@ code, and the same file opens in any safetensors reader.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
+from .checkpoint import ModelShape, model_shape
 from .errors import RosiError
+from .fingerprint import fingerprint_checkpoint
 from .injection import unit_direction
 
 FORMAT_NAME = "rosi-direction"
@@ -76,6 +80,34 @@ class DirectionFile:
         for key, value in self.provenance.items():
             meta[PROVENANCE_PREFIX + key] = value if isinstance(value, str) else json.dumps(value)
         return meta
+
+
+def direction_for_checkpoint(model_dir: str | Path, vector: torch.Tensor, *, alpha: float, method: str,
+                             layer: int | None = None, provenance: dict[str, str] | None = None,
+                             shape: ModelShape | None = None, fingerprint: str | None = None) -> DirectionFile:
+    """A direction file bound to the checkpoint in `model_dir`: its shape, fingerprint and provenance.
+
+    The one way every tool (extraction, import, tests, benchmarks, the demo) makes
+    a direction for a checkpoint, so each records the same identity and provenance.
+    ``layer`` defaults to the middle layer (it is informational for injection);
+    ``shape`` and ``fingerprint`` may be passed when the caller already has them.
+    """
+    shape = shape or model_shape(model_dir)
+    return DirectionFile(
+        direction=vector.detach().to(torch.float32).clone(),
+        architecture=shape.architecture,
+        hidden_size=shape.hidden_size,
+        num_layers=shape.num_layers,
+        layer=shape.num_layers // 2 if layer is None else layer,
+        recommended_alpha=float(alpha),
+        model_fingerprint=fingerprint or fingerprint_checkpoint(model_dir),
+        provenance={
+            "tool_version": f"rosi-vllm {__version__}",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "method": method,
+            **(provenance or {}),
+        },
+    )
 
 
 def save_direction(path: str | Path, direction_file: DirectionFile) -> Path:

@@ -1,8 +1,10 @@
 """Validate a direction against a model, then edit a (name, tensor) stream.
 
 `build_plan` is where every fail-closed rule lives: a plan exists only if the
-direction, α, targets and checkpoint agree. `InjectionPlan.apply` then wraps
-any iterator of checkpoint tensors (vLLM's weight iterator, or a safetensors
+direction, α, targets and checkpoint agree. The plan is immutable; each pass over
+a checkpoint is an `InjectionRun` with its own counts, so a plan used twice
+checks completeness twice. `InjectionPlan.apply` wraps any iterator of checkpoint
+tensors (vLLM's weight iterator, or a safetensors
 file being rewritten offline) and swaps each residual writer for its edited
 copy. It checks at the end of the stream that every requested target was found
 in every layer, so an architecture whose names drifted cannot come up
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .alpha_policy import check_alpha
 from .architectures import (
     EMBED,
     ArchitectureSpec,
@@ -31,7 +34,6 @@ from .checkpoint import ModelShape
 from .direction_file import DirectionFile
 from .errors import RosiError
 from .injection import inject
-from .loader_config import check_alpha
 
 
 @dataclass
@@ -48,8 +50,10 @@ class InjectionStats:
         return sum(self.edited.values())
 
 
-@dataclass
+@dataclass(frozen=True)
 class InjectionPlan:
+    """What to inject where, fixed once validated. Each pass over a checkpoint is an `InjectionRun`."""
+
     spec: ArchitectureSpec
     writers: tuple[ResidualWriter, ...]
     targets: tuple[str, ...]
@@ -58,7 +62,6 @@ class InjectionPlan:
     num_layers: int
     direction_id: str
     fingerprint_verified: bool
-    stats: InjectionStats = field(default_factory=InjectionStats)
 
     def match(self, name: str) -> tuple[ResidualWriter, int | None] | None:
         for writer in self.writers:
@@ -69,23 +72,39 @@ class InjectionPlan:
         return None
 
     def target(self, name: str) -> tuple[ResidualWriter, int | None] | None:
-        """The writer `name` is if it is to be edited; None for other tensors and extra layers."""
+        """The writer `name` is if it is to be edited; None for other tensors and for extra layers."""
         hit = self.match(name)
-        if hit is not None and hit[1] is not None and hit[1] >= self.num_layers:
-            # e.g. DeepSeek-V3's multi-token-prediction block: not on the served path.
-            self.stats.skipped_extra_layers += 1
+        if hit is not None and self.is_extra_layer(hit[1]):
             return None
         return hit
 
-    def record_edit(self, writer: ResidualWriter, layer: int | None) -> None:
-        """Count one edited matrix; `check_complete` reads these counts."""
-        self.stats.edited[writer.target] += 1
-        self._record_seen(writer, layer)
+    def is_extra_layer(self, layer: int | None) -> bool:
+        """A layer past the model's count, e.g. DeepSeek-V3's multi-token-prediction block: not on the served path."""
+        return layer is not None and layer >= self.num_layers
 
-    def _record_seen(self, writer: ResidualWriter, layer: int | None) -> None:
-        self.stats.seen[writer.target] += 1
-        if layer is not None:
-            self.stats.layers.setdefault(writer.target, set()).add(layer)
+    def start(self) -> InjectionRun:
+        """A fresh pass over a checkpoint, with its own counts and completeness check."""
+        return InjectionRun(self)
+
+    def apply(self, weights: Iterable[tuple[str, torch.Tensor]], kept: Callable[[str], bool] | None = None,
+              run: InjectionRun | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield the stream with every residual writer edited; raise at its end if any target was missed.
+
+        ``kept``: which tensors this process keeps (None: all), see `InjectionRun.edit`.
+        ``run``: pass one (from `start`) to read its counts afterwards; by default each call starts its own.
+        """
+        run = run or self.start()
+        for name, tensor in weights:
+            yield name, run.edit(name, tensor, kept)
+        run.check_complete()
+
+
+@dataclass
+class InjectionRun:
+    """One pass of a plan over a checkpoint stream: what it edited, and whether that was everything."""
+
+    plan: InjectionPlan
+    stats: InjectionStats = field(default_factory=InjectionStats)
 
     def edit(self, name: str, tensor: torch.Tensor, kept: Callable[[str], bool] | None = None) -> torch.Tensor:
         """Return `tensor` edited if `name` is a targeted residual writer, else unchanged.
@@ -94,55 +113,60 @@ class InjectionPlan:
         (a layer of another pipeline stage): it is counted as present, so the
         completeness check still covers every layer, and passed on unedited.
         """
-        hit = self.target(name)
+        hit = self.plan.match(name)
         if hit is None:
             return tensor
         writer, layer = hit
+        if self.plan.is_extra_layer(layer):
+            self.stats.skipped_extra_layers += 1
+            return tensor
         if kept is not None and not kept(name):
             self.stats.left_to_other_stages += 1
             self._record_seen(writer, layer)
             return tensor
         started = time.perf_counter()
-        edited = inject(tensor, self.unit_dir, self.alpha, writer.layout)
+        edited = inject(tensor, self.plan.unit_dir, self.plan.alpha, writer.layout)
         self.stats.math_seconds += time.perf_counter() - started
         self.record_edit(writer, layer)
         return edited
 
-    def apply(self, weights: Iterable[tuple[str, torch.Tensor]],
-              kept: Callable[[str], bool] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield the stream with every residual writer edited; raise if any target was missed.
+    def record_edit(self, writer: ResidualWriter, layer: int | None) -> None:
+        """Count one matrix edited by other means (an adapter built for it); `check_complete` reads the counts."""
+        self.stats.edited[writer.target] += 1
+        self._record_seen(writer, layer)
 
-        ``kept``: which tensors this process keeps (None: all), see `edit`.
-        """
-        for name, tensor in weights:
-            yield name, self.edit(name, tensor, kept)
-        self.check_complete()
+    def _record_seen(self, writer: ResidualWriter, layer: int | None) -> None:
+        self.stats.seen[writer.target] += 1
+        if layer is not None:
+            self.stats.layers.setdefault(writer.target, set()).add(layer)
 
     def check_complete(self) -> None:
-        for target in self.targets:
+        plan = self.plan
+        for target in plan.targets:
             if self.stats.seen[target] == 0:
                 raise RosiError(
                     f"rosi: no checkpoint tensor matched target {target!r} for architecture family "
-                    f"{self.spec.family!r}; refusing to serve an unhardened model"
+                    f"{plan.spec.family!r}; refusing to serve an unhardened model"
                 )
             if target == EMBED:
                 continue
-            missing = sorted(set(range(self.num_layers)) - self.stats.layers.get(target, set()))
+            missing = sorted(set(range(plan.num_layers)) - self.stats.layers.get(target, set()))
             if missing:
                 raise RosiError(
-                    f"rosi: target {target!r} found in {self.num_layers - len(missing)} of "
-                    f"{self.num_layers} layers (missing {missing[:8]}); refusing a partial injection"
+                    f"rosi: target {target!r} found in {plan.num_layers - len(missing)} of "
+                    f"{plan.num_layers} layers (missing {missing[:8]}); refusing a partial injection"
                 )
 
     def summary(self) -> str:
-        per_target = ", ".join(f"{t}={self.stats.edited[t]}" for t in self.targets)
+        plan = self.plan
+        per_target = ", ".join(f"{t}={self.stats.edited[t]}" for t in plan.targets)
         other = self.stats.left_to_other_stages
         elsewhere = f" (+{other} in other pipeline stages' layers, edited there)" if other else ""
         return (
-            f"rosi: direction={self.direction_id} alpha={self.alpha:g} "
+            f"rosi: direction={plan.direction_id} alpha={plan.alpha:g} "
             f"edited {self.stats.total} matrices ({per_target}){elsewhere} "
             f"in {self.stats.math_seconds * 1000:.1f} ms; fingerprint "
-            f"{'verified' if self.fingerprint_verified else 'NOT verified (verify_fingerprint=false)'}"
+            f"{'verified' if plan.fingerprint_verified else 'NOT verified (verify_fingerprint=false)'}"
         )
 
 

@@ -7,10 +7,10 @@ for vLLM's default loader (multithreaded loading) pass through untouched.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from .alpha_policy import check_alpha
 from .architectures import DEFAULT_TARGETS, SandwichNormPolicy, validate_targets
 from .errors import RosiError
 
@@ -72,18 +72,6 @@ class RosiLoaderConfig:
         if alpha is not None:
             check_alpha(alpha, config.allow_negative_alpha)
         return config, passthrough
-
-
-def check_alpha(alpha: float, allow_negative: bool) -> float:
-    """Refuse non-finite α, and negative α (ablation) unless explicitly allowed."""
-    if not math.isfinite(alpha):
-        raise RosiError(f"rosi: alpha must be finite, got {alpha}")
-    if alpha < 0 and not allow_negative:
-        raise RosiError(
-            f"rosi: alpha={alpha} is negative, which ablates (removes) the safety direction; "
-            'set "allow_negative_alpha": true to do this deliberately'
-        )
-    return alpha
 
 
 def _as_float(value: Any, key: str) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .checkpoint import model_shape, safetensors_files
 from .direction_file import load_direction
 from .errors import RosiError
 from .fingerprint import fingerprint_checkpoint
-from .injection_plan import InjectionPlan, build_plan
+from .injection_plan import InjectionRun, build_plan
 
 MANIFEST = "rosi_injection.json"
 
@@ -38,10 +39,9 @@ def inject_checkpoint(
     sandwich_norm: SandwichNormPolicy = SandwichNormPolicy.REFUSE,
     verify_fingerprint: bool = True,
     progress: bool = True,
-) -> tuple[Path, InjectionPlan]:
+) -> tuple[Path, InjectionRun]:
     from safetensors import safe_open
     from safetensors.torch import save_file
-    from tqdm import tqdm
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -64,12 +64,15 @@ def inject_checkpoint(
         for item in model_dir.iterdir():
             if item.is_file() and item not in files and item.name != MANIFEST:
                 shutil.copy2(item, staging / item.name)
-        for path in tqdm(files, desc="rosi inject", unit="shard", disable=not progress):
+        run = plan.start()
+        for number, path in enumerate(files, 1):
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata()
-                tensors = {name: plan.edit(name, f.get_tensor(name)) for name in f.keys()}
+                tensors = {name: run.edit(name, f.get_tensor(name)) for name in f.keys()}
             save_file(tensors, str(staging / path.name), metadata=metadata)
-        plan.check_complete()
+            if progress:
+                print(f"rosi inject: shard {number}/{len(files)} {path.name}", file=sys.stderr, flush=True)
+        run.check_complete()
         manifest = {
             "tool": f"rosi-vllm {__version__}",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -79,7 +82,7 @@ def inject_checkpoint(
             "direction_id": plan.direction_id,
             "alpha": plan.alpha,
             "targets": list(plan.targets),
-            "matrices_edited": dict(plan.stats.edited),
+            "matrices_edited": dict(run.stats.edited),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out_dir.exists():
@@ -88,4 +91,4 @@ def inject_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out_dir, plan
+    return out_dir, run

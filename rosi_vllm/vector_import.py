@@ -82,3 +82,23 @@ def read_vector(path: str | Path, layer: int) -> torch.Tensor:
     except Exception as exc:  # corrupt file in any reader: one clear line
         raise RosiError(f"rosi: cannot read vector from {where!r}: {exc}") from exc
     return vector.detach().to(torch.float32).reshape(-1).clone()
+
+
+def import_direction(model_dir: str | Path, vector_path: str | Path, *, layer: int, alpha: float):
+    """Wrap the vector for `layer` in `vector_path` as a direction file bound to the checkpoint `model_dir`."""
+    import hashlib
+
+    from .checkpoint import model_shape
+    from .direction_file import direction_for_checkpoint
+
+    shape = model_shape(model_dir)
+    if not 0 <= layer < shape.num_layers:
+        raise RosiError(f"rosi: --layer {layer} is outside 0..{shape.num_layers - 1}")
+    vector = read_vector(vector_path, layer)
+    if vector.shape[0] != shape.hidden_size:
+        raise RosiError(f"rosi: vector has {vector.shape[0]} elements, the model's hidden_size is {shape.hidden_size}")
+    source = Path(vector_path)
+    return direction_for_checkpoint(
+        model_dir, vector, alpha=alpha, layer=layer, method="import", shape=shape,
+        provenance={"source_file": source.name, "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()},
+    )

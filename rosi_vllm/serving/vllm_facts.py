@@ -1,4 +1,4 @@
-"""Read what the tenant layer needs from vLLM's API-server state (thin vLLM glue).
+"""Read what the tenant layer needs from vLLM's API server (through `vllm_glue.compat`).
 
 Fails closed with a `RosiError` when the server is not a ``--load-format rosi``
 deployment: the tenant layer's "baked" variant and its adapters are defined
@@ -10,14 +10,19 @@ from __future__ import annotations
 from ..direction_file import load_direction
 from ..errors import RosiError
 from ..loader_config import RosiLoaderConfig
+from ..vllm_glue.compat import (
+    runtime_lora_updating_allowed,
+    served_model_name,
+    server_state,
+)
 from .service import ServedModel
 
 
-def served_model_facts(state) -> ServedModel:
-    vllm_config = getattr(state, "vllm_config", None)
-    models = getattr(state, "openai_serving_models", None)
-    if vllm_config is None or models is None:
+def served_model_facts(app) -> ServedModel:
+    found = server_state(app)
+    if found is None:
         raise RosiError("rosi: the tenant middleware runs inside `vllm serve` only (no vLLM app state found)")
+    vllm_config, models = found
     load_config = vllm_config.load_config
     load_format = getattr(load_config.load_format, "value", load_config.load_format)
     if load_format != "rosi":
@@ -25,11 +30,9 @@ def served_model_facts(state) -> ServedModel:
     loader_config, _ = RosiLoaderConfig.from_extra_config(load_config.model_loader_extra_config)
     direction = load_direction(loader_config.direction)
     baked = direction.recommended_alpha if loader_config.alpha is None else loader_config.alpha
-    from vllm import envs
-
-    lora_enabled = vllm_config.lora_config is not None and bool(envs.VLLM_ALLOW_RUNTIME_LORA_UPDATING)
+    lora_enabled = vllm_config.lora_config is not None and runtime_lora_updating_allowed()
     return ServedModel(
-        name=models.base_model_paths[0].name,
+        name=served_model_name(models),
         model_dir=str(vllm_config.model_config.model),
         baked_alpha=float(baked),
         direction_id=direction.direction_id,

@@ -1,0 +1,48 @@
+"""`rosi extract`: find a refusal direction and select its layer and α."""
+
+from __future__ import annotations
+
+from ._args import floats, ints, model_path
+
+
+def cmd_extract(args) -> int:
+    from ..extraction.pipeline import extract_and_select
+
+    extract_and_select(
+        model_path(args.model), args.out, model_label=args.model, method=args.method, harmful_file=args.harmful,
+        harmless_file=args.harmless, n_pairs=args.n_pairs, n_harmful=args.n_harmful, layer=args.layer,
+        alpha=args.alpha, layers=args.layers, alphas=args.alphas, system_prompt=args.system_prompt,
+        val_n=args.val_n, stage1_n=args.stage1_n, max_new_tokens=args.max_new_tokens,
+        stage1_tokens=args.stage1_tokens, batch_size=args.batch_size, report_dir=args.report_dir,
+        backend=args.backend,
+    )
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("extract", help="extract a refusal direction; select layer and alpha on validation prompts")
+    p.add_argument("--model", required=True, help="checkpoint folder or registered model name")
+    p.add_argument("--out", required=True)
+    p.add_argument("--harmful", help="file, one instruction per line (default: packaged extraction split)")
+    p.add_argument("--harmless", help="file, one instruction per line (default: packaged extraction split)")
+    p.add_argument("--method", default="mean-diff", choices=["mean-diff", "refusal-contrast"],
+                   help="mean-diff: harmful - harmless (the paper); refusal-contrast: harmful the model refused - "
+                   "harmful it complied with (see rosi_vllm/extraction/extract.py)")
+    p.add_argument("--n-pairs", type=int, default=50, help="mean-diff: prompts per set")
+    p.add_argument("--n-harmful", type=int, default=200, help="refusal-contrast: harmful prompts to answer and split")
+    p.add_argument("--layer", type=int, default=None, help="fix the layer (default: select)")
+    p.add_argument("--alpha", type=float, default=None, help="fix alpha (default: select)")
+    p.add_argument("--layers", type=ints, default=None, help="candidate layers, comma list")
+    p.add_argument("--alphas", type=floats, default=None, help="candidate alphas, comma list")
+    p.add_argument("--system-prompt", default="none", help="safety | none | FILE (extraction only)")
+    p.add_argument("--val-n", type=int, default=60, help="validation prompts per set (stage 2)")
+    p.add_argument("--stage1-n", type=int, default=24, help="validation prompts per set (stage 1 grid)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="completion length for stage 2")
+    p.add_argument("--stage1-tokens", type=int, default=16, help="completion length for the stage 1 grid")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--report-dir", default=None)
+    p.add_argument("--backend", default="hf", choices=["vllm", "hf"],
+                   help="generation for selection: hf (edit in place; default) or vllm (experimental, not covered by "
+                   "CI: all candidates as LoRA adapters on one engine; on CPU, adapter requests ran at 0.5-0.7x of "
+                   "baked throughput in benchmark P3, and each new adapter costs a load)")
+    p.set_defaults(func=cmd_extract)

@@ -1,0 +1,174 @@
+"""Difference-of-means refusal directions, one per layer (transformers, CPU or GPU).
+
+For each instruction the chat template is applied (with the optional safety
+system prompt, extraction only) and the model is run once; we keep the
+residual stream at the last prompt token at the *input* of every decoder layer
+(``hidden_states[ℓ]`` in transformers, the "resid_pre" of Arditi et al. 2024).
+The direction for layer ℓ is mean(harmful) − mean(harmless) there.
+
+Two methods (``rosi extract --method``):
+
+* ``mean-diff`` (the paper): mean(harmful) − mean(harmless).
+* ``refusal-contrast``: the model is asked the harmful instructions (under the
+  same extraction-only system prompt), its greedy answers are judged, and the
+  direction is mean(refused) − mean(complied), both *harmful*. Topic ("this is
+  about weapons") cancels, because both groups are harmful; what remains is what
+  the model's own refusals have that its compliances lack. Measured on
+  SmolLM2-135M (benchmarks/results/extraction/README.md), the mean-diff vector
+  mostly encodes "harmful topic" and does not induce refusal at any α, while the
+  refusal-contrast vector does.
+
+Deterministic: float32, eval mode, fixed batch composition, left padding so the
+last prompt token is always at position −1.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import ModelShape, model_shape
+from .prompts import SAFETY_SYSTEM_PROMPT, sha256_of
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    path: Path
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @functools.cached_property
+    def shape(self) -> ModelShape:
+        """Architecture and sizes from the checkpoint's config, read once."""
+        return model_shape(self.path)
+
+
+def load_hf_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    model.eval()
+    return LoadedModel(model, tokenizer, Path(model_dir))
+
+
+def resolve_system_prompt(choice: str | None) -> str | None:
+    """``safety`` → the built-in safety prompt, ``none``/None → no system prompt, else a file path."""
+    if choice in (None, "none"):
+        return None
+    if choice == "safety":
+        return SAFETY_SYSTEM_PROMPT
+    return Path(choice).read_text(encoding="utf-8").strip()
+
+
+def chat_texts(tokenizer, instructions, system_prompt: str | None = None) -> list[str]:
+    texts = []
+    for instruction in instructions:
+        messages = [{"role": "user", "content": instruction}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return texts
+
+
+@torch.no_grad()
+def last_token_residuals(loaded: LoadedModel, texts: list[str], batch_size: int = 16, desc: str = "activations",
+                         progress: bool = True) -> torch.Tensor:
+    """float32 ``[num_layers, len(texts), hidden]``: residual at the input of each layer, last token."""
+    from tqdm import tqdm
+
+    chunks = []
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=not progress):
+        batch = loaded.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                                 add_special_tokens=False)
+        out = loaded.model(**batch, output_hidden_states=True, use_cache=False)
+        # hidden_states[ℓ] for ℓ < num_layers is the input of layer ℓ.
+        chunks.append(torch.stack([h[:, -1, :].float() for h in out.hidden_states[: loaded.num_layers]]))
+    return torch.cat(chunks, dim=1)
+
+
+@dataclass
+class Extraction:
+    directions: torch.Tensor  # [num_layers, hidden], not normalised
+    harmful_sha256: str
+    harmless_sha256: str
+    system_prompt: str | None
+    n_pairs: int
+    method: str = "mean-diff"
+    #: refusal-contrast only: how many harmful prompts the model refused / complied with
+    n_refused: int | None = None
+    n_complied: int | None = None
+
+    def provenance(self) -> dict[str, str]:
+        described = {
+            "mean-diff": "extract: difference of means (harmful - harmless), last prompt token, resid_pre",
+            "refusal-contrast": "extract: refusal contrast (refused - complied harmful), last prompt token, resid_pre",
+        }[self.method]
+        provenance = {
+            "method": described,
+            "n_pairs": str(self.n_pairs),
+            "harmful_sha256": self.harmful_sha256,
+            "harmless_sha256": self.harmless_sha256,
+            "system_prompt": self.system_prompt or "",
+        }
+        if self.method == "refusal-contrast":
+            provenance.update(n_refused=str(self.n_refused), n_complied=str(self.n_complied))
+        return provenance
+
+
+def extract_directions(loaded: LoadedModel, harmful, harmless, *, system_prompt: str | None = None,
+                       batch_size: int = 16, progress: bool = True) -> Extraction:
+    harmful, harmless = list(harmful), list(harmless)
+    h = last_token_residuals(loaded, chat_texts(loaded.tokenizer, harmful, system_prompt), batch_size,
+                             "harmful", progress)
+    b = last_token_residuals(loaded, chat_texts(loaded.tokenizer, harmless, system_prompt), batch_size,
+                             "harmless", progress)
+    return Extraction(h.mean(dim=1) - b.mean(dim=1), sha256_of(harmful), sha256_of(harmless), system_prompt,
+                      min(len(harmful), len(harmless)))
+
+
+def extract_refusal_contrast(loaded: LoadedModel, harmful, *, system_prompt: str | None = None, judge=None,
+                             max_new_tokens: int = 16, min_per_group: int = 8, batch_size: int = 16,
+                             progress: bool = True) -> Extraction:
+    """mean(refused) − mean(complied) over the model's own answers to harmful instructions.
+
+    Needs the model to refuse some and comply with some: an uncensored model
+    usually needs ``system_prompt`` (extraction only) to refuse at all. Fewer
+    than `min_per_group` in either group is an error rather than a noisy vector.
+    """
+    from tqdm import tqdm
+
+    from ..errors import RosiError
+    from ..judge import SubstringJudge
+    from .hf_eval import generate  # hf_eval imports this module: import at call time
+
+    judge = judge or SubstringJudge()
+    harmful = list(harmful)
+    answers = []
+    for start in tqdm(range(0, len(harmful), batch_size), desc="answers", unit="batch", disable=not progress):
+        answers += generate(loaded, harmful[start:start + batch_size], system_prompt=system_prompt,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size)
+    refused_flags = judge.judge(answers)
+    refused = [p for p, r in zip(harmful, refused_flags) if r]
+    complied = [p for p, r in zip(harmful, refused_flags) if not r]
+    if min(len(refused), len(complied)) < min_per_group:
+        raise RosiError(
+            f"rosi: refusal-contrast needs at least {min_per_group} refused and {min_per_group} complied harmful "
+            f"prompts; the model refused {len(refused)} of {len(harmful)}. Use more prompts, or (for a model "
+            "that never refuses) --system-prompt safety")
+    r = last_token_residuals(loaded, chat_texts(loaded.tokenizer, refused, system_prompt), batch_size,
+                             "refused", progress)
+    c = last_token_residuals(loaded, chat_texts(loaded.tokenizer, complied, system_prompt), batch_size,
+                             "complied", progress)
+    return Extraction(r.mean(dim=1) - c.mean(dim=1), sha256_of(harmful), sha256_of([]), system_prompt,
+                      len(harmful), method="refusal-contrast", n_refused=len(refused), n_complied=len(complied))

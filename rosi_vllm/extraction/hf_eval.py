@@ -1,0 +1,78 @@
+"""Fast in-process measurements with transformers, for layer/α selection.
+
+Selection scores dozens of (layer, α) candidates; starting a vLLM engine per
+candidate (~30 s each here) would dominate. Instead the candidate's rank-one
+edit is applied *in place* to the loaded transformers model with the same
+`InjectionPlan` the loader uses, measured, and undone from a saved copy of the
+original tensors. The chosen candidate is then confirmed with the real vLLM
+loader by `rosi eval`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..injection_plan import InjectionPlan
+from .extract import LoadedModel, chat_texts
+
+
+@contextlib.contextmanager
+def injected(loaded: LoadedModel, plan: InjectionPlan | None):
+    """Apply `plan` to the model's weights for the duration of the block (None: no edit)."""
+    if plan is None:
+        yield
+        return
+    params = dict(loaded.model.named_parameters())
+    saved = {}
+    run = plan.start()
+    with torch.no_grad():
+        for name, param in params.items():
+            if plan.target(name) is not None:
+                saved[name] = param.detach().clone()
+                param.copy_(run.edit(name, saved[name]))
+    try:
+        run.check_complete()
+        yield
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                params[name].copy_(original)
+
+
+@torch.no_grad()
+def generate(loaded: LoadedModel, instructions, *, system_prompt: str | None = None, max_new_tokens: int = 32,
+             batch_size: int = 32) -> list[str]:
+    """Greedy completions of chat-formatted instructions (no system prompt unless given)."""
+    texts = chat_texts(loaded.tokenizer, instructions, system_prompt)
+    outputs = []
+    for start in range(0, len(texts), batch_size):
+        batch = loaded.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                                 add_special_tokens=False)
+        generated = loaded.model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id,
+        )
+        new = generated[:, batch["input_ids"].shape[1]:]
+        outputs.extend(loaded.tokenizer.batch_decode(new, skip_special_tokens=True))
+    return outputs
+
+
+@torch.no_grad()
+def next_token_logprobs(loaded: LoadedModel, instructions, *, system_prompt: str | None = None,
+                        batch_size: int = 32) -> torch.Tensor:
+    """Full-vocabulary log-probabilities of the first response token, ``[n, vocab]``."""
+    texts = chat_texts(loaded.tokenizer, instructions, system_prompt)
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        batch = loaded.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                                 add_special_tokens=False)
+        logits = loaded.model(**batch, use_cache=False).logits[:, -1, :].float()
+        rows.append(torch.log_softmax(logits, dim=-1))
+    return torch.cat(rows)
+
+
+def mean_kl(base_logprobs: torch.Tensor, edited_logprobs: torch.Tensor) -> float:
+    """Mean over prompts of KL(base ‖ edited) of the first-token distribution, in nats."""
+    kl = (base_logprobs.exp() * (base_logprobs - edited_logprobs)).sum(dim=-1)
+    return float(kl.mean())

@@ -1,0 +1,75 @@
+"""`rosi extract` end to end: extract per-layer directions, select layer and α, write the file and report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..direction_file import save_direction
+from ..fingerprint import fingerprint_checkpoint
+from . import prompts
+from .extract import (
+    extract_directions,
+    extract_refusal_contrast,
+    load_hf_model,
+    resolve_system_prompt,
+)
+from .selection import direction_file_for, plot_selection, select
+
+
+def extract_and_select(model: str, out: str | Path, *, model_label: str, method: str = "mean-diff",
+                       harmful_file: str | None = None, harmless_file: str | None = None, n_pairs: int = 50,
+                       n_harmful: int = 200, layer: int | None = None, alpha: float | None = None,
+                       layers: list[int] | None = None, alphas: list[float] | None = None,
+                       system_prompt: str = "none", val_n: int = 60, stage1_n: int = 24, max_new_tokens: int = 32,
+                       stage1_tokens: int = 16, batch_size: int = 32, report_dir: str | Path | None = None,
+                       backend: str = "hf") -> Path:
+    """Write the direction file (and, when layer or α was selected, the selection report); return its path."""
+    harmful = prompts.read_prompt_file(harmful_file) if harmful_file else prompts.harmful("extraction")
+    harmless = prompts.read_prompt_file(harmless_file) if harmless_file else prompts.harmless("extraction")
+    resolved_prompt = resolve_system_prompt(system_prompt)
+    loaded = load_hf_model(model)
+    fingerprint = fingerprint_checkpoint(model)
+    started = time.perf_counter()
+    if method == "refusal-contrast":
+        harmful = harmful[:n_harmful]
+        extraction = extract_refusal_contrast(loaded, harmful, system_prompt=resolved_prompt, batch_size=batch_size)
+        counted = f"{len(harmful)} harmful prompts ({extraction.n_refused} refused, {extraction.n_complied} complied)"
+    else:
+        harmful, harmless = harmful[:n_pairs], harmless[:n_pairs]
+        extraction = extract_directions(loaded, harmful, harmless, system_prompt=resolved_prompt,
+                                        batch_size=batch_size)
+        counted = f"{len(harmful)}+{len(harmless)} prompts"
+    extract_seconds = time.perf_counter() - started
+    print(f"extracted {loaded.num_layers} layer directions ({method}) from {counted} in {extract_seconds:.1f} s")
+
+    report = None
+    if layer is None or alpha is None:
+        generator = None
+        if backend == "vllm":
+            from ..vllm_glue.generation import LoraVariantGenerator
+
+            generator = LoraVariantGenerator(model)
+        report = select(
+            loaded, extraction, prompts.harmful("validation")[:val_n], prompts.harmless("validation")[:val_n],
+            fingerprint=fingerprint, generator=generator, layers=[layer] if layer is not None else layers,
+            alphas=[alpha] if alpha is not None else alphas, stage1_n=stage1_n,
+            max_new_tokens=max_new_tokens, stage1_tokens=stage1_tokens, batch_size=batch_size,
+        )
+        layer, alpha = report.best.layer, report.best.alpha
+        print(f"selected layer {layer}, alpha {alpha:g}: {report.best.to_dict()}")
+    direction = direction_file_for(loaded, extraction, layer, alpha, fingerprint)
+    direction.provenance["extract_seconds"] = f"{extract_seconds:.2f}"
+    path = save_direction(out, direction)
+    if report is not None:
+        report_dir = Path(report_dir or Path(out).with_suffix(""))
+        report_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"model": model_label, "direction_file": str(path), "extract_seconds": extract_seconds,
+                   "method": method, "system_prompt": system_prompt, "n_harmful": len(harmful),
+                   "n_refused": extraction.n_refused, "n_complied": extraction.n_complied, **report.to_dict()}
+        (report_dir / "selection.json").write_text(json.dumps(payload, indent=2) + "\n")
+        plot_selection(report, report_dir / "selection.png")
+        print(f"report: {report_dir / 'selection.json'} and selection.png")
+    print(f"wrote {path} (direction {direction.direction_id}, layer {layer}, alpha {alpha:g})")
+    return path

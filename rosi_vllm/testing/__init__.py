@@ -1,0 +1,1 @@
+"""Fixtures the tests and benchmarks share: tiny random checkpoints and a `vllm serve` process helper."""

@@ -1,0 +1,1 @@
+"""First-run tooling: the embedded real models (`rosi models pull`) and `rosi demo`."""

@@ -1,0 +1,75 @@
+"""Every benchmark runs end to end in its smoke mode and writes JSON + PNG (numbers: benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+
+def run_smoke(module: str, out_dir: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out-dir", str(out_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def load(out_dir: Path, name: str) -> dict:
+    data = json.loads((out_dir / f"{name}.json").read_text())
+    assert (out_dir / f"{name}.png").stat().st_size > 1000
+    assert data["command"].startswith("python") and "--smoke" in data["command"]
+    assert data["machine"]["cpus"] >= 1
+    return data
+
+
+@pytest.mark.engine
+def test_p1_inference_smoke(tmp_path):
+    run_smoke("p1_inference", tmp_path)
+    data = load(tmp_path, "p1_inference_smoke")
+    for level in ("1", "4"):
+        row = data["ratios_rosi_over_base"][level]
+        assert all(v > 0 for v in row.values())
+        for arm in ("base", "rosi"):
+            assert data["rounds"][0][arm][level]["decode"]["failed"] == 0
+
+
+@pytest.mark.engine
+def test_p3_adapters_smoke(tmp_path):
+    run_smoke("p3_adapters", tmp_path)
+    data = load(tmp_path, "p3_adapters_smoke")
+    assert set(data["throughput_ratio_vs_baked"]) == {"lora-default", "adapters x1", "adapters x4"}
+    assert all(cell["failed"] == 0 for arm in data["arms"].values() for cell in arm.values())
+
+
+def test_p2_load_time_smoke(tmp_path):
+    run_smoke("p2_load_time", tmp_path)
+    row = load(tmp_path, "p2_load_time_smoke")["in_process"][0]
+    assert row["ratio_rosi_over_base"] > 0 and all(m > 0 for m in row["delta_math_s"])
+
+
+def test_p4_extraction_smoke(tmp_path):
+    run_smoke("p4_extraction", tmp_path)
+    rows = load(tmp_path, "p4_extraction_smoke")["rows"]
+    assert [r["n_pairs"] for r in rows] == [4, 8]
+
+
+def test_p5_tenant_layer_smoke(tmp_path):
+    run_smoke("p5_tenant_layer", tmp_path)
+    data = load(tmp_path, "p5_tenant_layer_smoke")["in_process"]
+    assert data["requests"] == 512 and data["overhead_p50_ms"] > 0
+
+
+def test_safety_sweep_smoke(tmp_path):
+    run_smoke("safety_sweep", tmp_path)
+    rows = load(tmp_path, "safety_sweep_smoke")["rows"]
+    assert [r["alpha"] for r in rows] == [0.0, 8.0] and rows[0]["benign_kl_nats"] == 0.0
+
+
+def test_steering_alternative_smoke(tmp_path):
+    run_smoke("steering_alternative", tmp_path)
+    data = load(tmp_path, "steering_alternative_smoke")
+    assert data["token_agreement"] > 0.9  # hook and baked weights are the same math

@@ -1,0 +1,128 @@
+"""`vllm serve --load-format rosi` end to end, and every fail-closed case.
+
+For each bad input the real server is started as an operator would start it;
+the test asserts the process exits non-zero, prints the one-line `rosi:` error,
+and never answered /health in between (polled every 0.5 s).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import requests
+import torch
+from safetensors.torch import load_file, save_file
+
+from rosi_vllm.checkpoint import model_shape
+from rosi_vllm.testing.serve_process import start_server, wait_until
+from tests.helpers import write_direction
+
+pytestmark = pytest.mark.engine
+
+
+def test_serve_answers_completion_with_hardened_model(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tests.engine_probe import PROMPTS
+
+    from .test_vllm_engine import ALPHA
+
+    model = tiny_model("llama")
+    direction = write_direction(model, tmp_path / "d.safetensors", alpha=ALPHA)
+    server = start_server(model, tmp_path / "serve.log", extra={"direction": str(direction)})
+    try:
+        came_up, _ = wait_until(server)
+        assert came_up, server.log()[-4000:]
+        resp = requests.post(
+            server.url + "/v1/completions",
+            json={"model": str(model), "prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0},
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+        text = resp.json()["choices"][0]["text"]
+        # The same greedy request through the offline reference checkpoint (engine test) gives these tokens.
+        from rosi_vllm.direction_file import load_direction
+        from tests.reference import reference_inject_checkpoint
+
+        reference = tmp_path / "reference"
+        reference_inject_checkpoint(model, reference, "llama", 2, load_direction(direction).direction, ALPHA)
+        from .test_vllm_engine import run_probe
+
+        expected_ids = run_probe(tmp_path / "ref.json", reference)[0]["token_ids"]
+        assert text == AutoTokenizer.from_pretrained(str(model)).decode(expected_ids)
+        assert "rosi: direction=" in server.log()
+    finally:
+        server.stop()
+
+
+def _bad_file(model, tmp, **kw):
+    return {"direction": str(write_direction(model, tmp / "d.safetensors", **kw))}
+
+
+def _raw_direction(model, tmp, vector, **meta):
+    shape = model_shape(model)
+    from rosi_vllm.fingerprint import fingerprint_checkpoint
+
+    metadata = {
+        "format": "rosi-direction", "format_version": "1", "architecture": shape.architecture,
+        "hidden_size": str(vector.shape[0]), "num_layers": str(shape.num_layers), "layer": "1",
+        "recommended_alpha": "8.0", "model_fingerprint": fingerprint_checkpoint(model), **meta,
+    }
+    path = tmp / "raw.safetensors"
+    save_file({"direction": vector}, str(path), metadata=metadata)
+    return {"direction": str(path)}
+
+
+def _corrupt(model, tmp):
+    path = tmp / "corrupt.safetensors"
+    path.write_bytes(b"not a safetensors file at all")
+    return {"direction": str(path)}
+
+
+def _fine_tuned_model(model, tmp):
+    """A copy of `model` with one matrix nudged, as a fine-tune would; served with the original's direction."""
+    direction = write_direction(model, tmp / "d.safetensors")
+    tuned = tmp / "tuned"
+    shutil.copytree(model, tuned)
+    tensors = load_file(str(tuned / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    tensors[name] = (tensors[name].float() * 1.01).to(tensors[name].dtype)
+    save_file(tensors, str(tuned / "model.safetensors"), metadata={"format": "pt"})
+    return tuned, {"direction": str(direction)}
+
+
+CASES = {
+    "missing-file": (lambda m, t: {"direction": str(t / "nope.safetensors")}, "not found"),
+    "corrupt-file": (_corrupt, "is not a valid safetensors direction file"),
+    "wrong-format-version": (lambda m, t: _raw_direction(m, t, torch.randn(128), format_version="2"), "format_version '2'"),
+    "nan-direction": (lambda m, t: _raw_direction(m, t, torch.full((128,), float("nan"))), "NaN or inf"),
+    "zero-norm": (lambda m, t: _raw_direction(m, t, torch.zeros(128)), "zero norm"),
+    "wrong-hidden-size": (lambda m, t: _raw_direction(m, t, torch.randn(64)), "direction has hidden_size 64, the model has 128"),
+    "fingerprint-mismatch": (_fine_tuned_model, "model fingerprint mismatch"),
+    "unknown-target": (lambda m, t: {**_bad_file(m, t), "targets": ["o_proj"]}, "unknown target(s) ['o_proj']"),
+    "negative-alpha": (lambda m, t: {**_bad_file(m, t), "alpha": -4}, "alpha=-4.0 is negative"),
+    "unknown-key": (lambda m, t: {**_bad_file(m, t), "alhpa": 4}, "unknown model-loader-extra-config key(s) ['alhpa']"),
+    "tied-embedding": (lambda m, t: {**_bad_file(m, t), "targets": ["embed"]}, "would also edit the lm_head"),
+    "unsupported-architecture": (lambda m, t: _bad_file(m, t), "architecture 'OPTForCausalLM' has no residual-writer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fail_closed(case, tiny_model, tmp_path):
+    build, message = CASES[case]
+    family = {"unsupported-architecture": "opt"}.get(case, "llama")
+    model = tiny_model(family, tie_word_embeddings=True) if case == "tied-embedding" else tiny_model(family)
+    extra = build(model, tmp_path)
+    if isinstance(extra, tuple):
+        model, extra = extra
+    server = start_server(model, tmp_path / "serve.log", extra=extra)
+    try:
+        came_up, exited = wait_until(server, timeout=300)
+    finally:
+        server.stop()
+    log = server.log()
+    assert not came_up, f"server came up despite {case}"
+    assert exited and server.proc.returncode != 0
+    error_lines = [line for line in log.splitlines() if "rosi: " in line and message in line]
+    assert error_lines, f"expected a line with {message!r}; log tail:\n{log[-3000:]}"

@@ -1,0 +1,39 @@
+"""Prompt splits are disjoint, unique and sized; jailbreak templates wrap every goal."""
+
+from __future__ import annotations
+
+from rosi_vllm.extraction import prompts
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def test_splits_are_disjoint_and_sized():
+    for kind in (prompts.harmful, prompts.harmless):
+        sets = {s: {_norm(p) for p in kind(s)} for s in prompts.SPLITS}
+        assert not sets["extraction"] & sets["validation"]
+        assert not sets["extraction"] & sets["test"]
+        assert not sets["validation"] & sets["test"]
+    assert len(prompts.harmful("extraction")) >= 400 and len(prompts.harmful("test")) == 100
+    assert len(prompts.harmless("extraction")) == 80 and len(prompts.harmless("test")) == 100
+
+
+def test_no_near_duplicates_of_test_prompts_leak_into_extraction():
+    test_words = [set(_norm(p).split()) for p in prompts.harmful("test")]
+    for split in ("extraction", "validation"):
+        for prompt in prompts.harmful(split):
+            words = set(_norm(prompt).split())
+            assert all(len(words & t) / len(words | t) < 0.7 for t in test_words), prompt
+
+
+def test_harmless_prompts_are_unique_ascii():
+    lines = [p for s in prompts.SPLITS for p in prompts.harmless(s)]
+    assert len(lines) == len(set(lines)) == 240
+    assert all(line.isascii() for line in lines)
+
+
+def test_jailbreak_wraps_every_goal_in_every_template():
+    wrapped = prompts.jailbreak("test")
+    assert len(wrapped) == 100 * len(prompts.JAILBREAK_TEMPLATES)
+    assert all(goal in text for (_, text), goal in zip(wrapped[:5], [prompts.harmful("test")[0]] * 5))
