@@ -6,10 +6,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,17 +64,15 @@ def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
 
 
 def percentile(values, q: float) -> float | None:
-    values = sorted(values)
-    if not values:
-        return None
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
-def median(values):
+    """The `q`-quantile (0-1, linear interpolation) of `values`, None when empty (a benchmark with no successes)."""
     values = list(values)
-    return statistics.median(values) if values else None
+    return float(numpy.percentile(values, q * 100)) if values else None
+
+
+def median(values) -> float | None:
+    """The median of `values`, None when empty."""
+    values = list(values)
+    return float(numpy.median(values)) if values else None
 
 
 def git_commit() -> str:

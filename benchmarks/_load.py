@@ -2,7 +2,8 @@
 
 Each request streams, so time to first token (first content event) and
 end-to-end latency are measured per request; `ignore_eos` fixes the generated
-length so every arm does the same work.
+length so every arm does the same work. Streams are parsed with the package's
+SSE parser (`rosi_vllm.serving.response_capture`), the one the tenant layer uses.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+
+from rosi_vllm.serving.response_capture import DONE, event_data, split_events
 
 
 @dataclass
@@ -30,12 +33,12 @@ async def _one(session, url, body, headers) -> RequestResult:
             status = response.status
             buffer = b""
             async for chunk in response.content.iter_any():
-                buffer += chunk
-                while b"\n\n" in buffer:
-                    event, buffer = buffer.split(b"\n\n", 1)
-                    if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                events, buffer = split_events(buffer + chunk)
+                for event in events:
+                    payload = event_data(event)
+                    if not payload or payload == DONE:
                         continue
-                    data = json.loads(event[6:])
+                    data = json.loads(payload)
                     if data.get("usage"):
                         tokens = data["usage"]["completion_tokens"]
                     if any(c.get("text") for c in data.get("choices", [])) and ttft is None:

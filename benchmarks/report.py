@@ -1,6 +1,6 @@
-"""Regenerate the results table in benchmarks/README.md from the JSON files in results/.
+"""The results table of benchmarks/README.md, read from the JSON files in results/.
 
-    python -m benchmarks.report
+    python -m benchmarks.report     (the same as python docs/generate.py: rewrites every generated doc block)
 
 Every number in the table is read from a result file written by a benchmark
 command; the table names the command and the machine beside each row.
@@ -12,9 +12,6 @@ import json
 from pathlib import Path
 
 from ._common import RESULTS, median
-
-README = Path(__file__).resolve().parent / "README.md"
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def _load(name: str) -> dict | None:
@@ -93,16 +90,15 @@ def rows() -> list[str]:
     return out
 
 
-def main() -> int:
-    machines = {json.loads(p.read_text())["machine"].get("cpu_model", "?") for p in RESULTS.glob("*.json")
-                if not p.stem.endswith("_smoke")}
-    table = "\n".join(rows() + ["", f"Machines in these results: {', '.join(sorted(machines)) or 'none yet'}."])
-    text = README.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    README.write_text(text[:start] + "\n" + table + "\n" + text[end:])
-    print(table)
-    return 0
+def machines() -> str:
+    """The CPU models of the machines the (non-smoke) results were measured on."""
+    found = {json.loads(p.read_text())["machine"].get("cpu_model", "?") for p in RESULTS.glob("*.json")
+             if not p.stem.endswith("_smoke")}
+    return ", ".join(sorted(found)) or "none yet"
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # The table lives in a generated block of benchmarks/README.md; docs/generate.py rewrites every block.
+    import runpy
+
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "docs" / "generate.py"), run_name="__main__")

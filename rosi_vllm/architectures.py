@@ -54,7 +54,7 @@ class ResidualWriter:
 
 def _writer(target: str, suffix: str, layout: Layout = Layout.OUT_IN) -> ResidualWriter:
     # `suffix` uses {L} for the layer index and {E} for an expert index.
-    regex = suffix.replace(".", r"\.").replace("{L}", r"(?P<layer>\d+)").replace("{E}", r"\d+")
+    regex = suffix.replace(".", r"\.").replace("{L}", r"(?P<layer>\d+)").replace("{E}", r"(?P<expert>\d+)")
     return ResidualWriter(target, re.compile(r"(?:^|\.)" + regex + r"$"), layout)
 
 

@@ -1,4 +1,4 @@
-"""The ``--model-loader-extra-config`` of ``--load-format rosi``, parsed strictly.
+"""The ``--model-loader-extra-config`` of ``--load-format rosi``, parsed strictly (pydantic).
 
 Strict because a typo (``"alhpa"``) silently ignored would start a server with
 the file's α, or none at all, while the operator believes otherwise. Keys meant
@@ -7,10 +7,21 @@ for vLLM's default loader (multithreaded loading) pass through untouched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from .alpha_policy import check_alpha
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    ValidationError,
+    model_validator,
+)
+
+from .alpha_policy import alpha_problem
 from .architectures import DEFAULT_TARGETS, SandwichNormPolicy, validate_targets
 from .errors import RosiError
 
@@ -20,70 +31,74 @@ ROSI_KEYS = frozenset(
     {"direction", "alpha", "targets", "verify_fingerprint", "allow_negative_alpha", "sandwich_norm"}
 )
 
+#: what each key must be, for the message when it is not (pydantic's own messages are for developers)
+_MUST = {
+    "alpha": "alpha must be a number",
+    "targets": "targets must be a list of names",
+    "verify_fingerprint": "verify_fingerprint must be true or false",
+    "allow_negative_alpha": "allow_negative_alpha must be true or false",
+    "sandwich_norm": f"sandwich_norm must be one of {[p.value for p in SandwichNormPolicy]}",
+}
+_NEEDS_DIRECTION = 'model-loader-extra-config needs "direction": path to a direction .safetensors file'
 
-@dataclass(frozen=True)
-class RosiLoaderConfig:
-    direction: str
-    alpha: float | None = None  # None: use the direction file's recommended α
-    targets: tuple[str, ...] = DEFAULT_TARGETS
-    verify_fingerprint: bool = True
-    allow_negative_alpha: bool = False
+
+def _number_text(value: Any) -> Any:
+    """Numbers may come as JSON strings ("8"); anything else is left for the strict check to refuse."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _target_list(value: Any) -> Any:
+    """``"mlp_out, embed"`` is accepted for a list of targets."""
+    return [t.strip() for t in value.split(",") if t.strip()] if isinstance(value, str) else value
+
+
+class RosiLoaderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    direction: Annotated[str, Field(strict=True, min_length=1)]
+    alpha: Annotated[StrictFloat | None, BeforeValidator(_number_text)] = None  # None: the file's recommended α
+    targets: Annotated[tuple[str, ...], BeforeValidator(_target_list), AfterValidator(validate_targets)] = DEFAULT_TARGETS
+    verify_fingerprint: StrictBool = True
+    allow_negative_alpha: StrictBool = False
     sandwich_norm: SandwichNormPolicy = SandwichNormPolicy.REFUSE
 
+    @model_validator(mode="after")
+    def _alpha_policy(self) -> RosiLoaderConfig:
+        if self.alpha is not None and (problem := alpha_problem(self.alpha, self.allow_negative_alpha)):
+            raise ValueError(problem)
+        return self
+
     @classmethod
-    def from_extra_config(cls, extra: Any) -> tuple["RosiLoaderConfig", dict]:
+    def from_extra_config(cls, extra: Any) -> tuple[RosiLoaderConfig, dict]:
         """Split an extra-config dict into (rosi config, keys for vLLM's loader)."""
         if extra is None:
             extra = {}
         if not isinstance(extra, dict):
             raise RosiError(f"rosi: model-loader-extra-config must be a JSON object, got {type(extra).__name__}")
-        unknown = sorted(set(extra) - ROSI_KEYS - PASSTHROUGH_KEYS)
-        if unknown:
-            raise RosiError(
-                f"rosi: unknown model-loader-extra-config key(s) {unknown}; known: {sorted(ROSI_KEYS | PASSTHROUGH_KEYS)}"
-            )
         passthrough = {k: v for k, v in extra.items() if k in PASSTHROUGH_KEYS}
-        direction = extra.get("direction")
-        if not isinstance(direction, str) or not direction:
-            raise RosiError('rosi: model-loader-extra-config needs "direction": path to a direction .safetensors file')
-        alpha = extra.get("alpha")
-        if alpha is not None:
-            alpha = _as_float(alpha, "alpha")
-        targets = extra.get("targets", DEFAULT_TARGETS)
-        if isinstance(targets, str):
-            targets = [t.strip() for t in targets.split(",") if t.strip()]
-        if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
-            raise RosiError(f"rosi: targets must be a list of names, got {targets!r}")
         try:
-            sandwich = SandwichNormPolicy(extra.get("sandwich_norm", SandwichNormPolicy.REFUSE.value))
-        except ValueError:
-            raise RosiError(
-                f"rosi: sandwich_norm must be one of {[p.value for p in SandwichNormPolicy]}, "
-                f"got {extra.get('sandwich_norm')!r}"
-            ) from None
-        config = cls(
-            direction=direction,
-            alpha=alpha,
-            targets=validate_targets(targets),
-            verify_fingerprint=_as_bool(extra.get("verify_fingerprint", True), "verify_fingerprint"),
-            allow_negative_alpha=_as_bool(extra.get("allow_negative_alpha", False), "allow_negative_alpha"),
-            sandwich_norm=sandwich,
-        )
-        if alpha is not None:
-            check_alpha(alpha, config.allow_negative_alpha)
+            config = cls.model_validate({k: v for k, v in extra.items() if k not in PASSTHROUGH_KEYS})
+        except ValidationError as exc:
+            raise RosiError("rosi: " + "; ".join(_problems(exc))) from None
         return config, passthrough
 
 
-def _as_float(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise RosiError(f"rosi: {key} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except ValueError:
-        raise RosiError(f"rosi: {key} must be a number, got {value!r}") from None
-
-
-def _as_bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise RosiError(f"rosi: {key} must be true or false, got {value!r}")
-    return value
+def _problems(exc: ValidationError) -> list[str]:
+    problems, unknown = [], []
+    for err in exc.errors(include_url=False):
+        key = str(err["loc"][0]) if err["loc"] else ""
+        if err["type"] == "extra_forbidden":
+            unknown.append(key)
+        elif err["type"] == "value_error":  # the α policy, validate_targets: already in operator language
+            problems.append(str(err["ctx"]["error"]).removeprefix("rosi: "))
+        elif key == "direction":
+            problems.append(_NEEDS_DIRECTION)
+        else:
+            problems.append(f"{_MUST[key]}, got {err['input']!r}")
+    if unknown:
+        problems.insert(0, f"unknown model-loader-extra-config key(s) {sorted(unknown)}; "
+                           f"known: {sorted(ROSI_KEYS | PASSTHROUGH_KEYS)}")
+    return list(dict.fromkeys(problems))  # a union reports once per member

@@ -43,6 +43,16 @@ except md.PackageNotFoundError:
 PY
 fi
 
+# Prometheus 2.42 from Debian: deploy/render_dashboard.py runs the real `prometheus` binary and the
+# alert tests run `promtool`. Only the binaries are used; the package's systemd unit never runs
+# (no systemd here, and the renderer starts its own instance on a free loopback port).
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "setup: installing prometheus (Debian package: /usr/bin/prometheus, /usr/bin/promtool)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+fi
+
 "$PY" - <<'PY'
 import torch, transformers, vllm, rosi_vllm
 from importlib.metadata import entry_points

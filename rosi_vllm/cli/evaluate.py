@@ -1,11 +1,14 @@
-"""`rosi eval`: refusal, over-refusal, jailbreak success and KL of a model, base or hardened."""
+"""`rosi eval`: refusal, over-refusal, jailbreak success and KL of a model, base or hardened.
+
+With ``--alphas`` it is the safety sweep: the same scores at every α of one direction.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import RosiError
-from ._args import model_path
+from ._args import floats, model_path
 
 
 def cmd_eval(args) -> int:
@@ -13,9 +16,13 @@ def cmd_eval(args) -> int:
 
     if args.direction and args.endpoint:
         raise RosiError("rosi: --direction applies to a local engine; an endpoint serves what it serves")
+    if args.alphas is not None and (args.endpoint or not args.direction or not args.model or args.alpha is not None):
+        raise RosiError("rosi: --alphas sweeps a local engine: give --model and --direction, not --endpoint or --alpha")
     model = model_path(args.model) if args.model else None
     if model is None and not args.endpoint:
         raise RosiError("rosi: give --model (local engine) or --endpoint")
+    if args.alphas is not None:
+        return _sweep(args, model)
     result = run_eval(model=model, direction=args.direction, alpha=args.alpha, endpoint=args.endpoint,
                       served_model=args.served_model, api_key=args.api_key, split=args.split,
                       max_tokens=args.max_tokens, jailbreak_goals=args.jailbreak_goals, limit=args.limit,
@@ -28,11 +35,28 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _sweep(args, model: str) -> int:
+    from ..extraction.sweep import row_summary, run_sweep, write_sweep
+
+    if not args.alphas:
+        raise RosiError("rosi: --alphas needs at least one value, e.g. 0,16,32")
+    result = run_sweep(model=model, direction=args.direction, alphas=args.alphas, split=args.split,
+                       limit=args.limit, jailbreak_goals=args.jailbreak_goals, max_tokens=args.max_tokens,
+                       tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+                       gpu_memory_utilization=args.gpu_memory_utilization,
+                       on_row=lambda row: print(row_summary(row), flush=True))
+    png = write_sweep(result, args.out)
+    print(f"wrote {args.out} and {png}")
+    return 0
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("eval", help="refusal / over-refusal / jailbreak / KL of a model, base or rosi")
     p.add_argument("--model", help="checkpoint folder or registered model name")
     p.add_argument("--direction", help="serve with --load-format rosi and this direction")
     p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--alphas", type=floats, default=None,
+                   help="comma list, e.g. 0,16,32,64: sweep the direction over these α (one engine each; 0 = base)")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL instead of a local engine")
     p.add_argument("--served-model", help="model name at the endpoint")
     p.add_argument("--api-key", default=None)

@@ -51,6 +51,13 @@ def cmd_tenants_check(args) -> int:
     return 0
 
 
+def cmd_tenants_schema(args) -> int:
+    from ..serving.tenant_config import tenant_config_schema_json
+
+    print(tenant_config_schema_json(), end="")
+    return 0
+
+
 def add_commands(sub) -> None:
     ab = sub.add_parser("ab", help="A/B experiments").add_subparsers(dest="sub", required=True)
     p = ab.add_parser("report", help="per-arm refusal (95%% CI), difference and significance, latency ratios")
@@ -78,3 +85,5 @@ def add_commands(sub) -> None:
     p.add_argument("config")
     p.add_argument("--baked-alpha", type=float, default=None, help="also check the served alpha against the bounds")
     p.set_defaults(func=cmd_tenants_check)
+    p = tenants.add_parser("schema", help="print the tenant config's JSON Schema (for editors; deploy/tenants.schema.json)")
+    p.set_defaults(func=cmd_tenants_schema)

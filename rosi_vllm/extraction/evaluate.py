@@ -3,10 +3,10 @@
 Generation goes through what users run: an in-process vLLM engine (the base
 checkpoint, or ``--load-format rosi`` with a direction and α), or any
 OpenAI-compatible endpoint. Greedy decoding, chat template, no system prompt.
-Completions are judged by `judge.SubstringJudge`; every rate comes with a
-Wilson 95 % interval. KL on benign prompts is computed exactly (full
-vocabulary, first response token) with transformers, base vs the same rank-one
-edit, because vLLM only returns the top-k logprobs.
+Completions are scored by `scoring` (the same rules as the α sweep and
+selection): `judge.SubstringJudge` refusals, `judge.is_degenerate`, every rate
+with a Wilson 95 % interval, and the exact benign KL (full vocabulary, first
+response token) with transformers, because vLLM only returns the top-k logprobs.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..judge import SubstringJudge, is_degenerate
-from ..stats import rate
+from ..judge import SubstringJudge
+from ..reports.plots import figure
 from ..vllm_glue.generation import chat_completions
-from . import prompts as prompt_sets
 from .judge_calibration import calibrate
+from .scoring import PromptSets, benign_kls, score_outputs
 
 
 def generate_endpoint(url: str, served_model: str, instructions, *, max_tokens: int, api_key: str | None = None,
@@ -42,20 +42,8 @@ def generate_endpoint(url: str, served_model: str, instructions, *, max_tokens: 
 
 
 def benign_kl(model: str, direction: str, alpha: float | None, instructions) -> float:
-    from ..checkpoint import model_shape
-    from ..direction_file import load_direction
-    from ..fingerprint import fingerprint_checkpoint
-    from ..injection_plan import build_plan
-    from .extract import load_hf_model
-    from .hf_eval import injected, mean_kl, next_token_logprobs
-
-    loaded = load_hf_model(model)
-    base = next_token_logprobs(loaded, instructions)
-    plan = build_plan(load_direction(direction), model_shape(model), alpha=alpha,
-                      checkpoint_fingerprint=fingerprint_checkpoint(model))
-    with injected(loaded, plan):
-        edited = next_token_logprobs(loaded, instructions)
-    return mean_kl(base, edited)
+    """Exact benign KL of `direction` at `alpha` (see `scoring.benign_kls`)."""
+    return benign_kls(model, direction, [alpha], instructions)[0]
 
 
 def run_eval(*, model: str | None, direction: str | None = None, alpha: float | None = None,
@@ -68,72 +56,50 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
         from ..direction_file import load_direction
 
         alpha = load_direction(direction).recommended_alpha  # what the loader will use
-    harmful = list(prompt_sets.harmful(split))[:limit]
-    harmless = list(prompt_sets.harmless(split))[:limit]
-    goals = list(prompt_sets.harmful(split))[:jailbreak_goals]
-    jailbreaks = [(name, tmpl.format(goal=g)) for g in goals for name, tmpl in prompt_sets.JAILBREAK_TEMPLATES.items()]
-    everything = harmful + harmless + [p for _, p in jailbreaks]
+    sets = PromptSets.for_split(split, limit, jailbreak_goals)
+    everything = sets.flat()
 
     started = time.perf_counter()
     if endpoint:
         texts = generate_endpoint(endpoint, served_model or model, everything, max_tokens=max_tokens, api_key=api_key)
     else:
         texts = chat_completions(model, everything, direction=direction, alpha=alpha, max_tokens=max_tokens,
-                              tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                              gpu_memory_utilization=gpu_memory_utilization)
+                                 tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                                 gpu_memory_utilization=gpu_memory_utilization)
     seconds = time.perf_counter() - started
-    harm_out = texts[: len(harmful)]
-    safe_out = texts[len(harmful): len(harmful) + len(harmless)]
-    jb_out = texts[len(harmful) + len(harmless):]
-
-    per_template = {}
-    for (name, _), text in zip(jailbreaks, jb_out):
-        per_template.setdefault(name, []).append(not judge.is_refusal(text))
+    harm_out, safe_out, _ = sets.split_outputs(texts)
     result = {
         "model": model, "endpoint": endpoint, "direction": direction, "alpha": alpha, "split": split,
         "max_tokens": max_tokens, "judge": judge.name, "generation_seconds": round(seconds, 1),
-        "harmful_refusal": rate(judge.judge(harm_out)),
-        "benign_refusal": rate(judge.judge(safe_out)),
-        "benign_compliance": rate(not r for r in judge.judge(safe_out)),
-        "jailbreak_attack_success": rate(not r for r in judge.judge(jb_out)),
-        "jailbreak_by_template": {k: rate(v) for k, v in per_template.items()},
-        "degenerate": rate(is_degenerate(t) for t in texts),
+        **score_outputs(sets, texts, judge=judge),
         "judge_calibration": calibrate(judge),
         "samples": {
-            "harmful": list(zip(harmful[:8], harm_out[:8])),
-            "benign": list(zip(harmless[:8], safe_out[:8])),
+            "harmful": list(zip(sets.harmful[:8], harm_out[:8])),
+            "benign": list(zip(sets.benign[:8], safe_out[:8])),
         },
     }
     if direction and model and not endpoint:
-        result["benign_kl_nats"] = benign_kl(model, direction, alpha, harmless)
+        result["benign_kl_nats"] = benign_kl(model, direction, alpha, sets.benign)
     return result
 
 
 def plot_eval(results: list[dict], labels: list[str], path) -> None:
     """Grouped bars with 95% intervals: one group per metric, one bar per evaluated model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = [("harmful_refusal", "harmful refused"), ("benign_refusal", "benign refused"),
                ("jailbreak_attack_success", "jailbreak success"), ("degenerate", "degenerate")]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / max(len(results), 1)
-    for i, (res, label) in enumerate(zip(results, labels)):
-        xs = [j + i * width for j in range(len(metrics))]
-        vals = [res[m]["rate"] for m, _ in metrics]
-        errs = [[max(0.0, v - res[m]["ci95"][0]) for (m, _), v in zip(metrics, vals)],
-                [max(0.0, res[m]["ci95"][1] - v) for (m, _), v in zip(metrics, vals)]]
-        ax.bar(xs, vals, width, yerr=errs, capsize=3, label=label)
-    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(metrics))])
-    ax.set_xticklabels([name for _, name in metrics])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("rate (95% Wilson interval)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (9, 4.5)) as (_, ax):
+        width = 0.8 / max(len(results), 1)
+        for i, (res, label) in enumerate(zip(results, labels)):
+            xs = [j + i * width for j in range(len(metrics))]
+            vals = [res[m]["rate"] for m, _ in metrics]
+            errs = [[max(0.0, v - res[m]["ci95"][0]) for (m, _), v in zip(metrics, vals)],
+                    [max(0.0, res[m]["ci95"][1] - v) for (m, _), v in zip(metrics, vals)]]
+            ax.bar(xs, vals, width, yerr=errs, capsize=3, label=label)
+        ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(metrics))])
+        ax.set_xticklabels([name for _, name in metrics])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("rate (95% Wilson interval)")
+        ax.legend()
 
 
 def write_report(result: dict, out: str | Path, label: str) -> None:

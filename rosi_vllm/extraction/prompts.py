@@ -88,9 +88,15 @@ def harmless(split: str) -> tuple[str, ...]:
     return tuple(_read_lines("harmless_instructions.txt")[lo:hi])
 
 
-def jailbreak(split: str = "test") -> tuple[tuple[str, str], ...]:
-    """(template name, wrapped prompt) for every harmful prompt of `split` under every template."""
-    return tuple((name, tmpl.format(goal=goal)) for goal in harmful(split) for name, tmpl in JAILBREAK_TEMPLATES.items())
+def jailbreak(split: str = "test", goals: int | None = None) -> tuple[tuple[str, str], ...]:
+    """(template name, wrapped prompt) for the first `goals` harmful prompts of `split` (all: None), each
+    under every template, goal-major.
+
+    The one place a goal is wrapped: `rosi eval`, the α sweep and any report
+    must attack with the same prompts for their jailbreak rates to be comparable.
+    """
+    return tuple((name, tmpl.format(goal=goal)) for goal in harmful(split)[:goals]
+                 for name, tmpl in JAILBREAK_TEMPLATES.items())
 
 
 def read_prompt_file(path: str) -> tuple[str, ...]:

@@ -10,7 +10,9 @@ applied (`hf_eval.injected`):
 * KL: mean KL(base ‖ edited) of the first response token on harmless prompts;
 * degeneration: share of completions that collapse (`judge.is_degenerate`).
 
-A candidate is *feasible* when it adds at most 5 points of benign refusal and
+Each is computed by `scoring.score_variant` / `scoring.edited_kl`, the rules
+`rosi eval` and the α sweep use, for the candidate and for the unedited model
+on the same prompts (harmful and harmless, same length). A candidate is *feasible* when it adds at most 5 points of benign refusal and
 5 points of degeneration over the unedited model on the same prompts, and its
 KL is ≤ 0.1 nats (the product's utility budget). The budget is relative because
 the base model already refuses some borderline-but-benign prompts (Qwen2.5-Coder
@@ -33,9 +35,11 @@ from dataclasses import asdict, dataclass, field
 from ..architectures import DEFAULT_TARGETS
 from ..direction_file import DirectionFile, direction_for_checkpoint
 from ..injection_plan import build_plan
-from ..judge import SubstringJudge, is_degenerate
+from ..judge import SubstringJudge
+from ..reports.plots import figure
 from .extract import Extraction, LoadedModel
-from .hf_eval import generate, injected, mean_kl, next_token_logprobs
+from .hf_eval import generate, injected, next_token_logprobs
+from .scoring import edited_kl, score_variant
 
 MAX_ADDED_BENIGN_REFUSAL = 0.05
 MAX_KL = 0.1
@@ -131,32 +135,27 @@ def _plan(loaded, extraction, layer, alpha, fingerprint):
     return build_plan(direction, loaded.shape, targets=DEFAULT_TARGETS, checkpoint_fingerprint=fingerprint)
 
 
-def _score_stage(loaded, generator, extraction, grid, harmful, harmless, base_logprobs, base_safe, *,
+def _score_stage(loaded, generator, extraction, grid, harmful, harmless, base_logprobs, base_harm, base_safe, *,
                  fingerprint, max_new_tokens, stage, judge, batch_size, progress) -> list[CandidateScore]:
-    """Score `grid` on these prompts; `base_safe` (the unedited model's completions of `harmless`,
-    same length) is the reference the utility budget is measured from."""
+    """Score `grid` on these prompts; `base_harm` and `base_safe` (the unedited model's completions of
+    `harmful` and `harmless`, same length) are the reference the utility budget is measured from."""
     from tqdm import tqdm
 
     plans = [_plan(loaded, extraction, layer, alpha, fingerprint) for layer, alpha in grid]
-    kls = []
-    for plan in tqdm(plans, desc=f"select: stage {stage} KL", disable=not progress):
-        with injected(loaded, plan):
-            kls.append(mean_kl(base_logprobs, next_token_logprobs(loaded, harmless, batch_size=batch_size)))
+    kls = [edited_kl(loaded, plan, harmless, base_logprobs, batch_size=batch_size)
+           for plan in tqdm(plans, desc=f"select: stage {stage} KL", disable=not progress)]
     outputs = generator.generate([(plan, prompts) for plan in plans for prompts in (harmful, harmless)],
                                  max_new_tokens)
-    base_benign = sum(judge.judge(base_safe)) / len(base_safe)
-    base_degenerate = sum(map(is_degenerate, base_safe)) / len(base_safe)
+    base = score_variant(base_harm, base_safe, judge=judge)
     scores = []
     for i, ((layer, alpha), kl) in enumerate(zip(grid, kls)):
-        harm_out, safe_out = outputs[2 * i], outputs[2 * i + 1]
-        outs = harm_out + safe_out
+        score = score_variant(outputs[2 * i], outputs[2 * i + 1], judge=judge)
         scores.append(CandidateScore(
             layer=layer, alpha=alpha, stage=stage,
-            harmful_refusal=sum(judge.judge(harm_out)) / len(harm_out),
-            benign_refusal=sum(judge.judge(safe_out)) / len(safe_out),
-            kl=kl, degenerate=sum(map(is_degenerate, outs)) / len(outs),
+            harmful_refusal=score["harmful_refusal"]["rate"], benign_refusal=score["benign_refusal"]["rate"],
+            kl=kl, degenerate=score["degenerate"]["rate"],
             n_harmful=len(harmful), n_harmless=len(harmless),
-            base_benign_refusal=base_benign, base_degenerate=base_degenerate,
+            base_benign_refusal=base["benign_refusal"]["rate"], base_degenerate=base["degenerate"]["rate"],
         ))
     return scores
 
@@ -182,22 +181,22 @@ def select(loaded: LoadedModel, extraction: Extraction, harmful, harmless, *, fi
 
     base_full = next_token_logprobs(loaded, harmless, batch_size=batch_size)
     base_harm, base_safe = generator.generate([(None, harmful), (None, harmless)], max_new_tokens)
+    baseline = score_variant(base_harm, base_safe, judge=judge)
     report.baseline = {
-        "harmful_refusal": sum(judge.judge(base_harm)) / len(base_harm),
-        "benign_refusal": sum(judge.judge(base_safe)) / len(base_safe),
-        "degenerate": sum(map(is_degenerate, base_harm + base_safe)) / len(base_harm + base_safe),
+        **{key: baseline[key]["rate"] for key in ("harmful_refusal", "benign_refusal", "degenerate")},
         "n_harmful": len(harmful), "n_harmless": len(harmless),
     }
     common = dict(fingerprint=fingerprint, judge=judge, batch_size=batch_size, progress=progress)
     grid = [(layer, alpha) for layer in layers for alpha in alphas]
-    (stage1_base_safe,) = generator.generate([(None, harmless[:stage1_n])], stage1_tokens)
+    stage1_base_harm, stage1_base_safe = generator.generate(
+        [(None, harmful[:stage1_n]), (None, harmless[:stage1_n])], stage1_tokens)
     report.candidates.extend(_score_stage(
         loaded, generator, extraction, grid, harmful[:stage1_n], harmless[:stage1_n], base_full[:stage1_n],
-        stage1_base_safe, max_new_tokens=stage1_tokens, stage=1, **common))
+        stage1_base_harm, stage1_base_safe, max_new_tokens=stage1_tokens, stage=1, **common))
     top = sorted(report.candidates, key=CandidateScore.rank_key, reverse=True)[:finalists]
     # Stage 2 uses the full split at full length: the baseline above is its reference.
     final = _score_stage(loaded, generator, extraction, [(c.layer, c.alpha) for c in top], harmful, harmless,
-                         base_full, base_safe, max_new_tokens=max_new_tokens, stage=2, **common)
+                         base_full, base_harm, base_safe, max_new_tokens=max_new_tokens, stage=2, **common)
     report.candidates.extend(final)
     report.best = max(final, key=CandidateScore.rank_key)
     return report
@@ -205,38 +204,30 @@ def select(loaded: LoadedModel, extraction: Extraction, harmful, harmless, *, fi
 
 def plot_selection(report: SelectionReport, path) -> None:
     """Per-layer best scores (stage 1) and refusal/KL vs α at the chosen layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     stage1 = [c for c in report.candidates if c.stage == 1]
     layers = sorted({c.layer for c in stage1})
     alphas = sorted({c.alpha for c in stage1})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for alpha in alphas:
-        rows = [next(c for c in stage1 if c.layer == layer and c.alpha == alpha) for layer in layers]
-        (line,) = ax1.plot(layers, [r.harmful_refusal for r in rows], marker="o", label=f"harmful α={alpha:g}")
-        ax1.plot(layers, [r.benign_refusal for r in rows], marker="x", linestyle=":", alpha=0.6,
-                 color=line.get_color())
-    ax1.set_xlabel("extraction layer")
-    ax1.set_ylabel("refusal rate (stage 1 subset)")
-    ax1.set_title("harmful (solid) and benign (dotted) refusal by layer")
-    ax1.legend(fontsize=7)
-    if report.best is not None:
-        at_layer = sorted((c for c in stage1 if c.layer == report.best.layer), key=lambda c: c.alpha)
-        xs = [c.alpha for c in at_layer]
-        ax2.plot(xs, [c.harmful_refusal for c in at_layer], marker="o", label="harmful refusal")
-        ax2.plot(xs, [c.benign_refusal for c in at_layer], marker="x", label="benign refusal")
-        ax2.plot(xs, [c.degenerate for c in at_layer], marker="s", label="degenerate")
-        ax2b = ax2.twinx()
-        ax2b.plot(xs, [c.kl for c in at_layer], color="gray", linestyle="--", label="KL (nats)")
-        ax2b.set_ylabel("KL on benign (nats)")
-        ax2.axhline(report.baseline.get("harmful_refusal", 0), color="C0", linestyle=":", linewidth=1)
-        ax2.set_xscale("log", base=2)
-        ax2.set_xlabel("α")
-        ax2.set_title(f"layer {report.best.layer}: refusal vs α (best α={report.best.alpha:g})")
-        ax2.legend(fontsize=7, loc="center left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (12, 4.5), ncols=2) as (_, (ax1, ax2)):
+        for alpha in alphas:
+            rows = [next(c for c in stage1 if c.layer == layer and c.alpha == alpha) for layer in layers]
+            (line,) = ax1.plot(layers, [r.harmful_refusal for r in rows], marker="o", label=f"harmful α={alpha:g}")
+            ax1.plot(layers, [r.benign_refusal for r in rows], marker="x", linestyle=":", alpha=0.6,
+                     color=line.get_color())
+        ax1.set_xlabel("extraction layer")
+        ax1.set_ylabel("refusal rate (stage 1 subset)")
+        ax1.set_title("harmful (solid) and benign (dotted) refusal by layer")
+        ax1.legend(fontsize=7)
+        if report.best is not None:
+            at_layer = sorted((c for c in stage1 if c.layer == report.best.layer), key=lambda c: c.alpha)
+            xs = [c.alpha for c in at_layer]
+            ax2.plot(xs, [c.harmful_refusal for c in at_layer], marker="o", label="harmful refusal")
+            ax2.plot(xs, [c.benign_refusal for c in at_layer], marker="x", label="benign refusal")
+            ax2.plot(xs, [c.degenerate for c in at_layer], marker="s", label="degenerate")
+            ax2b = ax2.twinx()
+            ax2b.plot(xs, [c.kl for c in at_layer], color="gray", linestyle="--", label="KL (nats)")
+            ax2b.set_ylabel("KL on benign (nats)")
+            ax2.axhline(report.baseline.get("harmful_refusal", 0), color="C0", linestyle=":", linewidth=1)
+            ax2.set_xscale("log", base=2)
+            ax2.set_xlabel("α")
+            ax2.set_title(f"layer {report.best.layer}: refusal vs α (best α={report.best.alpha:g})")
+            ax2.legend(fontsize=7, loc="center left")

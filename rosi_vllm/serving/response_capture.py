@@ -17,12 +17,39 @@ Text is kept up to `text_limit` characters per choice: the refusal judge reads
 only the opening (160 characters), and once every choice has that much, later
 events are no longer JSON-decoded (a byte search finds the usage event), so a
 long stream costs the API server almost nothing per token.
+
+`split_events` and `event_data` are the project's one server-sent-events
+parser (the benchmarks' load generator reads streams with them too): events end
+at a blank line (``\n\n``), an event's payload is its ``data:`` lines joined.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+
+#: The payload of the event that ends an OpenAI-style stream.
+DONE = b"[DONE]"
+
+
+def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The complete events at the front of `buffer` (each with its ``\n\n``), and the incomplete rest.
+
+    Incremental by design: a caller keeps the rest and prepends it to the next
+    chunk, so every event is forwarded as soon as it is complete.
+    """
+    events, start = [], 0
+    while True:
+        end = buffer.find(b"\n\n", start)
+        if end < 0:
+            return events, buffer[start:] if start else buffer
+        events.append(buffer[start: end + 2])
+        start = end + 2
+
+
+def event_data(event: bytes) -> bytes:
+    """The payload of one event: its ``data:`` lines, stripped and joined (b"" for comments and keep-alives)."""
+    return b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
 
 
 @dataclass
@@ -43,16 +70,8 @@ class ResponseCapture:
         if not self.streaming:
             self._buffer += chunk
             return chunk
-        self._buffer += chunk
-        out = []
-        while True:
-            end = self._buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, self._buffer = self._buffer[: end + 2], self._buffer[end + 2:]
-            if self._handle_event(event):
-                out.append(event)
-        return b"".join(out)
+        events, self._buffer = split_events(self._buffer + chunk)
+        return b"".join([event for event in events if self._handle_event(event)])
 
     def finish(self) -> bytes:
         """End of body: parse what a non-streaming response held; flush an unterminated event."""
@@ -69,8 +88,8 @@ class ResponseCapture:
 
     def _handle_event(self, event: bytes) -> bool:
         """Record one SSE event; False if it must not reach the client."""
-        payload = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
-        if not payload or payload == b"[DONE]":
+        payload = event_data(event)
+        if not payload or payload == DONE:
             if not self.tokens_exact:
                 self.completion_tokens = self._content_events
             return True

@@ -1,9 +1,11 @@
 """The tenant config (YAML): who may call, which α each caller gets, and A/B experiments.
 
-Pure parsing and validation, no vLLM. Parsed strictly, for the same reason as
-the loader config: a typo silently ignored would serve a tenant a different
-safety level than the operator believes. Every problem is collected into one
-`RosiError` so an operator fixes a bad file in one pass.
+Pure parsing and validation, no vLLM. Parsed strictly (pydantic, unknown keys
+refused, booleans must be booleans), for the same reason as the loader config:
+a typo silently ignored would serve a tenant a different safety level than the
+operator believes. Every problem is collected into one `RosiError` so an
+operator fixes a bad file in one pass. `rosi tenants schema` prints the JSON
+Schema of the file (shipped as deploy/tenants.schema.json) for editors.
 
 Example (all keys shown)::
 
@@ -34,10 +36,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator
+from pydantic_core import PydanticCustomError
 
 from ..alpha_policy import alpha_problem
 from ..errors import RosiError
@@ -46,19 +50,15 @@ TENANT_OPT_IN = "set allow_negative_alpha: true"
 
 CONFIG_VERSION = 1
 BAKED = "baked"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-_TOP_KEYS = {"version", "alpha_bounds", "allow_negative_alpha", "user_header", "variants", "tenants"}
-_TENANT_KEYS = {"api_key_sha256", "api_key_env", "default_variant", "allowed_variants", "experiment"}
-_EXPERIMENT_KEYS = {"name", "arms"}
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 def key_digest(api_key: str) -> str:
     """sha256 hex of an API key: what the config stores and what requests are matched by."""
     return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
 
+
+# ---- the parsed result (what routing and the service use) ---------------------------------------------------------
 
 @dataclass(frozen=True)
 class Experiment:
@@ -113,11 +113,184 @@ class TenantConfig:
 
     def check_baked_alpha(self, baked_alpha: float) -> None:
         """The loader's α must itself satisfy the operator's bounds (checked once the engine is known)."""
-        problems: list[str] = []
-        _check_alpha_value("baked", baked_alpha, self, problems)
-        if problems:
-            raise RosiError("rosi: tenant config does not fit the served model: " + "; ".join(problems))
+        problem = _variant_alpha_problem(baked_alpha, self.alpha_min, self.alpha_max, self.allow_negative_alpha)
+        if problem:
+            raise RosiError(f"rosi: tenant config does not fit the served model: variant 'baked': {problem}")
 
+
+# ---- the file's schema: pydantic models; messages are translated to operator language by _problems -----------------
+
+def _must(expect: str, show: bool = True) -> WrapValidator:
+    """A wrong value here reads "<where> must be <expect>, got <value>" (pydantic's own messages are for developers).
+
+    Only errors about the value itself are rewritten; errors inside it (a nested mapping) pass through.
+    `show=False` for values that may be secrets (a pasted API key).
+    """
+    def wrap(value, handler):
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            if any(err["input"] is not value for err in exc.errors()):
+                raise
+            got = f", got {value!r}" if show else ""
+            raise PydanticCustomError("rosi_must", "must be {expect}{got}", {"expect": expect, "got": got}) from None
+    return WrapValidator(wrap)
+
+
+def _rules(problems: list[str]) -> None:
+    """Raise the cross-field problems found at one place in the file (each is prefixed with where)."""
+    if problems:
+        raise PydanticCustomError("rosi_rules", "{problems}", {"problems": tuple(problems)})
+
+
+Name = Annotated[str, Field(pattern=_NAME), _must(f"a name matching {_NAME}")]
+Number = Annotated[float, _must("a number")]
+_Hex64 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$"), AfterValidator(str.lower),
+                   _must("64 hex characters (sha256 of the key)", show=False)]
+_EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+                     _must("an environment variable name", show=False)]
+
+
+def _one_or_list(item):
+    """A list of `item`; a single item may be written without the brackets."""
+    return Annotated[list[item], BeforeValidator(lambda v: [v] if isinstance(v, str) else v,
+                                                 json_schema_input_type=item | list[item]),
+                     _must("a list")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class AlphaBounds(_Strict):
+    """The range every variant's α must lie in."""
+
+    min: Number = Field(0.0, description="Smallest α a variant (and the loader's baked α) may have.")
+    max: Annotated[float | None, _must("a number or null")] = Field(None, description="Largest α a variant may have; absent or null: no upper bound.")
+
+
+class ExperimentSpec(_Strict):
+    """An A/B split of a tenant's traffic, sticky per end user."""
+
+    name: Name = Field(description="Experiment name: a label in metrics and the A/B report.")
+    arms: Annotated[dict[str, Annotated[float, Field(gt=0), _must("a positive percent")]], Field(min_length=2),
+                    _must("a mapping of at least two arms (variant: percent)")] = Field(
+        description="variant: percent of this tenant's end users (bucketed by user id); percents sum to 100.")
+
+
+class TenantSpec(_Strict):
+    """One caller: its API key(s), the variant it gets and the variants it may name."""
+
+    api_key_sha256: _one_or_list(_Hex64) = Field(
+        [], description="sha256 hex of the tenant's API key(s); the key itself never sits in the file.")
+    api_key_env: _one_or_list(_EnvName) = Field(
+        [], description="Environment variable(s) holding the tenant's API key, read when the file is loaded.")
+    default_variant: Annotated[str, _must("a variant name")] = Field(
+        description="Variant served when the request's model is the served model's name (or absent).")
+    allowed_variants: Annotated[list[str], _must("a list of variant names")] | None = Field(
+        None, description='Variants the tenant may name in "model"; default: only default_variant.')
+    experiment: ExperimentSpec | None = Field(
+        None, description="Optional A/B split of this tenant's traffic by end user (requests naming a variant "
+                          "are not split).")
+
+
+def _variant_alpha_problem(alpha: float, lo: float, hi: float | None, allow_negative: bool) -> str | None:
+    if problem := alpha_problem(alpha, allow_negative, opt_in=TENANT_OPT_IN):
+        return problem
+    hi = math.inf if hi is None else hi
+    if not lo <= alpha <= hi:
+        return f"alpha={alpha:g} is outside alpha_bounds [{lo:g}, {hi:g}]"
+    return None
+
+
+def _check_bounds(bounds: AlphaBounds, info) -> AlphaBounds:
+    if math.isnan(bounds.min) or (bounds.max is not None and not bounds.min <= bounds.max):
+        _rules([f"must be numbers with min <= max, got {bounds.model_dump()}"])
+    if bounds.min < 0 and not info.data.get("allow_negative_alpha"):
+        _rules([f"min={bounds.min:g} is negative; negative alpha removes safety and needs allow_negative_alpha: true"])
+    return bounds
+
+
+def _check_variant(value: float | str, info) -> float | str:
+    if value != BAKED:
+        bounds = info.data.get("alpha_bounds", AlphaBounds())
+        _rules([p for p in [_variant_alpha_problem(value, bounds.min, bounds.max,
+                                                   info.data.get("allow_negative_alpha", False))] if p])
+    return value
+
+
+def _digests(spec: TenantSpec, environ) -> list[str]:
+    return spec.api_key_sha256 + [key_digest(environ[env]) for env in spec.api_key_env if environ.get(env)]
+
+
+def _check_tenant(spec: TenantSpec, info) -> TenantSpec:
+    problems = [f"environment variable {env} (API key) is not set or empty"
+                for env in spec.api_key_env if not info.context["environ"].get(env)]
+    if not spec.api_key_sha256 and not spec.api_key_env:
+        problems.append("has no API key (api_key_sha256 or api_key_env)")
+    arms = spec.experiment.arms if spec.experiment else {}
+    if (variants := info.data.get("variants")) is not None:  # else its own errors are reported
+        if spec.default_variant not in variants:
+            problems.append(f"default_variant {spec.default_variant!r} is not a defined variant")
+        if spec.allowed_variants is not None and not set(spec.allowed_variants) <= set(variants):
+            problems.append(f"allowed_variants must list defined variants, got {spec.allowed_variants!r}")
+        problems += [f"experiment arm {arm!r} is not a defined variant" for arm in arms if arm not in variants]
+    if arms and abs(sum(arms.values()) - 100.0) > 1e-6:
+        problems.append(f"experiment {spec.experiment.name!r} arm percents sum to {sum(arms.values()):g}, not 100")
+    _rules(problems)
+    return spec
+
+
+def _check_shared_keys(tenants: dict[str, TenantSpec], info) -> dict[str, TenantSpec]:
+    owner: dict[str, str] = {}
+    problems = []
+    for name, spec in tenants.items():
+        for digest in _digests(spec, info.context["environ"]):
+            if digest in owner:  # never print the key or its digest: name the tenants only
+                problems.append(f"tenant {name!r} shares an API key with tenant {owner[digest]!r}")
+            owner[digest] = name
+    _rules(problems)
+    return tenants
+
+
+class TenantFile(_Strict):
+    """A rosi tenant config: API keys → tenants → the α (variant) each request is served with, and A/B splits."""
+
+    model_config = ConfigDict(title="rosi tenant config")
+
+    version: Annotated[Literal[1], _must("1")] = Field(description="Format version; must be 1.")
+    allow_negative_alpha: Annotated[bool, _must("true or false")] = Field(
+        False, description="Allow negative α (ablates the safety direction). Refused unless true.")
+    alpha_bounds: Annotated[AlphaBounds, AfterValidator(_check_bounds)] = Field(
+        AlphaBounds(), description="Every variant's α, and the loader's baked α, must lie inside [min, max].")
+    user_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$"), AfterValidator(str.lower),
+                           _must("an HTTP header name")] = Field(
+        "x-rosi-user", description='Header with the end-user id for sticky A/B assignment when the body has no "user".')
+    variants: Annotated[
+        dict[Name, Annotated[float | Literal["baked"], _must("a number or 'baked'"), AfterValidator(_check_variant)]],
+        Field(min_length=1), _must("a non-empty mapping of name: alpha (a number or 'baked')"),
+    ] = Field(description="Named α values tenants are served with; 'baked' is the loader's α (zero overhead), "
+                          "0 the unedited model.", json_schema_extra={"additionalProperties": False})
+    tenants: Annotated[
+        dict[Name, Annotated[TenantSpec, AfterValidator(_check_tenant)]],
+        Field(min_length=1), _must("a non-empty mapping of name: tenant"), AfterValidator(_check_shared_keys),
+    ] = Field(description="Callers, by name: their API keys, variants and experiment.",
+              json_schema_extra={"additionalProperties": False})
+
+
+def tenant_config_schema() -> dict:
+    """The JSON Schema of the tenant config file (`rosi tenants schema`, deploy/tenants.schema.json)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **TenantFile.model_json_schema()}
+
+
+def tenant_config_schema_json() -> str:
+    """`tenant_config_schema` as the text `rosi tenants schema` prints and deploy/tenants.schema.json holds."""
+    import json
+
+    return json.dumps(tenant_config_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+# ---- loading ------------------------------------------------------------------------------------------------------
 
 def load_tenant_config(path: str | Path, environ: dict[str, str] | None = None) -> TenantConfig:
     """Read and validate a tenant config file; raises `RosiError` listing every problem."""
@@ -133,186 +306,63 @@ def load_tenant_config(path: str | Path, environ: dict[str, str] | None = None) 
     except yaml.YAMLError as exc:
         raise RosiError(f"rosi: tenant config {path} is not valid YAML: {exc}") from None
     config = parse_tenant_config(data, environ=environ)
-    return _with_source(config, hashlib.sha256(raw_bytes).hexdigest())
-
-
-def _with_source(config: TenantConfig, digest: str) -> TenantConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, source_sha256=digest)
+    return replace(config, source_sha256=hashlib.sha256(raw_bytes).hexdigest())
 
 
 def parse_tenant_config(data: Any, environ: dict[str, str] | None = None) -> TenantConfig:
     environ = os.environ if environ is None else environ
-    problems: list[str] = []
-    if not isinstance(data, dict):
-        raise RosiError("rosi: tenant config must be a YAML mapping")
-    _unknown(data, _TOP_KEYS, "top level", problems)
-    if data.get("version") != CONFIG_VERSION:
-        problems.append(f"version must be {CONFIG_VERSION}, got {data.get('version')!r}")
-
-    allow_negative = data.get("allow_negative_alpha", False)
-    if not isinstance(allow_negative, bool):
-        problems.append(f"allow_negative_alpha must be true or false, got {allow_negative!r}")
-        allow_negative = False
-    alpha_min, alpha_max = _bounds(data.get("alpha_bounds", {}), problems)
-    if alpha_min < 0 and not allow_negative:
-        problems.append(f"alpha_bounds.min={alpha_min:g} is negative; negative alpha removes safety and needs "
-                        "allow_negative_alpha: true")
-    user_header = data.get("user_header", "x-rosi-user")
-    if not isinstance(user_header, str) or not re.fullmatch(r"[A-Za-z0-9-]+", user_header):
-        problems.append(f"user_header must be an HTTP header name, got {user_header!r}")
-        user_header = "x-rosi-user"
-
-    partial = TenantConfig({}, {}, {}, alpha_min, alpha_max, allow_negative, user_header.lower())
-    variants = _variants(data.get("variants"), partial, problems)
-    tenants, digests = _tenants(data.get("tenants"), variants, environ, problems)
-    if problems:
-        raise RosiError("rosi: invalid tenant config: " + "; ".join(problems))
-    return TenantConfig(variants, tenants, digests, alpha_min, alpha_max, allow_negative, user_header.lower())
+    try:
+        spec = TenantFile.model_validate(data, context={"environ": environ})
+    except ValidationError as exc:
+        raise RosiError("rosi: invalid tenant config: " + "; ".join(_problems(exc))) from None
+    bounds = spec.alpha_bounds
+    return TenantConfig(
+        variants=dict(spec.variants),
+        tenants={name: Tenant(name, t.default_variant,
+                              tuple(t.allowed_variants if t.allowed_variants is not None else [t.default_variant]),
+                              t.experiment and Experiment(t.experiment.name, tuple(t.experiment.arms.items())))
+                 for name, t in spec.tenants.items()},
+        key_digests={digest: name for name, t in spec.tenants.items() for digest in _digests(t, environ)},
+        alpha_min=bounds.min, alpha_max=math.inf if bounds.max is None else bounds.max,
+        allow_negative_alpha=spec.allow_negative_alpha, user_header=spec.user_header,
+    )
 
 
-def _unknown(mapping: dict, known: set[str], where: str, problems: list[str]) -> None:
-    extra = sorted(set(map(str, mapping)) - known)
-    if extra:
-        problems.append(f"unknown key(s) {extra} at {where} (known: {sorted(known)})")
+#: the model whose keys are known at each place an unknown key can appear (names of tenants left out)
+_KNOWN = {(): TenantFile, ("alpha_bounds",): AlphaBounds, ("tenants",): TenantSpec,
+          ("tenants", "experiment"): ExperimentSpec}
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+def _where(loc: tuple) -> str:
+    """Where in the file: ``alpha_bounds.min``, ``variant 'strict'``, ``tenant 'acme': api_key_sha256[0]``."""
+    head = ""
+    if loc[:1] in (("variants",), ("tenants",)) and len(loc) > 1:
+        kind = loc[0][:-1]
+        if loc[2:] == ("[key]",):
+            return f"{kind} name"
+        head, loc = f"{kind} {loc[1]!r}", loc[2:]
+    rest = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    return f"{head}: {rest}" if head and rest else head or rest
 
 
-def _bounds(raw: Any, problems: list[str]) -> tuple[float, float]:
-    if not isinstance(raw, dict):
-        problems.append(f"alpha_bounds must be a mapping with min and max, got {raw!r}")
-        return 0.0, math.inf
-    _unknown(raw, {"min", "max"}, "alpha_bounds", problems)
-    lo = _number(raw.get("min", 0))
-    hi = _number(raw.get("max", math.inf))
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi) or lo > hi:
-        problems.append(f"alpha_bounds must be numbers with min <= max, got {raw!r}")
-        return 0.0, math.inf
-    return lo, hi
-
-
-def _check_alpha_value(name: str, alpha: float, config: TenantConfig, problems: list[str]) -> None:
-    if (problem := alpha_problem(alpha, config.allow_negative_alpha, opt_in=TENANT_OPT_IN)):
-        problems.append(f"variant {name!r}: {problem}")
-    elif not config.alpha_min <= alpha <= config.alpha_max:
-        problems.append(f"variant {name!r}: alpha={alpha:g} is outside alpha_bounds "
-                        f"[{config.alpha_min:g}, {config.alpha_max:g}]")
-
-
-def _variants(raw: Any, config: TenantConfig, problems: list[str]) -> dict[str, float | str]:
-    if not isinstance(raw, dict) or not raw:
-        problems.append("variants must be a non-empty mapping of name: alpha (a number or 'baked')")
-        return {}
-    variants: dict[str, float | str] = {}
-    for name, value in raw.items():
-        name = str(name)
-        if not _NAME.match(name):
-            problems.append(f"variant name {name!r} must match {_NAME.pattern}")
-            continue
-        if value == BAKED:
-            variants[name] = BAKED
-            continue
-        alpha = _number(value)
-        if alpha is None:
-            problems.append(f"variant {name!r}: alpha must be a number or 'baked', got {value!r}")
-            continue
-        _check_alpha_value(name, alpha, config, problems)
-        variants[name] = alpha
-    return variants
-
-
-def _tenants(raw: Any, variants: dict, environ, problems: list[str]) -> tuple[dict[str, Tenant], dict[str, str]]:
-    if not isinstance(raw, dict) or not raw:
-        problems.append("tenants must be a non-empty mapping")
-        return {}, {}
-    tenants: dict[str, Tenant] = {}
-    digests: dict[str, str] = {}
-    for name, body in raw.items():
-        name = str(name)
-        where = f"tenant {name!r}"
-        if not _NAME.match(name):
-            problems.append(f"tenant name {name!r} must match {_NAME.pattern}")
-            continue
-        if not isinstance(body, dict):
-            problems.append(f"{where} must be a mapping")
-            continue
-        _unknown(body, _TENANT_KEYS, where, problems)
-        for digest in _key_digests(body, where, environ, problems):
-            if digest in digests:
-                # Never print the key or its digest: name the tenants only.
-                problems.append(f"{where} shares an API key with tenant {digests[digest]!r}")
-            digests[digest] = name
-        default = body.get("default_variant")
-        if default not in variants:
-            problems.append(f"{where}: default_variant {default!r} is not a defined variant")
-        allowed = body.get("allowed_variants", [default])
-        if not isinstance(allowed, list) or not all(v in variants for v in allowed):
-            problems.append(f"{where}: allowed_variants must list defined variants, got {allowed!r}")
-            allowed = []
-        experiment = _experiment(body.get("experiment"), variants, where, problems)
-        tenants[name] = Tenant(name, str(default), tuple(allowed), experiment)
-    return tenants, digests
-
-
-def _key_digests(body: dict, where: str, environ, problems: list[str]) -> list[str]:
-    digests = []
-    hashed = body.get("api_key_sha256", [])
-    env_names = body.get("api_key_env", [])
-    if isinstance(hashed, str):
-        hashed = [hashed]
-    if isinstance(env_names, str):
-        env_names = [env_names]
-    if not isinstance(hashed, list) or not isinstance(env_names, list):
-        problems.append(f"{where}: api_key_sha256 and api_key_env must be lists")
-        return []
-    for value in hashed:
-        if isinstance(value, str) and _HEX64.match(value.lower()):
-            digests.append(value.lower())
-        else:
-            problems.append(f"{where}: api_key_sha256 entries must be 64 hex characters (sha256 of the key)")
-    for env in env_names:
-        if not isinstance(env, str) or not _ENV.match(env):
-            problems.append(f"{where}: api_key_env entries must be environment variable names")
-        elif not environ.get(env):
-            problems.append(f"{where}: environment variable {env} (API key) is not set or empty")
-        else:
-            digests.append(key_digest(environ[env]))
-    if not digests and not any(p.startswith(where) for p in problems):
-        problems.append(f"{where} has no API key (api_key_sha256 or api_key_env)")
-    return digests
-
-
-def _experiment(raw: Any, variants: dict, where: str, problems: list[str]) -> Experiment | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        problems.append(f"{where}: experiment must be a mapping with name and arms")
-        return None
-    _unknown(raw, _EXPERIMENT_KEYS, f"{where} experiment", problems)
-    name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        problems.append(f"{where}: experiment name must match {_NAME.pattern}, got {name!r}")
-        return None
-    arms_raw = raw.get("arms")
-    if not isinstance(arms_raw, dict) or len(arms_raw) < 2:
-        problems.append(f"{where}: experiment {name!r} needs at least two arms (variant: percent)")
-        return None
-    arms = []
-    for variant, percent in arms_raw.items():
-        value = _number(percent)
-        if variant not in variants:
-            problems.append(f"{where}: experiment arm {variant!r} is not a defined variant")
-        elif value is None or not value > 0:
-            problems.append(f"{where}: experiment arm {variant!r} needs a positive percent, got {percent!r}")
-        else:
-            arms.append((str(variant), value))
-    total = sum(p for _, p in arms)
-    if len(arms) == len(arms_raw) and abs(total - 100.0) > 1e-6:
-        problems.append(f"{where}: experiment {name!r} arm percents sum to {total:g}, not 100")
-    return Experiment(name, tuple(arms))
+def _problems(exc: ValidationError) -> list[str]:
+    problems, unknown = [], {}
+    for err in exc.errors(include_url=False):
+        loc, kind = err["loc"], err["type"]
+        where = _where(loc)
+        if kind == "extra_forbidden":
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+        elif kind == "rosi_rules":
+            problems += [f"{where}: {p}" if where else p for p in err["ctx"]["problems"]]
+        elif kind == "rosi_must":
+            problems.append(f"{where} {err['msg']}")
+        elif kind == "missing":
+            problems.append(f"{where} is required")
+        elif kind in ("model_type", "dict_type"):
+            problems.append(f"{where or 'tenant config'} must be a YAML mapping, got {type(err['input']).__name__}")
+        else:  # not expected: every leaf says what it must be; still name the place
+            problems.append(f"{where or 'top level'}: {err['msg']}")
+    for loc, keys in unknown.items():
+        known = sorted(_KNOWN[tuple(p for i, p in enumerate(loc) if not (i == 1 and loc[0] == "tenants"))].model_fields)
+        problems.append(f"unknown key(s) {sorted(keys)} at {_where(loc) or 'top level'} (known: {known})")
+    return problems

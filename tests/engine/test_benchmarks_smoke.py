@@ -73,3 +73,12 @@ def test_steering_alternative_smoke(tmp_path):
     run_smoke("steering_alternative", tmp_path)
     data = load(tmp_path, "steering_alternative_smoke")
     assert data["token_agreement"] > 0.9  # hook and baked weights are the same math
+
+
+def test_percentile_and_median_interpolate_like_numpy():
+    from benchmarks._common import median, percentile
+
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 0.5) == median(values) == 2.5
+    assert percentile(values, 0.99) == pytest.approx(3.97) and percentile(values, 0.0) == 1.0
+    assert percentile([], 0.99) is None and median(iter([])) is None

@@ -45,3 +45,38 @@ def test_refusals(extra, message):
 def test_negative_alpha_with_opt_in():
     cfg, _ = RosiLoaderConfig.from_extra_config({"direction": "d", "alpha": -2, "allow_negative_alpha": True})
     assert cfg.alpha == -2.0
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(RosiError) as err:
+        RosiLoaderConfig.from_extra_config({"alhpa": 3, "alpha": "lots", "verify_fingerprint": "no"})
+    message = str(err.value)
+    assert message.startswith("rosi: ") and message.count("rosi:") == 1
+    for part in ("['alhpa']", 'needs "direction"', "alpha must be a number", "must be true or false"):
+        assert part in message
+
+
+def test_numbers_as_json_strings_are_accepted():
+    cfg, _ = RosiLoaderConfig.from_extra_config({"direction": "d", "alpha": "8.5"})
+    assert cfg.alpha == 8.5
+
+
+def test_any_json_object_parses_or_raises_one_rosi_error():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.text(max_size=5), inner, max_size=3), max_leaves=8)
+    keys = st.sampled_from(sorted({"direction", "alpha", "targets", "verify_fingerprint", "allow_negative_alpha",
+                                   "sandwich_norm", "num_threads", "alhpa"}))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.dictionaries(keys, values | st.sampled_from(["d", "mlp_out", "refuse", "8"]), max_size=6))
+    def check(extra):
+        try:
+            RosiLoaderConfig.from_extra_config(extra)
+        except RosiError as exc:
+            assert type(exc) is RosiError and str(exc).startswith("rosi: ")
+
+    check()

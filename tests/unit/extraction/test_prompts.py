@@ -37,3 +37,13 @@ def test_jailbreak_wraps_every_goal_in_every_template():
     wrapped = prompts.jailbreak("test")
     assert len(wrapped) == 100 * len(prompts.JAILBREAK_TEMPLATES)
     assert all(goal in text for (_, text), goal in zip(wrapped[:5], [prompts.harmful("test")[0]] * 5))
+
+
+def test_jailbreak_can_take_the_first_goals_only():
+    # `rosi eval --jailbreak-goals N` and the α sweep attack with exactly these prompts.
+    wrapped = prompts.jailbreak("test", goals=2)
+    goals = prompts.harmful("test")[:2]
+    assert len(wrapped) == 2 * len(prompts.JAILBREAK_TEMPLATES)
+    assert [name for name, _ in wrapped[:len(prompts.JAILBREAK_TEMPLATES)]] == list(prompts.JAILBREAK_TEMPLATES)
+    assert all(goals[i // len(prompts.JAILBREAK_TEMPLATES)] in text for i, (_, text) in enumerate(wrapped))
+    assert prompts.jailbreak("test", goals=0) == ()

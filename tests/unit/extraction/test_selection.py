@@ -64,3 +64,29 @@ def test_select_end_to_end_on_tiny_model(tiny_model, tmp_path):
     assert '"best"' in payload and '"constraints"' in payload
     plot_selection(report, tmp_path / "selection.png")
     assert (tmp_path / "selection.png").stat().st_size > 1000
+
+
+class _CollapsesOnHarmful:
+    """Every variant, the unedited model included, returns nothing for harmful prompts."""
+
+    def __init__(self, harmful):
+        self.harmful = set(harmful)
+
+    def generate(self, jobs, max_new_tokens):
+        return [["" if p in self.harmful else "Sure, here is a helpful and complete answer." for p in prompts]
+                for _, prompts in jobs]
+
+
+def test_degeneration_budget_compares_the_same_prompts(tiny_model):
+    """The base model's degeneration is measured on the candidate's prompts (harmful and harmless): a
+    collapse the unedited model shares is not charged to the edit, in either stage."""
+    model = tiny_model("llama")
+    loaded = load_hf_model(model)
+    extraction = extract_directions(loaded, HARMFUL, HARMLESS, progress=False)
+    report = select(loaded, extraction, HARMFUL, HARMLESS, fingerprint=fingerprint_checkpoint(model),
+                    generator=_CollapsesOnHarmful(HARMFUL), layers=[1], alphas=[4.0], stage1_n=2, finalists=1,
+                    max_new_tokens=4, stage1_tokens=2, progress=False)
+    assert {c.stage for c in report.candidates} == {1, 2}
+    for c in report.candidates:
+        assert c.degenerate == c.base_degenerate == 0.5
+    assert report.baseline["degenerate"] == 0.5

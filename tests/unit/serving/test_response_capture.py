@@ -56,3 +56,14 @@ def test_long_streams_keep_the_opening_and_exact_counts_without_decoding_every_e
         fallback.feed(e)
     fallback.finish()
     assert fallback.completion_tokens == 50 and not fallback.tokens_exact  # counted past the text limit
+
+
+def test_sse_parser_splits_complete_events_and_keeps_the_rest():
+    from rosi_vllm.serving.response_capture import DONE, event_data, split_events
+
+    events, rest = split_events(b'data: {"a": 1}\n\n: keep-alive\n\ndata: [DONE]\n\ndata: {"b"')
+    assert events == [b'data: {"a": 1}\n\n', b": keep-alive\n\n", b"data: [DONE]\n\n"] and rest == b'data: {"b"'
+    assert [event_data(e) for e in events] == [b'{"a": 1}', b"", DONE]
+    assert split_events(b"data: x") == ([], b"data: x")
+    # Multi-line data, with or without the space after the colon.
+    assert event_data(b"event: message\ndata:{\"a\":\ndata: 1}\n\n") == b'{"a":1}'

@@ -91,3 +91,71 @@ def test_shipped_example_config_is_valid():
     cfg = load_tenant_config(path, environ={"ACME_API_KEY": "a", "KIDS_APP_API_KEY": "b"})
     cfg.check_baked_alpha(64.0)
     assert cfg.tenants["acme"].experiment.name == "acme-hardening-1"
+
+
+# ---- property: whatever YAML holds, the parser answers with a config or one `rosi:` error, never anything else -----
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SCALARS = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
+            | st.text(max_size=12) | st.sampled_from([BAKED, "base", "strict", "standard", "BETA_KEY", "1"]))
+_KEYS = st.text(max_size=10) | st.integers(-5, 5) | st.booleans() | st.sampled_from(
+    ["version", "variants", "tenants", "alpha_bounds", "min", "max", "arms", "name", "experiment",
+     "default_variant", "allowed_variants", "api_key_sha256", "api_key_env", "user_header"])
+_YAML = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+                     max_leaves=20)
+
+
+def _parses_or_refuses(data) -> None:
+    try:
+        parse_tenant_config(data, environ=ENV)
+    except RosiError as exc:
+        assert type(exc) is RosiError
+        message = str(exc)
+        assert message.startswith("rosi: invalid tenant config: ") and "\n" not in message, message
+        assert KEY_A not in message and "key-b" not in message  # a key or its digest is never echoed
+
+
+_PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_PROPERTY
+@given(_YAML)
+def test_any_yaml_data_parses_or_raises_one_rosi_error(data):
+    _parses_or_refuses(data)
+
+
+def _paths(node, prefix=()):
+    """Every (path, container) place in a nested config."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        yield prefix + (key,)
+        yield from _paths(child, prefix + (key,))
+
+
+@_PROPERTY
+@given(st.data())
+def test_mutated_valid_config_parses_or_raises_one_rosi_error(data):
+    cfg = config()
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(list(_paths(cfg)) or [()]))
+        parent = cfg
+        for key in path[:-1]:
+            parent = parent[key]
+        op = data.draw(st.sampled_from(["replace", "delete", "add"]))
+        if not path:
+            break
+        if op == "replace":
+            parent[path[-1]] = data.draw(_YAML)
+        elif op == "delete":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[data.draw(_KEYS)] = data.draw(_YAML)
+    _parses_or_refuses(cfg)
+
+
+def test_example_config_round_trips_through_the_property_checker():
+    """The property tests above also accept valid data (they are not vacuous)."""
+    _parses_or_refuses(config())
+    assert parse_tenant_config(config(), environ=ENV).tenants

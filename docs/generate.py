@@ -1,0 +1,150 @@
+"""Write every measured number and every table derived from code into the docs, from their sources.
+
+    python docs/generate.py          # rewrite the generated blocks in README.md, docs/*.md, benchmarks/README.md
+    python docs/generate.py --check  # exit 1 if any block differs from its source (the tests run this)
+
+A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``;
+NAME picks the function below that renders it. Sources are result JSON files, ``directions/index.yaml``
+and ``rosi_vllm/architectures.py``, so a number in the docs cannot drift from what was measured:
+prose outside the blocks states no measured numbers (``tests/unit/test_docs.py`` checks both).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md")
+BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+
+
+def _pct(rate: float) -> str:
+    return f"{rate * 100:.1f} %".replace(".0 %", " %")
+
+
+def _rate(r: dict) -> str:
+    lo, hi = r["ci95"]
+    return f"{_pct(r['rate'])} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def architectures() -> str:
+    from rosi_vllm.architectures import ARCHITECTURES
+
+    rows = ["| family | architectures | residual writers edited (checkpoint names) | notes |", "|---|---|---|---|"]
+    for spec in ARCHITECTURES:
+        names = ", ".join(a.removesuffix("ForCausalLM").removesuffix("LMHeadModel") for a in spec.architectures)
+        writers = "<br>".join(f"`{w.target}`: `{_readable(w.pattern.pattern)}`" for w in spec.writers)
+        rows.append(f"| {spec.family} | {names} | {writers} | {spec.notes} |")
+    return "\n".join(rows)
+
+
+def _readable(regex: str) -> str:
+    return (regex.removeprefix(r"(?:^|\.)").removesuffix("$").replace(r"(?P<layer>\d+)", "{L}")
+            .replace(r"(?P<expert>\d+)", "{E}").replace("\\.", "."))
+
+
+def directions() -> str:
+    index = yaml.safe_load((ROOT / "directions/index.yaml").read_text())
+    rows = ["| model | run | harmful refused | benign refused | jailbreak success | KL (benign) | degenerate |",
+            "|---|---|---|---|---|---|---|"]
+    for entry in index["directions"]:
+        measured = entry["measured_test_split"]
+        for run, label in (("base", "base"), ("rosi", f"shipped, layer {entry['layer']}, "
+                                                      f"α={entry['recommended_alpha']:g}")):
+            m = measured[run]
+            kl = f"{m['benign_kl_nats']:.3g}" if "benign_kl_nats" in m else "–"
+            rows.append(f"| {entry['model'] if run == 'base' else ''} | {label} | {_rate(m['harmful_refusal'])} "
+                        f"| {_rate(m['benign_refusal'])} | {_rate(m['jailbreak_attack_success'])} | {kl} "
+                        f"| {_rate(m['degenerate'])} |")
+    rows.append("")
+    rows.append("n per set: " + "; ".join(
+        f"{e['model']}: {e['measured_test_split']['rosi']['harmful_refusal']['n']}" for e in index["directions"])
+        + ". Verdicts: " + "; ".join(f"{e['model']}: {e['verdict']}" for e in index["directions"]) + ".")
+    return "\n".join(rows)
+
+
+def judge() -> str:
+    index = yaml.safe_load((ROOT / "directions/index.yaml").read_text())
+    cal = json.loads((ROOT / index["directions"][0]["results"]).read_text())["judge_calibration"]
+    return (f"Against JailbreakBench's {cal['n']} human-labelled responses the `{cal['judge']}` judge agrees "
+            f"{_pct(cal['accuracy'])} of the time, with {_pct(cal['jailbreak_recall'])} recall and "
+            f"{_pct(cal['jailbreak_precision'])} precision on jailbreaks (every `rosi eval` report repeats this).")
+
+
+def sweep() -> str:
+    rows = ["| model | α | harmful refused | benign refused | jailbreak success | degenerate | KL (benign) |",
+            "|---|---|---|---|---|---|---|"]
+    for path in sorted((ROOT / "benchmarks/results").glob("safety_sweep_*.json")):
+        if path.stem.endswith("_smoke"):
+            continue
+        sw = json.loads(path.read_text())
+        for r in sw["rows"]:
+            rows.append(f"| {sw['model']} | {r['alpha']:g} | {_rate(r['harmful_refusal'])} | "
+                        f"{_rate(r['benign_refusal'])} | {_rate(r['jailbreak_attack_success'])} | "
+                        f"{_rate(r['degenerate'])} | {r['benign_kl_nats']:.2f} |")
+        rows.append(f"\nCommand: `{sw['command']}`.")
+    return "\n".join(rows)
+
+
+def benchmarks() -> str:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.report import machines, rows
+
+    return "\n".join(rows() + ["", f"Machines in these results: {machines()}."])
+
+
+def adapters_cost() -> str:
+    p3 = json.loads((ROOT / "benchmarks/results/p3_adapters.json").read_text())
+    ratios = p3["throughput_ratio_vs_baked"]
+    adapter_values = [v for arm, per in ratios.items() if arm.startswith("adapters") for v in per.values()]
+    lora_default = list(ratios.get("lora-default", {}).values())
+    text = (f"On this CPU, adapter requests ran at {min(adapter_values):.2f}–{max(adapter_values):.2f}× the baked "
+            f"throughput")
+    if lora_default:
+        text += (f", and enabling LoRA at all moved the baked tenant's throughput to "
+                 f"{min(lora_default):.2f}–{max(lora_default):.2f}×")
+    return text + f" (benchmark P3, `{p3['command']}`)."
+
+
+RENDERERS = {"architectures": architectures, "directions": directions, "judge": judge, "sweep": sweep,
+             "benchmarks": benchmarks, "adapters-cost": adapters_cost}
+
+
+def render(text: str) -> str:
+    def block(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in RENDERERS:
+            raise SystemExit(f"docs: unknown generated block {name!r}")
+        return f"{match.group(1)}{RENDERERS[name]().rstrip()}\n{match.group(4)}"
+
+    return BLOCK.sub(block, text)
+
+
+def stale() -> list[Path]:
+    """Doc files whose generated blocks differ from their sources."""
+    return [path for path in DOCS if path.exists() and render(path.read_text()) != path.read_text()]
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        out_of_date = stale()
+        for path in out_of_date:
+            print(f"docs: {path.relative_to(ROOT)} is out of date; run python docs/generate.py")
+        return 1 if out_of_date else 0
+    for path in DOCS:
+        if path.exists():
+            text = path.read_text()
+            new = render(text)
+            if new != text:
+                path.write_text(new)
+                print(f"docs: rewrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
