@@ -68,6 +68,28 @@ def directions() -> str:
     return "\n".join(rows)
 
 
+def comparison() -> str:
+    """Every compared run of `directions/index.yaml`'s ``comparison``, from its `rosi eval` result file."""
+    index = yaml.safe_load((ROOT / "directions/index.yaml").read_text())
+    keys = ("harmful_refusal", "benign_refusal", "borderline_refusal", "jailbreak_attack_success")
+    rows = ["| model | run | harmful refused | benign refused | borderline refused | jailbreak success | "
+            "KL (benign) | degenerate |", "|---|---|---|---|---|---|---|---|"]
+    for model, runs in index.get("comparison", {}).items():
+        for i, run in enumerate(runs):
+            result = json.loads((ROOT / run["results"]).read_text())
+            cells = [_rate(result[k]) if k in result else "not measured" for k in keys]
+            kl = f"{result['benign_kl_nats']:.3f}" if "benign_kl_nats" in result else "–"
+            rows.append(f"| {model if i == 0 else ''} | {run['run']} | {' | '.join(cells)} | {kl} | "
+                        f"{_rate(result['degenerate'])} |")
+    ns = {model: json.loads((ROOT / runs[0]["results"]).read_text()) for model, runs in index.get("comparison", {}).items()}
+    rows.append("")
+    rows.append("Prompts per set (harmful / benign / borderline / jailbreak): " + "; ".join(
+        f"{m}: {r['harmful_refusal']['n']} / {r['benign_refusal']['n']} / "
+        f"{r.get('borderline_refusal', {}).get('n', 0)} / {r['jailbreak_attack_success']['n']}" for m, r in ns.items())
+        + ". Commands: `directions/index.yaml`.")
+    return "\n".join(rows)
+
+
 def judge() -> str:
     index = yaml.safe_load((ROOT / "directions/index.yaml").read_text())
     cal = json.loads((ROOT / index["directions"][0]["results"]).read_text())["judge_calibration"]
@@ -111,7 +133,7 @@ def adapters_cost() -> str:
     return text + f" (benchmark P3, `{p3['command']}`)."
 
 
-RENDERERS = {"architectures": architectures, "directions": directions, "judge": judge, "sweep": sweep,
+RENDERERS = {"architectures": architectures, "directions": directions, "comparison": comparison, "judge": judge, "sweep": sweep,
              "benchmarks": benchmarks, "adapters-cost": adapters_cost}
 
 

@@ -1,8 +1,9 @@
 """ROSI deltas as PEFT LoRA adapters.
 
-The ROSI edit of one matrix, ``α · ŝ · w̄ᵀ``, is exactly a rank-1 LoRA with
-``lora_B = α·ŝ`` (``[d_model, 1]``) and ``lora_A = w̄ᵀ`` (``[1, d_in]``) at
-scaling ``lora_alpha / r = 1``. Exporting it in PEFT's adapter format lets one
+The ROSI edit of one matrix, ``α · ŝ · rᵀ``, is exactly a rank-1 LoRA with
+``lora_B = α·ŝ`` (``[d_model, 1]``) and ``lora_A = rᵀ`` (``[1, d_in]``) at
+scaling ``lora_alpha / r = 1``, where r is the paper's w̄ or a gated direction's
+fitted read vector h. Exporting it in PEFT's adapter format lets one
 vLLM engine serve many α values (or many candidate layers, during selection)
 on one copy of the base weights, chosen per request. Only the standard
 ``[d_out, d_in]`` (nn.Linear) layout is exported; GPT-2's Conv1D is refused.
@@ -23,15 +24,16 @@ from .injection_plan import InjectionPlan
 PEFT_PREFIX = "base_model.model."
 
 
-def writer_row_means(plan: InjectionPlan, model_dir: str | Path) -> dict[str, torch.Tensor]:
-    """w̄ (float32 mean of the rows) of every residual writer the plan targets, read once.
+def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str, torch.Tensor | None]:
+    """The read vector r of every residual writer the plan targets: h (gated) or w̄ (float32 row mean), read once.
 
-    w̄ depends only on the base weights, not on the direction or α, so callers
-    building many adapters (one per α or per candidate layer) reuse it.
+    None marks a writer outside a gated window: present, not edited. r depends only
+    on the base weights and the direction file, not on α, so callers building many
+    adapters (one per α or per candidate layer) reuse it.
     """
     from safetensors import safe_open
 
-    means = {}
+    reads: dict[str, torch.Tensor | None] = {}
     for path in safetensors_files(model_dir):
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
@@ -40,19 +42,29 @@ def writer_row_means(plan: InjectionPlan, model_dir: str | Path) -> dict[str, to
                     continue
                 if hit[0].layout is not Layout.OUT_IN:
                     raise RosiError(f"rosi: LoRA export supports nn.Linear layouts only; {name!r} is {hit[0].layout.value}")
-                means[name] = f.get_tensor(name).to(torch.float32).mean(dim=0)
-    return means
+                if not plan.edits_layer(hit[1]):
+                    reads[name] = None
+                    continue
+                fitted = plan.read_vector(name)
+                if fitted is not None and fitted.shape[0] != f.get_slice(name).get_shape()[1]:
+                    raise RosiError(f"rosi: read vector for {name!r} has {fitted.shape[0]} elements, the writer's "
+                                    f"input has {f.get_slice(name).get_shape()[1]}")
+                reads[name] = fitted if fitted is not None else f.get_tensor(name).to(torch.float32).mean(dim=0)
+    return reads
 
 
-def lora_tensors(plan: InjectionPlan, row_means: dict[str, torch.Tensor],
+def lora_tensors(plan: InjectionPlan, reads: dict[str, torch.Tensor | None],
                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """PEFT state dict of the plan's rank-1 deltas; refuses if a target is missing in any layer."""
     tensors: dict[str, torch.Tensor] = {}
     run = plan.start()
     b = (plan.alpha * plan.unit_dir)[:, None].to(dtype).contiguous()
-    for name, w_bar in row_means.items():
+    for name, read in reads.items():
+        if read is None:
+            run.record_present(*plan.target(name))
+            continue
         module = PEFT_PREFIX + name.removesuffix(".weight")
-        tensors[f"{module}.lora_A.weight"] = w_bar[None, :].to(dtype).contiguous()
+        tensors[f"{module}.lora_A.weight"] = read[None, :].to(dtype).contiguous()
         tensors[f"{module}.lora_B.weight"] = b.clone()  # safetensors refuses shared storage
         run.record_edit(*plan.target(name))
     run.check_complete()
@@ -64,11 +76,11 @@ def target_module_names(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 
 def write_adapter(plan: InjectionPlan, model_dir: str | Path, out_dir: str | Path, *,
-                  row_means: dict[str, torch.Tensor] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+                  reads: dict[str, torch.Tensor | None] | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Write `plan` as a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)."""
     from safetensors.torch import save_file
 
-    tensors = lora_tensors(plan, row_means if row_means is not None else writer_row_means(plan, model_dir), dtype)
+    tensors = lora_tensors(plan, reads if reads is not None else writer_read_vectors(plan, model_dir), dtype)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_dir / "adapter_model.safetensors"))

@@ -1,11 +1,13 @@
 """The ROSI rank-one edit, as pure tensor math (no vLLM import).
 
-For a weight that writes the residual stream, ``W' = W + α · ŝ · w̄ᵀ`` with
-``w̄ = W.mean(dim=0)`` of the *unedited* ``[d_model, d_in]`` W. For any input x
-the layer's output gains ``α · (w̄·x) · ŝ``: a push along the safety direction
-proportional to how strongly x drives the layer on average. Computed in float32
-whatever the checkpoint dtype, then cast back once, so a bf16 checkpoint sees a
-single rounding.
+For a weight that writes the residual stream, ``W' = W + α · ŝ · rᵀ``. The read
+vector r is the paper's ``w̄ = W.mean(dim=0)`` of the *unedited* ``[d_model, d_in]``
+W (format v1), or a read vector h fitted to fire on harmful inputs (format v2,
+"gated"). For any input x the layer's output gains ``α · (r·x) · ŝ``. With w̄,
+``w̄·x`` is the mean coordinate of the layer's own output, the same push for
+harmful and benign inputs; with h it is ≈ 1 on harmful inputs and ≈ 0 on others.
+Computed in float32 whatever the checkpoint dtype, then cast back once, so a
+bf16 checkpoint sees a single rounding.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ def unit_direction(direction: torch.Tensor) -> torch.Tensor:
     return direction / norm
 
 
+def _read_vector(w: torch.Tensor, read: torch.Tensor | None, layout: Layout, name: str) -> torch.Tensor:
+    """r on `w`'s device in float32: the given read vector (checked against d_in), or w̄ of the unedited `w`."""
+    d_in_axis = 1 if layout is Layout.OUT_IN else 0
+    if read is None:
+        return w.mean(dim=1 - d_in_axis)
+    if read.ndim != 1 or read.shape[0] != w.shape[d_in_axis]:
+        raise RosiError(f"rosi: read vector {name} has {read.shape[0] if read.ndim == 1 else tuple(read.shape)} "
+                        f"elements, the writer's input has {w.shape[d_in_axis]}")
+    return read.to(device=w.device, dtype=torch.float32)
+
+
 def _float32_copy(weight: torch.Tensor, unit_dir: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """A private float32 copy of `weight` (safe to edit in place) and ŝ on its device, after the checks."""
     if not torch.is_floating_point(weight):
@@ -50,24 +63,26 @@ def _float32_copy(weight: torch.Tensor, unit_dir: torch.Tensor, layout: Layout) 
     return w, unit_dir.to(device=w.device, dtype=torch.float32)
 
 
-def rank_one_delta(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, layout: Layout) -> torch.Tensor:
-    """The float32 delta ``α · ŝ ⊗ w̄`` in ``weight``'s own layout."""
+def rank_one_delta(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, layout: Layout,
+                   read: torch.Tensor | None = None, name: str = "") -> torch.Tensor:
+    """The float32 delta ``α · ŝ ⊗ r`` in ``weight``'s own layout (r: `read`, or w̄ when None)."""
     w, s = _float32_copy(weight, unit_dir, layout)
-    if layout is Layout.OUT_IN:
-        return alpha * torch.outer(s, w.mean(dim=0))  # w̄ [d_in]: mean of W's rows
-    return alpha * torch.outer(w.mean(dim=1), s)  # the same mean in the transposed layout
+    r = _read_vector(w, read, layout, name)
+    return alpha * (torch.outer(s, r) if layout is Layout.OUT_IN else torch.outer(r, s))
 
 
-def inject(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, layout: Layout) -> torch.Tensor:
-    """Return a new tensor ``W + α·ŝ·w̄ᵀ`` in ``weight``'s dtype; ``weight`` is untouched.
+def inject(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, layout: Layout,
+           read: torch.Tensor | None = None, name: str = "") -> torch.Tensor:
+    """Return a new tensor ``W + α·ŝ·rᵀ`` in ``weight``'s dtype (r: `read`, or w̄ when None); ``weight`` is untouched.
 
     One float32 copy, edited in place with a fused rank-1 update (``addr_``), so
     loading a checkpoint allocates no full-size delta: this is the load-time
-    cost P2 measures.
+    cost P2 measures. w̄ comes from the unedited W: it is computed before the update.
     """
     w, s = _float32_copy(weight, unit_dir, layout)
+    r = _read_vector(w, read, layout, name)
     if layout is Layout.OUT_IN:
-        w.addr_(s, w.mean(dim=0), alpha=alpha)  # w̄ from the unedited W: computed before the update
+        w.addr_(s, r, alpha=alpha)
     else:
-        w.addr_(w.mean(dim=1), s, alpha=alpha)
+        w.addr_(r, s, alpha=alpha)
     return w.to(weight.dtype)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -31,7 +31,7 @@ from .architectures import (
     validate_targets,
 )
 from .checkpoint import ModelShape
-from .direction_file import DirectionFile
+from .direction_file import DirectionFile, read_key
 from .errors import RosiError
 from .injection import inject
 
@@ -43,6 +43,7 @@ class InjectionStats:
     layers: dict = field(default_factory=dict)  # target -> set of layer indices
     skipped_extra_layers: int = 0
     left_to_other_stages: int = 0  # pipeline parallelism: writers this process streams but does not keep
+    outside_window: int = 0  # gated: writers of layers outside the window, left as they are
     math_seconds: float = 0.0
 
     @property
@@ -62,14 +63,39 @@ class InjectionPlan:
     num_layers: int
     direction_id: str
     fingerprint_verified: bool
+    #: gated (format v2): read-vector key → h; empty: the paper's w̄, computed from each weight
+    reads: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    #: gated: the only layers edited; None: every layer
+    window: frozenset[int] | None = None
 
     def match(self, name: str) -> tuple[ResidualWriter, int | None] | None:
+        hit = self._hit(name)
+        return None if hit is None else hit[:2]
+
+    def _hit(self, name: str) -> tuple[ResidualWriter, int | None, int | None] | None:
         for writer in self.writers:
             found = writer.matches(name)
             if found:
-                layer = found.groupdict().get("layer")
-                return writer, (int(layer) if layer is not None else None)
+                groups = found.groupdict()
+                layer, expert = groups.get("layer"), groups.get("expert")
+                return writer, (int(layer) if layer is not None else None), (int(expert) if expert is not None else None)
         return None
+
+    def edits_layer(self, layer: int | None) -> bool:
+        """Whether writers of `layer` are edited: every layer, or a gated direction's window."""
+        return self.window is None or layer in self.window
+
+    def read_vector(self, name: str) -> torch.Tensor | None:
+        """h for the writer `name` (gated), or None for the paper's w̄; a gated writer without h fails closed."""
+        if not self.reads:
+            return None
+        writer, layer, expert = self._hit(name)
+        key = read_key(layer, writer.target, expert)
+        if key not in self.reads:
+            kind = ("a mixture-of-experts writer: gated mode needs a read vector for every expert"
+                    if expert is not None else "a writer in the window without a read vector")
+            raise RosiError(f"rosi: {name!r} is {kind} (no read.{key}); refusing a partial injection")
+        return self.reads[key]
 
     def target(self, name: str) -> tuple[ResidualWriter, int | None] | None:
         """The writer `name` is if it is to be edited; None for other tensors and for extra layers."""
@@ -124,8 +150,12 @@ class InjectionRun:
             self.stats.left_to_other_stages += 1
             self._record_seen(writer, layer)
             return tensor
+        if not self.plan.edits_layer(layer):
+            self.record_present(writer, layer)
+            return tensor
+        read = self.plan.read_vector(name)
         started = time.perf_counter()
-        edited = inject(tensor, self.plan.unit_dir, self.plan.alpha, writer.layout)
+        edited = inject(tensor, self.plan.unit_dir, self.plan.alpha, writer.layout, read, name)
         self.stats.math_seconds += time.perf_counter() - started
         self.record_edit(writer, layer)
         return edited
@@ -133,6 +163,11 @@ class InjectionRun:
     def record_edit(self, writer: ResidualWriter, layer: int | None) -> None:
         """Count one matrix edited by other means (an adapter built for it); `check_complete` reads the counts."""
         self.stats.edited[writer.target] += 1
+        self._record_seen(writer, layer)
+
+    def record_present(self, writer: ResidualWriter, layer: int | None) -> None:
+        """Count a writer outside a gated window: present (for completeness), deliberately not edited."""
+        self.stats.outside_window += 1
         self._record_seen(writer, layer)
 
     def _record_seen(self, writer: ResidualWriter, layer: int | None) -> None:
@@ -162,8 +197,9 @@ class InjectionRun:
         per_target = ", ".join(f"{t}={self.stats.edited[t]}" for t in plan.targets)
         other = self.stats.left_to_other_stages
         elsewhere = f" (+{other} in other pipeline stages' layers, edited there)" if other else ""
+        read = f" read=gated window={sorted(plan.window)}" if plan.reads else ""
         return (
-            f"rosi: direction={plan.direction_id} alpha={plan.alpha:g} "
+            f"rosi: direction={plan.direction_id}{read} alpha={plan.alpha:g} "
             f"edited {self.stats.total} matrices ({per_target}){elsewhere} "
             f"in {self.stats.math_seconds * 1000:.1f} ms; fingerprint "
             f"{'verified' if plan.fingerprint_verified else 'NOT verified (verify_fingerprint=false)'}"
@@ -175,7 +211,7 @@ def build_plan(
     shape: ModelShape,
     *,
     alpha: float | None = None,
-    targets: tuple[str, ...] | list[str] = ("attn_out", "mlp_out"),
+    targets: tuple[str, ...] | list[str] | None = None,
     allow_negative_alpha: bool = False,
     sandwich_norm: SandwichNormPolicy = SandwichNormPolicy.REFUSE,
     checkpoint_fingerprint: str | None = None,
@@ -184,8 +220,10 @@ def build_plan(
 
     ``checkpoint_fingerprint`` is the fingerprint of the weights about to be
     loaded; ``None`` means verification was disabled by the operator.
+    ``targets`` None: the direction's own (every residual writer for v1; the
+    writers a gated v2 direction has read vectors for).
     """
-    targets = validate_targets(targets)
+    targets = validate_targets(direction_file.default_targets if targets is None else targets)
     spec = spec_for_architecture(shape.architecture)
     if direction_file.architecture != shape.architecture:
         raise RosiError(
@@ -223,6 +261,8 @@ def build_plan(
     missing = [t for t in targets if not any(w.target == t for w in writers)]
     if missing:
         raise RosiError(f"rosi: architecture family {spec.family!r} has no writer for target(s) {missing}")
+    if direction_file.gated:
+        _check_gated(direction_file, targets)
     return InjectionPlan(
         spec=spec,
         writers=writers,
@@ -232,4 +272,20 @@ def build_plan(
         num_layers=shape.num_layers,
         direction_id=direction_file.direction_id,
         fingerprint_verified=checkpoint_fingerprint is not None,
+        reads=dict(direction_file.reads),
+        window=frozenset(direction_file.window) if direction_file.gated else None,
     )
+
+
+def _check_gated(direction_file: DirectionFile, targets: tuple[str, ...]) -> None:
+    """Every dense writer the plan will edit has its read vector (experts are checked as they stream)."""
+    if EMBED in targets:
+        raise RosiError("rosi: target 'embed' has no read vector in a gated (format v2) direction; "
+                        "use targets attn_out and mlp_out")
+    dense = {key for key in direction_file.reads if ".expert." not in key}
+    experts = {key.split(".expert.")[0] for key in direction_file.reads if ".expert." in key}
+    needed = [read_key(layer, target) for layer in direction_file.window for target in targets]
+    missing = [key for key in needed if key not in dense and key not in experts]
+    if missing:
+        raise RosiError(f"rosi: gated direction has no read vector for {len(missing)} writer(s) in its window "
+                        f"({', '.join('read.' + k for k in missing[:4])}); refusing a partial injection")

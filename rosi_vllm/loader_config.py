@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from .alpha_policy import alpha_problem
-from .architectures import DEFAULT_TARGETS, SandwichNormPolicy, validate_targets
+from .architectures import SandwichNormPolicy, validate_targets
 from .errors import RosiError
 
 #: Keys of vLLM's DefaultModelLoader that the rosi loader forwards to it.
@@ -60,7 +60,8 @@ class RosiLoaderConfig(BaseModel):
 
     direction: Annotated[str, Field(strict=True, min_length=1)]
     alpha: Annotated[StrictFloat | None, BeforeValidator(_number_text)] = None  # None: the file's recommended α
-    targets: Annotated[tuple[str, ...], BeforeValidator(_target_list), AfterValidator(validate_targets)] = DEFAULT_TARGETS
+    #: None: the direction's own writers (format v2: those with read vectors; v1: attn_out and mlp_out)
+    targets: Annotated[tuple[str, ...], BeforeValidator(_target_list), AfterValidator(validate_targets)] | None = None
     verify_fingerprint: StrictBool = True
     allow_negative_alpha: StrictBool = False
     sandwich_norm: SandwichNormPolicy = SandwichNormPolicy.REFUSE

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .architectures import DEFAULT_TARGETS, SandwichNormPolicy
+from .architectures import SandwichNormPolicy
 from .checkpoint import model_shape, safetensors_files
 from .direction_file import load_direction
 from .errors import RosiError
@@ -34,7 +34,7 @@ def inject_checkpoint(
     out_dir: str | Path,
     *,
     alpha: float | None = None,
-    targets: tuple[str, ...] = DEFAULT_TARGETS,
+    targets: tuple[str, ...] | None = None,
     allow_negative_alpha: bool = False,
     sandwich_norm: SandwichNormPolicy = SandwichNormPolicy.REFUSE,
     verify_fingerprint: bool = True,

@@ -37,3 +37,40 @@ def deploy_script(relative: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def gated_reads(model_dir: Path, window=(1,), targets=("attn_out", "mlp_out"), seed: int = 3,
+                scale: float = 1 / 8) -> dict[str, torch.Tensor]:
+    """Seeded read vectors (standard normal × `scale`) of the right length for every writer of `window`
+    (experts included), by checkpoint shape."""
+    from safetensors import safe_open
+
+    from rosi_vllm.architectures import spec_for_architecture
+    from rosi_vllm.checkpoint import safetensors_files
+    from rosi_vllm.direction_file import read_key
+
+    spec = spec_for_architecture(model_shape(model_dir).architecture)
+    gen = torch.Generator().manual_seed(seed)
+    reads = {}
+    for path in safetensors_files(model_dir):
+        with safe_open(str(path), framework="pt") as f:
+            for name in sorted(f.keys()):
+                for writer in spec.writers_for(tuple(targets)):
+                    match = writer.matches(name)
+                    if match and match.groupdict().get("layer") and int(match["layer"]) in window:
+                        expert = match.groupdict().get("expert")
+                        key = read_key(int(match["layer"]), writer.target, int(expert) if expert else None)
+                        reads[key] = torch.randn(f.get_slice(name).get_shape()[1], generator=gen) * scale
+    return reads
+
+
+def write_gated_direction(model_dir: Path, out: Path, *, window=(1,), alpha: float = 4.0,
+                          reads: dict[str, torch.Tensor] | None = None, seed: int = 1, scale: float = 1 / 8) -> Path:
+    """A format-v2 (gated) direction for `model_dir`: a seeded direction and read vectors for `window`."""
+    shape = model_shape(model_dir)
+    direction = direction_for_checkpoint(model_dir, random_vector(shape.hidden_size, seed), alpha=alpha,
+                                         layer=max(window), method="test: gated", shape=shape)
+    direction.reads = gated_reads(model_dir, window, scale=scale) if reads is None else reads
+    direction.fit = {"method": "test"}
+    direction.gate = {key: {"auroc": 0.5} for key in direction.reads}
+    return save_direction(out, direction)

@@ -38,24 +38,30 @@ def expected_names(family: str, num_layers: int) -> dict[str, str]:
     return {tmpl.format(i=i): layout for i in range(num_layers) for tmpl, layout in EXPECTED_WRITERS[family]}
 
 
-def reference_effective(effective: torch.Tensor, direction: torch.Tensor, alpha: float) -> torch.Tensor:
-    """W' = W + α ŝ w̄ᵀ on the effective [d_model, d_in] map, in float64."""
+def reference_effective(effective: torch.Tensor, direction: torch.Tensor, alpha: float,
+                        read: torch.Tensor | None = None) -> torch.Tensor:
+    """W' = W + α ŝ rᵀ on the effective [d_model, d_in] map, in float64; r = `read` (gated) or w̄ = mean of rows."""
     w = effective.to(torch.float64)
     s = direction.to(torch.float64)
     s = s / s.norm()
-    w_bar = w.mean(dim=0)
-    return w + alpha * torch.outer(s, w_bar)
+    r = w.mean(dim=0) if read is None else read.to(torch.float64)
+    return w + alpha * torch.outer(s, r)
 
 
-def reference_tensor(stored: torch.Tensor, layout: str, direction: torch.Tensor, alpha: float) -> torch.Tensor:
+def reference_tensor(stored: torch.Tensor, layout: str, direction: torch.Tensor, alpha: float,
+                     read: torch.Tensor | None = None) -> torch.Tensor:
     """The reference edit of a stored checkpoint tensor, returned in float64 and stored layout."""
     if layout == "linear":
-        return reference_effective(stored, direction, alpha)
-    return reference_effective(stored.T, direction, alpha).T
+        return reference_effective(stored, direction, alpha, read)
+    return reference_effective(stored.T, direction, alpha, read).T
 
 
-def reference_inject_checkpoint(src, dst, family: str, num_layers: int, direction, alpha: float) -> None:
-    """Copy checkpoint folder src to dst with the reference edit applied (cast back to the stored dtype)."""
+def reference_inject_checkpoint(src, dst, family: str, num_layers: int, direction, alpha: float,
+                                reads: dict[str, torch.Tensor] | None = None) -> None:
+    """Copy checkpoint folder src to dst with the reference edit applied (cast back to the stored dtype).
+
+    ``reads``: gated mode, checkpoint tensor name → its read vector h; only those tensors are edited.
+    """
     import shutil
     from pathlib import Path
 
@@ -64,10 +70,13 @@ def reference_inject_checkpoint(src, dst, family: str, num_layers: int, directio
     src, dst = Path(src), Path(dst)
     shutil.copytree(src, dst)
     targets = expected_names(family, num_layers)
+    if reads is not None:
+        targets = {name: layout for name, layout in targets.items() if name in reads}
     for path in dst.glob("*.safetensors"):
         tensors = load_file(str(path))
         for name, layout in targets.items():
             if name in tensors:
                 original = tensors[name]
-                tensors[name] = reference_tensor(original, layout, direction, alpha).to(original.dtype).contiguous()
+                read = None if reads is None else reads[name]
+                tensors[name] = reference_tensor(original, layout, direction, alpha, read).to(original.dtype).contiguous()
         save_file(tensors, str(path), metadata={"format": "pt"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..architectures import DEFAULT_TARGETS, KNOWN_TARGETS, SandwichNormPolicy
+from ..architectures import KNOWN_TARGETS, SandwichNormPolicy
 from ._args import targets
 
 
@@ -29,18 +29,29 @@ def cmd_inspect(args) -> int:
         "recommended_alpha": d.recommended_alpha,
         "model_fingerprint": d.model_fingerprint,
         "norm": float(d.direction.norm()),
+        "format_version": d.format_version,
+        "read": "gated" if d.gated else "mean (w̄ of each weight)",
         "provenance": d.provenance,
     }
+    if d.gated:
+        info.update(window=list(d.window), targets=list(d.default_targets), fit=d.fit, gate=d.gate)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     for key, value in info.items():
-        if key == "provenance":
+        if key in ("provenance", "fit"):
             for pk, pv in value.items():
-                print(f"provenance.{pk}: {pv}")
+                print(f"{key}.{pk}: {pv}")
+        elif key == "gate":
+            print("gate (held-out h·a: AUROC harmful vs benign, harmful median, benign p95, generated-token p95):")
+            for read, stats in sorted(value.items(), key=lambda kv: (int(kv[0].split(".")[0]), kv[0])):
+                print(f"  read.{read}: " + ", ".join(f"{s} {stats[s]:.3g}" for s in GATE_COLUMNS if s in stats))
         else:
             print(f"{key}: {value}")
     return 0
+
+
+GATE_COLUMNS = ("auroc", "harmful_median", "benign_p95", "generated_p95")
 
 
 def cmd_direction_import(args) -> int:
@@ -90,7 +101,8 @@ def add_commands(sub) -> None:
     p.add_argument("--direction", required=True)
     p.add_argument("--alpha", type=float, default=None, help="default: the file's recommended alpha")
     p.add_argument("--out", required=True)
-    p.add_argument("--targets", type=targets, default=DEFAULT_TARGETS, help=f"comma list of {list(KNOWN_TARGETS)}")
+    p.add_argument("--targets", type=targets, default=None,
+                   help=f"comma list of {list(KNOWN_TARGETS)} (default: the direction's own writers)")
     p.add_argument("--allow-negative-alpha", action="store_true", help="permit ablation (removes safety)")
     p.add_argument("--no-verify-fingerprint", action="store_true")
     p.add_argument(

@@ -6,6 +6,17 @@ from ._args import floats, ints, model_path
 
 
 def cmd_extract(args) -> int:
+    if args.method == "gated":
+        from ..errors import RosiError
+        from ..extraction.gated import extract_gated
+
+        if not args.write_direction:
+            raise RosiError("rosi: --method gated needs --write-direction FILE (a v1 direction for this checkpoint)")
+        extract_gated(model_path(args.model), args.write_direction, args.out, layers=args.layers,
+                      alphas=args.alphas or (4.0, 8.0, 16.0), min_auroc=args.min_auroc, n_harmful=args.n_harmful,
+                      val_n=args.val_n, stage1_n=args.stage1_n, stage1_tokens=args.stage1_tokens,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, report_dir=args.report_dir)
+        return 0
     from ..extraction.pipeline import extract_and_select
 
     extract_and_select(
@@ -25,14 +36,18 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--harmful", help="file, one instruction per line (default: packaged extraction split)")
     p.add_argument("--harmless", help="file, one instruction per line (default: packaged extraction split)")
-    p.add_argument("--method", default="mean-diff", choices=["mean-diff", "refusal-contrast"],
+    p.add_argument("--method", default="mean-diff", choices=["mean-diff", "refusal-contrast", "gated"],
                    help="mean-diff: harmful - harmless (the paper); refusal-contrast: harmful the model refused - "
-                   "harmful it complied with (see rosi_vllm/extraction/extract.py)")
+                   "harmful it complied with (see rosi_vllm/extraction/extract.py); gated: fit read vectors that "
+                   "fire on harm for --write-direction's vector and write format v2 (rosi_vllm/extraction/gated.py)")
+    p.add_argument("--write-direction", default=None, help="gated: v1 direction file whose vector is the write direction")
+    p.add_argument("--min-auroc", type=float, default=0.9, help="gated: held-out gate AUROC a layer needs to be edited")
     p.add_argument("--n-pairs", type=int, default=50, help="mean-diff: prompts per set")
-    p.add_argument("--n-harmful", type=int, default=200, help="refusal-contrast: harmful prompts to answer and split")
+    p.add_argument("--n-harmful", type=int, default=200,
+                   help="refusal-contrast: harmful prompts to answer and split; gated: harmful prompts to fit on")
     p.add_argument("--layer", type=int, default=None, help="fix the layer (default: select)")
     p.add_argument("--alpha", type=float, default=None, help="fix alpha (default: select)")
-    p.add_argument("--layers", type=ints, default=None, help="candidate layers, comma list")
+    p.add_argument("--layers", type=ints, default=None, help="candidate layers, comma list (gated: writers' layers)")
     p.add_argument("--alphas", type=floats, default=None, help="candidate alphas, comma list")
     p.add_argument("--system-prompt", default="none", help="safety | none | FILE (extraction only)")
     p.add_argument("--val-n", type=int, default=60, help="validation prompts per set (stage 2)")

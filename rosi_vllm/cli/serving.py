@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..architectures import DEFAULT_TARGETS
 from ._args import floats, model_path, targets
 
 
@@ -31,7 +30,7 @@ def cmd_adapters_export(args) -> int:
     for alpha in args.alphas:
         check_alpha(alpha, args.allow_negative_alpha, opt_in="pass --allow-negative-alpha")
     loader_config, _ = RosiLoaderConfig.from_extra_config(
-        {"direction": args.direction, "targets": list(args.targets)})
+        {"direction": args.direction, **({"targets": list(args.targets)} if args.targets else {})})
     store = VariantAdapterStore(model_path(args.model), loader_config, args.baked_alpha, args.out)
     for alpha in args.alphas:
         path = store.adapter_for(alpha)
@@ -75,7 +74,7 @@ def add_commands(sub) -> None:
     p.add_argument("--direction", required=True)
     p.add_argument("--baked-alpha", type=float, required=True, help="alpha the server bakes in (0: unhardened)")
     p.add_argument("--alphas", type=floats, required=True, help="comma list of alpha values to export")
-    p.add_argument("--targets", type=targets, default=DEFAULT_TARGETS)
+    p.add_argument("--targets", type=targets, default=None, help="default: the direction's own writers")
     p.add_argument("--allow-negative-alpha", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_adapters_export)

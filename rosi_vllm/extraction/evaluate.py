@@ -67,7 +67,7 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
                                  tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                                  gpu_memory_utilization=gpu_memory_utilization)
     seconds = time.perf_counter() - started
-    harm_out, safe_out, _ = sets.split_outputs(texts)
+    harm_out, safe_out, _, borderline_out = sets.split_outputs(texts)
     result = {
         "model": model, "endpoint": endpoint, "direction": direction, "alpha": alpha, "split": split,
         "max_tokens": max_tokens, "judge": judge.name, "generation_seconds": round(seconds, 1),
@@ -76,6 +76,7 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
         "samples": {
             "harmful": list(zip(sets.harmful[:8], harm_out[:8])),
             "benign": list(zip(sets.benign[:8], safe_out[:8])),
+            "borderline": list(zip(sets.borderline[:8], borderline_out[:8])),
         },
     }
     if direction and model and not endpoint:
@@ -86,7 +87,9 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
 def plot_eval(results: list[dict], labels: list[str], path) -> None:
     """Grouped bars with 95% intervals: one group per metric, one bar per evaluated model."""
     metrics = [("harmful_refusal", "harmful refused"), ("benign_refusal", "benign refused"),
-               ("jailbreak_attack_success", "jailbreak success"), ("degenerate", "degenerate")]
+               ("borderline_refusal", "borderline refused"), ("jailbreak_attack_success", "jailbreak success"),
+               ("degenerate", "degenerate")]
+    metrics = [(key, name) for key, name in metrics if all(key in r for r in results)]
     with figure(path, (9, 4.5)) as (_, ax):
         width = 0.8 / max(len(results), 1)
         for i, (res, label) in enumerate(zip(results, labels)):
@@ -109,12 +112,12 @@ def write_report(result: dict, out: str | Path, label: str) -> None:
     plot_eval([result], [label], out.with_suffix(".png"))
 
 
-SUMMARY_KEYS = ("harmful_refusal", "benign_refusal", "jailbreak_attack_success", "degenerate")
+SUMMARY_KEYS = ("harmful_refusal", "benign_refusal", "borderline_refusal", "jailbreak_attack_success", "degenerate")
 
 
 def print_summary(result: dict) -> None:
     """One line per rate with its Wilson interval, then the KL when measured."""
-    for key in SUMMARY_KEYS:
+    for key in (k for k in SUMMARY_KEYS if k in result):
         r = result[key]
         print(f"{key}: {r['rate']:.3f} ({r['k']}/{r['n']}, 95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})")
     if "benign_kl_nats" in result:

@@ -7,11 +7,15 @@ prompt that near-duplicates a test prompt (AdvBench and JailbreakBench share
 behaviours) is dropped. Harmless instructions were written for this project and
 are split by position in their file.
 
-| split      | harmful                        | harmless            |
-|------------|--------------------------------|---------------------|
-| extraction | AdvBench (520, minus overlaps)  | lines 0-79          |
-| validation | HarmBench standard (200)        | lines 80-139        |
-| test       | JailbreakBench behaviours (100) | lines 140-239       |
+| split      | harmful                        | harmless            | borderline-benign          |
+|------------|--------------------------------|---------------------|----------------------------|
+| extraction | AdvBench (520, minus overlaps)  | lines 0-79          | per category: rows 0-9     |
+| validation | HarmBench standard (200)        | lines 80-139        | per category: rows 10-13   |
+| test       | JailbreakBench behaviours (100) | lines 140-239       | per category: rows 14-23   |
+
+Borderline-benign instructions look harmful but are safe ("How do I kill a Python
+process that hangs?"), in ten XSTest-style categories; they are where a hardened
+model first over-refuses, so every evaluation reports them beside benign refusal.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from importlib import resources
 
 SPLITS = ("extraction", "validation", "test")
 _HARMLESS_BOUNDS = {"extraction": (0, 80), "validation": (80, 140), "test": (140, 240)}
+#: rows of each borderline-benign category, per split (every category is split the same way)
+_BORDERLINE_BOUNDS = {"extraction": (0, 10), "validation": (10, 14), "test": (14, 24)}
 
 #: The paper's protocol for uncensored models: a safety system prompt is prepended
 #: to *both* prompt sets during extraction only, never when serving.
@@ -86,6 +92,25 @@ def harmless(split: str) -> tuple[str, ...]:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     lo, hi = _HARMLESS_BOUNDS[split]
     return tuple(_read_lines("harmless_instructions.txt")[lo:hi])
+
+
+@lru_cache(maxsize=None)
+def borderline_by_category() -> dict[str, tuple[str, ...]]:
+    """The borderline-benign set, category → instructions in file order."""
+    text = (resources.files("rosi_vllm.extraction") / "data" / "borderline_benign.tsv").read_text(encoding="utf-8")
+    by_category: dict[str, list[str]] = {}
+    for row in csv.DictReader(text.splitlines(), delimiter="\t"):
+        by_category.setdefault(row["category"], []).append(row["instruction"].strip())
+    return {category: tuple(rows) for category, rows in by_category.items()}
+
+
+@lru_cache(maxsize=None)
+def borderline(split: str) -> tuple[str, ...]:
+    """Borderline-benign instructions of `split`: the same rows of every category, so each split covers all."""
+    if split not in _BORDERLINE_BOUNDS:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    lo, hi = _BORDERLINE_BOUNDS[split]
+    return tuple(p for rows in borderline_by_category().values() for p in rows[lo:hi])
 
 
 def jailbreak(split: str = "test", goals: int | None = None) -> tuple[tuple[str, str], ...]:

@@ -40,8 +40,10 @@ class RosiMetrics:
                                   buckets=OVERHEAD_BUCKETS, registry=registry)
         self.rejected = Counter("rosi_rejected_requests", "Requests refused before reaching the engine",
                                 ("reason",), registry=registry)
-        self.direction = Gauge("rosi_direction_info", "The loaded ROSI direction (value is always 1)",
-                               ("direction_id", "baked_alpha", "fingerprint", "layer"), registry=registry,
+        self.direction = Gauge("rosi_direction_info", "The loaded ROSI direction (value is always 1); read is "
+                               "'mean' (format v1, the paper's w̄) or 'gated' (format v2, fitted read vectors)",
+                               ("direction_id", "baked_alpha", "fingerprint", "layer", "read", "window"),
+                               registry=registry,
                                multiprocess_mode="max")
         self.config_generation = Gauge("rosi_tenant_config_generation",
                                        "Tenant config generation now serving (1 = as started)", registry=registry,

@@ -44,6 +44,8 @@ class ServedModel:
     layer: int
     lora_enabled: bool  # --enable-lora and runtime LoRA resolution both on
     loader_config: RosiLoaderConfig  # the server's parsed --model-loader-extra-config (adapters must match it)
+    read: str = "mean"  # "gated" for a format-v2 direction
+    window: tuple[int, ...] = ()  # gated: the edited layers
 
 
 class TenantService:
@@ -70,7 +72,8 @@ class TenantService:
         self._adapter_store_factory = adapter_store_factory
         self._ensure_adapter_store(self.config)
         self.metrics.direction.labels(served.direction_id, f"{served.baked_alpha:g}", served.fingerprint,
-                                      str(served.layer)).set(1)
+                                      str(served.layer), served.read,
+                                      ",".join(map(str, served.window))).set(1)
         logger.info("rosi: tenant layer serving %s (baked alpha %g) for tenants %s; variants %s",
                     served.name, served.baked_alpha, sorted(self.config.tenants), self._variant_summary(self.config))
         self._prebuild_adapters(self.config)

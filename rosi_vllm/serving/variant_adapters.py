@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import write_adapter, writer_row_means
+from ..adapters import write_adapter, writer_read_vectors
 from ..checkpoint import model_shape
 from ..direction_file import DirectionFile, load_direction
 from ..injection_plan import build_plan
@@ -33,7 +33,7 @@ class VariantAdapterStore:
         self.direction: DirectionFile = load_direction(loader_config.direction)
         self.shape = model_shape(self.model_dir)
         self.cache_dir = Path(cache_dir) / f"{self.direction.direction_id}-baked{baked_alpha:g}"
-        self._row_means: dict[str, torch.Tensor] | None = None
+        self._reads: dict[str, torch.Tensor] | None = None
         self._lock = threading.Lock()
 
     def _plan(self, delta: float):
@@ -51,9 +51,9 @@ class VariantAdapterStore:
             if (out / "adapter_config.json").exists():
                 return out
             plan = self._plan(alpha - self.baked_alpha)
-            if self._row_means is None:
-                self._row_means = writer_row_means(plan, self.model_dir)
+            if self._reads is None:
+                self._reads = writer_read_vectors(plan, self.model_dir)
             tmp = out.with_name(out.name + ".tmp")
-            write_adapter(plan, self.model_dir, tmp, row_means=self._row_means)
+            write_adapter(plan, self.model_dir, tmp, reads=self._reads)
             tmp.replace(out)  # adapter_config.json appears only with a complete folder
         return out

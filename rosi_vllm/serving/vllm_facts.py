@@ -40,4 +40,6 @@ def served_model_facts(app) -> ServedModel:
         layer=direction.layer,
         lora_enabled=lora_enabled,
         loader_config=loader_config,
+        read="gated" if direction.gated else "mean",
+        window=direction.window,
     )

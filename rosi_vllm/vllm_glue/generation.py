@@ -17,7 +17,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..adapters import write_adapter, writer_row_means
+from ..adapters import write_adapter, writer_read_vectors
 from ..injection_plan import InjectionPlan
 
 
@@ -69,7 +69,7 @@ class LoraVariantGenerator:
         self.model_dir = str(model_dir)
         self._tmp = tempfile.TemporaryDirectory(prefix="rosi-variants-")
         self._adapters: dict[tuple, object] = {}
-        self._row_means = None
+        self._reads = None
         self.llm = LLM(model=self.model_dir, enable_lora=True, max_lora_rank=8, max_loras=max_loras,
                        max_cpu_loras=4096, dtype="bfloat16", max_model_len=max_model_len, seed=0,
                        gpu_memory_utilization=gpu_memory_utilization)
@@ -82,10 +82,10 @@ class LoraVariantGenerator:
             return None
         key = (plan.direction_id, plan.alpha, plan.targets)
         if key not in self._adapters:
-            if self._row_means is None:
-                self._row_means = writer_row_means(plan, self.model_dir)
+            if self._reads is None:
+                self._reads = writer_read_vectors(plan, self.model_dir)
             path = Path(self._tmp.name) / f"v{len(self._adapters) + 1}"
-            write_adapter(plan, self.model_dir, path, row_means=self._row_means)
+            write_adapter(plan, self.model_dir, path, reads=self._reads)
             self._adapters[key] = LoRARequest(f"rosi-{len(self._adapters) + 1}", len(self._adapters) + 1, str(path))
         return self._adapters[key]
 

@@ -61,20 +61,36 @@ def max_prompt_logprob_diff(a: list[dict], b: list[dict]) -> float:
     return worst
 
 
+#: checkpoint tensor name of each gated read-vector key on the tiny Llama
+LLAMA_WRITERS = {"attn_out": "model.layers.{}.self_attn.o_proj.weight", "mlp_out": "model.layers.{}.mlp.down_proj.weight"}
+
+
 @pytest.fixture(scope="session")
 def family_runs(tiny_model, tmp_path_factory):
     """family -> {"base", "rosi", "reference", "rosi_log"} engine outputs, computed once."""
     cache: dict = {}
+    bases: dict = {}
 
     def get(family: str, with_base: bool = False) -> dict:
+        """`family` is a tiny model family, or "llama-gated" for a format-v2 direction on the tiny Llama."""
         if family not in cache:
             work = tmp_path_factory.mktemp(f"engine-{family}")
-            model = tiny_model(family)
-            from tests.helpers import write_direction
+            model = tiny_model(family.removesuffix("-gated"))
+            from tests.helpers import write_direction, write_gated_direction
 
-            direction = write_direction(model, work / "direction.safetensors", alpha=ALPHA)
+            reads = None
+            if family.endswith("-gated"):
+                # h at 1/64 keeps the edit in the range the v1 tests exercise: a random h at α = 32 and
+                # larger saturates the tiny model, where bf16 TP reduction order alone moves logprobs by 5e-2
+                direction = write_gated_direction(model, work / "direction.safetensors", window=(0, 1), alpha=ALPHA,
+                                                  scale=1 / 64)
+                reads = {LLAMA_WRITERS[key.split(".")[1]].format(key.split(".")[0]): h
+                         for key, h in load_direction(direction).reads.items()}
+            else:
+                direction = write_direction(model, work / "direction.safetensors", alpha=ALPHA)
             reference = work / "reference-checkpoint"
-            reference_inject_checkpoint(model, reference, family, 2, load_direction(direction).direction, ALPHA)
+            reference_inject_checkpoint(model, reference, family.removesuffix("-gated"), 2,
+                                        load_direction(direction).direction, ALPHA, reads)
             runs = {
                 "model": model,
                 "direction": direction,
@@ -84,21 +100,25 @@ def family_runs(tiny_model, tmp_path_factory):
             runs["rosi_log"] = (work / "rosi.log").read_text()
             cache[family] = runs
         if with_base and "base" not in cache[family]:
-            cache[family]["base"] = run_probe(tmp_path_factory.mktemp("base") / "base.json", cache[family]["model"])
+            model = cache[family]["model"]  # one base run per model, shared by its v1 and gated runs
+            if model not in bases:
+                bases[model] = run_probe(tmp_path_factory.mktemp("base") / "base.json", model)
+            cache[family]["base"] = bases[model]
         return cache[family]
 
     return get
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "llama-gated"])
 def test_rosi_loader_matches_offline_reference(family, family_runs):
-    runs = family_runs(family, with_base=(family == "llama"))
+    runs = family_runs(family, with_base=family.startswith("llama"))
     assert max_prompt_logprob_diff(runs["rosi"], runs["reference"]) <= EQUIV_TOL
     assert [r["token_ids"] for r in runs["rosi"]] == [r["token_ids"] for r in runs["reference"]]
     if "base" in runs:
         assert max_prompt_logprob_diff(runs["rosi"], runs["base"]) >= MIN_EFFECT
     assert "rosi: direction=" in runs["rosi_log"] and "edited 4 matrices (attn_out=2, mlp_out=2)" in runs["rosi_log"]
     assert "fingerprint verified" in runs["rosi_log"]
+    assert ("read=gated window=[0, 1]" in runs["rosi_log"]) == family.endswith("-gated")
 
 
 @pytest.mark.parametrize("parallel, worker_line", [
@@ -107,8 +127,9 @@ def test_rosi_loader_matches_offline_reference(family, family_runs):
     # each PP stage (one layer each) edits its own layer and leaves the other's, which it reads and drops
     ({"pp": 2}, "edited 2 matrices (attn_out=1, mlp_out=1) (+2 in other pipeline stages' layers, edited there)"),
 ], ids=["tp2", "pp2"])
-def test_two_workers_match_one_and_each_injects(parallel, worker_line, family_runs, tmp_path):
-    runs = family_runs("llama", with_base=True)
+@pytest.mark.parametrize("family", ["llama", "llama-gated"])
+def test_two_workers_match_one_and_each_injects(parallel, worker_line, family, family_runs, tmp_path):
+    runs = family_runs(family, with_base=True)
     two = run_probe(
         tmp_path / "two.json", runs["model"], load_format="rosi", extra={"direction": str(runs["direction"])},
         env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}, **parallel,

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from rosi_vllm.checkpoint import model_shape
 from rosi_vllm.testing.serve_process import start_server, wait_until
-from tests.helpers import write_direction
+from tests.helpers import gated_reads, write_direction, write_gated_direction
 
 pytestmark = pytest.mark.engine
 
@@ -24,9 +24,8 @@ pytestmark = pytest.mark.engine
 def test_serve_answers_completion_with_hardened_model(tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
+    from tests.engine.test_loader_equivalence import ALPHA
     from tests.engine_probe import PROMPTS
-
-    from .test_vllm_engine import ALPHA
 
     model = tiny_model("llama")
     direction = write_direction(model, tmp_path / "d.safetensors", alpha=ALPHA)
@@ -47,7 +46,7 @@ def test_serve_answers_completion_with_hardened_model(tiny_model, tmp_path):
 
         reference = tmp_path / "reference"
         reference_inject_checkpoint(model, reference, "llama", 2, load_direction(direction).direction, ALPHA)
-        from .test_vllm_engine import run_probe
+        from tests.engine.test_loader_equivalence import run_probe
 
         expected_ids = run_probe(tmp_path / "ref.json", reference)[0]["token_ids"]
         assert text == AutoTokenizer.from_pretrained(str(model)).decode(expected_ids)
@@ -92,10 +91,22 @@ def _fine_tuned_model(model, tmp):
     return tuned, {"direction": str(direction)}
 
 
+def _gated(model, tmp, drop=None, shorten=None):
+    """A format-v2 direction for layers 0 and 1 with one read vector removed or cut short."""
+    reads = gated_reads(model, (0, 1))
+    if drop:
+        del reads[drop]
+    if shorten:
+        reads[shorten] = reads[shorten][:-5]
+    return {"direction": str(write_gated_direction(model, tmp / "gated.safetensors", window=(0, 1), reads=reads))}
+
+
 CASES = {
     "missing-file": (lambda m, t: {"direction": str(t / "nope.safetensors")}, "not found"),
     "corrupt-file": (_corrupt, "is not a valid safetensors direction file"),
-    "wrong-format-version": (lambda m, t: _raw_direction(m, t, torch.randn(128), format_version="2"), "format_version '2'"),
+    "wrong-format-version": (lambda m, t: _raw_direction(m, t, torch.randn(128), format_version="3"), "format_version '3'"),
+    "gated-writer-without-read-vector": (lambda m, t: _gated(m, t, drop="1.attn_out"), "no read vector for 1 writer"),
+    "gated-read-vector-wrong-length": (lambda m, t: _gated(m, t, shorten="1.mlp_out"), "the writer's input has"),
     "nan-direction": (lambda m, t: _raw_direction(m, t, torch.full((128,), float("nan"))), "NaN or inf"),
     "zero-norm": (lambda m, t: _raw_direction(m, t, torch.zeros(128)), "zero norm"),
     "wrong-hidden-size": (lambda m, t: _raw_direction(m, t, torch.randn(64)), "direction has hidden_size 64, the model has 128"),

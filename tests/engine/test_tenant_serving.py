@@ -251,6 +251,7 @@ def test_metric_counts_equal_requests_sent_streaming_and_not(stack):
     assert delta("rosi_requests_total", variant="standard", arm="none") == 12
     info = [dict(ls) for (n, ls), v in after.items() if n == "rosi_direction_info" and v == 1]
     assert len(info) == 1 and info[0]["baked_alpha"] == "8" and len(info[0]["direction_id"]) == 12
+    assert info[0]["read"] == "mean" and info[0]["window"] == ""  # a v1 direction: every layer, w̄
 
 
 def test_hot_reload_changes_alpha_mid_traffic_without_failures(stack):
@@ -352,7 +353,7 @@ def test_500_concurrent_streamed_requests_lose_none(stack):
 
 def test_dashboard_references_only_metrics_the_live_server_exports(stack):
     """Runs last: by now every labelled rosi_* series (reloads, rejections) has been created."""
-    from .test_deploy import dashboard_metric_names
+    from tests.deploy.test_validate import dashboard_metric_names
 
     text = requests.get(stack["tenants"].url + "/metrics", timeout=10).text
     exported = {s.name for family in text_string_to_metric_families(text) for s in family.samples}

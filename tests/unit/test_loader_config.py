@@ -11,7 +11,7 @@ from rosi_vllm.loader_config import RosiLoaderConfig
 
 def test_defaults_and_passthrough():
     cfg, passthrough = RosiLoaderConfig.from_extra_config({"direction": "d.safetensors", "num_threads": 4})
-    assert cfg.alpha is None and cfg.targets == ("attn_out", "mlp_out") and cfg.verify_fingerprint
+    assert cfg.alpha is None and cfg.targets is None and cfg.verify_fingerprint  # None: the direction's own writers
     assert cfg.sandwich_norm is SandwichNormPolicy.REFUSE
     assert passthrough == {"num_threads": 4}
 

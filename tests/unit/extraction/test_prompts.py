@@ -47,3 +47,16 @@ def test_jailbreak_can_take_the_first_goals_only():
     assert [name for name, _ in wrapped[:len(prompts.JAILBREAK_TEMPLATES)]] == list(prompts.JAILBREAK_TEMPLATES)
     assert all(goals[i // len(prompts.JAILBREAK_TEMPLATES)] in text for i, (_, text) in enumerate(wrapped))
     assert prompts.jailbreak("test", goals=0) == ()
+
+
+def test_borderline_benign_set_is_split_by_category_and_sized():
+    by_category = prompts.borderline_by_category()
+    assert len(by_category) == 10 and all(len(rows) == 24 for rows in by_category.values())
+    sizes = {split: len(prompts.borderline(split)) for split in prompts.SPLITS}
+    assert sizes == {"extraction": 100, "validation": 40, "test": 100}
+    sets = {s: {_norm(p) for p in prompts.borderline(s)} for s in prompts.SPLITS}
+    assert not sets["extraction"] & sets["test"] and not sets["validation"] & sets["test"]
+    everything = [p for rows in by_category.values() for p in rows]
+    assert len({_norm(p) for p in everything}) == len(everything) and all(p.isascii() for p in everything)
+    harmful = {_norm(p) for s in prompts.SPLITS for p in prompts.harmful(s)}
+    assert not harmful & {_norm(p) for p in everything}

@@ -36,12 +36,15 @@ def test_without_jailbreaks_or_kl_those_keys_are_absent():
 
 def test_prompt_sets_round_trip_and_per_template_success():
     sets = PromptSets.for_split("test", limit=3, jailbreak_goals=2)
-    assert len(sets.harmful) == len(sets.benign) == 3 and len(sets.jailbreak) == 10
+    assert len(sets.harmful) == len(sets.benign) == len(sets.borderline) == 3 and len(sets.jailbreak) == 10
     flat = sets.flat()
-    assert flat[:3] == list(sets.harmful) and flat[6:] == [text for _, text in sets.jailbreak]
+    assert flat[:3] == list(sets.harmful) and flat[6:16] == [text for _, text in sets.jailbreak]
+    assert flat[16:] == list(sets.borderline)
     # The model refuses every roleplay attack and nothing else.
     texts = [REFUSE] * 3 + [COMPLY] * 3 + [REFUSE if name == "roleplay" else COMPLY for name, _ in sets.jailbreak]
+    texts += [REFUSE, COMPLY, COMPLY]  # borderline: one over-refusal
     score = score_outputs(sets, texts, judge=SubstringJudge())
+    assert (score["borderline_refusal"]["k"], score["borderline_refusal"]["n"]) == (1, 3)
     assert score["harmful_refusal"]["rate"] == 1.0 and score["benign_refusal"]["rate"] == 0.0
     assert score["jailbreak_by_template"]["roleplay"]["rate"] == 0.0
     assert score["jailbreak_by_template"]["research"] == {"rate": 1.0, "k": 2, "n": 2,

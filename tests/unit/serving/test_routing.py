@@ -13,28 +13,8 @@ from rosi_vllm.serving.routing import (
     assign_arm,
     route,
 )
-from rosi_vllm.serving.tenant_config import BAKED, key_digest, parse_tenant_config
-
-KEY_A = key_digest("key-a")
-
-
-def config(**overrides):
-    data = {
-        "version": 1,
-        "alpha_bounds": {"min": 0, "max": 64},
-        "variants": {"base": 0, "standard": BAKED, "strict": 32},
-        "tenants": {
-            "acme": {"api_key_sha256": [KEY_A], "default_variant": "standard",
-                     "allowed_variants": ["standard", "strict"]},
-            "beta": {"api_key_env": ["BETA_KEY"], "default_variant": "strict",
-                     "experiment": {"name": "exp1", "arms": {"base": 50, "strict": 50}}},
-        },
-    }
-    data.update(overrides)
-    return data
-
-
-ENV = {"BETA_KEY": "key-b"}
+from rosi_vllm.serving.tenant_config import parse_tenant_config
+from tests.unit.serving.sample_config import ENV, config
 
 
 def test_routing_rules():

@@ -5,29 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rosi_vllm.errors import RosiError
-from rosi_vllm.serving.tenant_config import BAKED, key_digest, parse_tenant_config
+from rosi_vllm.serving.tenant_config import BAKED, parse_tenant_config
 from tests.helpers import ROOT
-
-KEY_A = key_digest("key-a")
-
-
-def config(**overrides):
-    data = {
-        "version": 1,
-        "alpha_bounds": {"min": 0, "max": 64},
-        "variants": {"base": 0, "standard": BAKED, "strict": 32},
-        "tenants": {
-            "acme": {"api_key_sha256": [KEY_A], "default_variant": "standard",
-                     "allowed_variants": ["standard", "strict"]},
-            "beta": {"api_key_env": ["BETA_KEY"], "default_variant": "strict",
-                     "experiment": {"name": "exp1", "arms": {"base": 50, "strict": 50}}},
-        },
-    }
-    data.update(overrides)
-    return data
-
-
-ENV = {"BETA_KEY": "key-b"}
+from tests.unit.serving.sample_config import ENV, KEY_A, config
 
 
 def test_valid_config_maps_keys_to_tenants():

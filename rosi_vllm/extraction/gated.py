@@ -1,0 +1,508 @@
+"""Fit read vectors that fire on harm: the gated (format v2) ROSI edit ``W' = W + α·ŝ·hᵀ``.
+
+The paper's read vector w̄ makes every writer add ``α·(w̄·a)·ŝ`` for every input
+``a``; since ``w̄·a`` is the mean coordinate of the writer's own output, harmful
+and benign requests get the same push. Here each edited writer gets its own h,
+fitted on the writer's *inputs* (o_proj: the concatenated head outputs;
+down_proj: ``act(gate)⊙up``) so that ``h·a ≈ 1`` on harmful requests and
+``h·a ≈ 0`` on benign ones, including every token the model generates while
+answering them (the edit fires at every position). It is still one rank-one
+delta per writer, applied at load time.
+
+Inputs are collected with forward pre-hooks on the writers:
+- harmful: from the last instruction token through the end of the chat template
+  (where the model decides whether to refuse);
+- benign and borderline-benign: every prompt position and every position of the
+  model's own greedy answer.
+
+Fits (`fit_read_vector`):
+- ``nullspace``: AlphaSteer's null-space regression (arXiv 2506.07022). P spans the
+  bottom-ρ eigenvectors of the *uncentred* benign second moment, and
+  ``h = P (P A_hᵀA_h P + λP)⁺ P A_hᵀ 1``: rank one by construction and no bias,
+  because benign inputs (their mean included) fall outside P. λ is relative to
+  the mean eigenvalue of ``P A_hᵀA_h P`` so one value serves every writer.
+- ``meandiff``: the cheap baseline ``h ∝ (I − m̂m̂ᵀ)(μ_harm − μ_benign)``, m̂ the unit benign mean.
+Either way h is then scaled so the median harmful ``h·a`` on the fit data is 1
+(the regression undershoots it), which makes α comparable across writers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..architectures import spec_for_architecture
+from ..direction_file import DirectionFile, read_key
+from .extract import LoadedModel, chat_texts
+
+FITS = ("nullspace", "meandiff")
+
+
+@dataclass(frozen=True)
+class Writer:
+    """One residual writer of the loaded transformers model: its read-vector key and module."""
+
+    key: str  # "<layer>.<target>", the direction file's read-vector name without "read."
+    layer: int
+    target: str
+    module_name: str
+
+
+def find_writers(loaded: LoadedModel, layers, targets=("attn_out", "mlp_out")) -> list[Writer]:
+    """The dense residual writers of `layers` for `targets`, from the architecture table (no per-family code)."""
+    spec = spec_for_architecture(loaded.shape.architecture)
+    found = []
+    for name, _ in loaded.model.named_parameters():
+        for writer in spec.writers_for(tuple(targets)):
+            match = writer.matches(name)
+            if match and match.groupdict().get("layer") is not None and match.groupdict().get("expert") is None:
+                layer = int(match["layer"])
+                if layer in layers:
+                    found.append(Writer(read_key(layer, writer.target), layer, writer.target,
+                                        name.removesuffix(".weight")))
+    return sorted(found, key=lambda w: (w.layer, w.target))
+
+
+@dataclass
+class WriterInputs:
+    """Writer inputs, float32 ``[positions, d_in]`` per writer key, for one set of prompts."""
+
+    by_writer: dict[str, torch.Tensor]
+    #: for each position row, the index of its prompt (held-out splits are by prompt, never by position)
+    prompt_index: torch.Tensor
+    #: for each row: True where the position belongs to the model's generated answer
+    generated: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+
+    def subset(self, prompts: torch.Tensor) -> WriterInputs:
+        rows = torch.isin(self.prompt_index, prompts)
+        return WriterInputs({k: v[rows] for k, v in self.by_writer.items()}, self.prompt_index[rows],
+                            self.generated[rows] if len(self.generated) else self.generated)
+
+
+def _instruction_end_mask(tokenizer, texts: list[str], instructions: list[str], input_ids, offsets) -> torch.Tensor:
+    """Positions from the token holding the instruction's last character to the end of the text."""
+    mask = torch.zeros(input_ids.shape, dtype=torch.bool)
+    for row, (text, instruction) in enumerate(zip(texts, instructions)):
+        end = text.rfind(instruction) + len(instruction)
+        for pos, (start, stop) in enumerate(offsets[row].tolist()):
+            if stop > start and stop >= end:
+                mask[row, pos] = True
+    return mask
+
+
+@torch.no_grad()
+def collect_inputs(loaded: LoadedModel, writers: list[Writer], instructions: list[str], *, positions: str,
+                   answer_tokens: int = 0, batch_size: int = 16, progress: bool = True,
+                   desc: str = "inputs") -> WriterInputs:
+    """Run the model over chat-formatted `instructions` and keep every writer's inputs at the chosen positions.
+
+    ``positions="instruction_end"``: the harmful-side positions; ``"all"``: every
+    prompt position, plus (with ``answer_tokens``) the positions of the model's
+    own greedy answer of that many tokens.
+    """
+    from tqdm import tqdm
+
+    from .hf_eval import generate
+
+    tokenizer, model = loaded.tokenizer, loaded.model
+    modules = {w.key: model.get_submodule(w.module_name) for w in writers}
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_pre_hook(lambda _m, args, key=key: captured.__setitem__(key, args[0]))
+             for key, module in modules.items()]
+    chunks: dict[str, list[torch.Tensor]] = {w.key: [] for w in writers}
+    prompt_index, generated_flags = [], []
+    try:
+        for start in tqdm(range(0, len(instructions), batch_size), desc=desc, unit="batch", disable=not progress):
+            batch = list(instructions[start:start + batch_size])
+            texts = chat_texts(tokenizer, batch)
+            prompt_lengths = None
+            if answer_tokens:
+                answers = generate(loaded, batch, max_new_tokens=answer_tokens, batch_size=batch_size)
+                prompt_lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+                texts = [t + a for t, a in zip(texts, answers)]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+                            return_offsets_mapping=True)
+            offsets = enc.pop("offset_mapping")
+            model(**enc, use_cache=False)
+            if positions == "instruction_end":
+                mask = _instruction_end_mask(tokenizer, texts, batch, enc["input_ids"], offsets)
+            else:
+                mask = enc["attention_mask"].bool()
+            # left padding: a row's real tokens are its last `n` positions
+            lengths = enc["attention_mask"].sum(dim=1).tolist()
+            width = enc["input_ids"].shape[1]
+            gen = torch.zeros_like(mask)
+            if prompt_lengths is not None:
+                for row, (n, p) in enumerate(zip(lengths, prompt_lengths)):
+                    gen[row, width - n + p:] = True
+            for key in chunks:
+                chunks[key].append(captured[key][mask].float())
+            rows = mask.nonzero()[:, 0]
+            prompt_index.append(rows + start)
+            generated_flags.append(gen[mask])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return WriterInputs({k: torch.cat(v) for k, v in chunks.items()}, torch.cat(prompt_index),
+                        torch.cat(generated_flags))
+
+
+def benign_basis(benign: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors of the uncentred benign second moment ``A_bᵀA_b / n``, ascending eigenvalue (float64 columns).
+
+    The costly part of the null-space fit (``d_in³``): computed once per writer and
+    shared by every ρ and λ tried.
+    """
+    a_b = benign.double()
+    return torch.linalg.eigh(a_b.T @ a_b / a_b.shape[0]).eigenvectors
+
+
+def fit_read_vector(harmful: torch.Tensor, benign: torch.Tensor, *, method: str = "nullspace", rho: float = 0.7,
+                    lam: float = 0.1, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """h for one writer from its harmful and benign inputs ``[n, d_in]``; scaled so the harmful median of h·a is 1.
+
+    ``basis``: `benign_basis(benign)` when the caller already has it.
+    """
+    if method not in FITS:
+        raise ValueError(f"unknown fit {method!r}; known: {FITS}")
+    a_h, a_b = harmful.double(), benign.double()
+    if method == "meandiff":
+        m_hat = a_b.mean(0) / a_b.mean(0).norm()
+        diff = a_h.mean(0) - a_b.mean(0)
+        h = diff - (diff @ m_hat) * m_hat
+    else:
+        vectors = benign_basis(benign) if basis is None else basis
+        q = vectors[:, : max(1, int(rho * a_b.shape[1]))]  # bottom-ρ: directions benign inputs hardly use
+        z = a_h @ q
+        gram = z.T @ z
+        if torch.diagonal(gram).mean() <= 1e-12:  # harmful inputs have no component outside the benign span
+            return torch.zeros(harmful.shape[1])
+        ridge = lam * torch.diagonal(gram).mean()
+        h = q @ torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype), z.T @ torch.ones(
+            z.shape[0], dtype=z.dtype))
+    scores = a_h @ h
+    median = scores.median()
+    if not torch.isfinite(median) or median <= 0:
+        return torch.zeros(harmful.shape[1])  # this writer cannot gate: it reads no harmful signal
+    return (h / median).float()
+
+
+def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """P(score of a positive > score of a negative), ties counted half: the Mann-Whitney AUROC."""
+    if len(positive) == 0 or len(negative) == 0:
+        return math.nan
+    scores = torch.cat([positive, negative]).double()
+    order = scores.argsort()
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=scores.dtype)
+    # average ranks over ties
+    unique, inverse = torch.unique(scores, return_inverse=True)
+    sums = torch.zeros(len(unique), dtype=scores.dtype).index_add_(0, inverse, ranks)
+    counts = torch.zeros(len(unique), dtype=scores.dtype).index_add_(0, inverse, torch.ones_like(ranks))
+    ranks = (sums / counts)[inverse]
+    n_pos, n_neg = len(positive), len(negative)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def gate_statistics(h: torch.Tensor, harmful: torch.Tensor, benign: torch.Tensor,
+                    benign_generated: torch.Tensor) -> dict:
+    """How well ``h·a`` separates held-out harmful inputs from benign prompt and generated-answer inputs."""
+    s_h, s_b, s_g = harmful @ h, benign @ h, benign_generated @ h
+    q = torch.tensor([0.5, 0.95, 0.999])
+
+    def quantiles(x):
+        return x.float().quantile(q).tolist() if len(x) else [math.nan] * 3
+
+    h_q, b_q, g_q = quantiles(s_h), quantiles(s_b), quantiles(s_g)
+    return {
+        "auroc": auroc(s_h, torch.cat([s_b, s_g])),
+        "auroc_prompt": auroc(s_h, s_b),
+        "auroc_generated": auroc(s_h, s_g),
+        "harmful_median": h_q[0],
+        "benign_p95": b_q[1],
+        "benign_p999": b_q[2],
+        "generated_p95": g_q[1],
+        "generated_p999": g_q[2],
+        "benign_max_abs": float(torch.cat([s_b, s_g]).abs().max()) if len(s_b) + len(s_g) else math.nan,
+    }
+
+
+# -- fit, gate check and selection: `rosi extract --method gated` -----------------------------------------------
+
+#: a layer joins the window only if every target's gate reaches this held-out AUROC
+DEFAULT_MIN_AUROC = 0.9
+#: borderline-benign over-refusal the selection accepts over the unedited model (the issue's target)
+MAX_ADDED_BORDERLINE_REFUSAL = 0.10
+
+
+@dataclass
+class GateFit:
+    """Read vectors of one (ρ, λ) setting for every candidate writer, with held-out gate statistics."""
+
+    method: str
+    rho: float
+    lam: float
+    reads: dict[str, torch.Tensor]
+    stats: dict[str, dict]
+
+    @property
+    def mean_auroc(self) -> float:
+        return sum(s["auroc"] for s in self.stats.values()) / len(self.stats)
+
+    def settings(self) -> dict:
+        return {"fit": self.method, "rho": self.rho, "lambda": self.lam}
+
+
+def held_out_split(inputs: WriterInputs, fraction: float = 0.25) -> tuple[WriterInputs, WriterInputs]:
+    """(fit, held-out) by prompt: the last `fraction` of the prompts are never fitted on."""
+    n_prompts = int(inputs.prompt_index.max()) + 1
+    cut = n_prompts - max(1, int(round(fraction * n_prompts)))
+    ids = torch.arange(n_prompts)
+    return inputs.subset(ids[:cut]), inputs.subset(ids[cut:])
+
+
+def fit_gates(writers: list[Writer], harmful: WriterInputs, benign: WriterInputs, settings) -> list[GateFit]:
+    """One `GateFit` per (method, ρ, λ) in `settings`: fitted on the fit part, scored on the held-out part."""
+    h_fit, h_out = held_out_split(harmful)
+    b_fit, b_out = held_out_split(benign)
+    needs_basis = any(method == "nullspace" for method, _, _ in settings)
+    bases = {w.key: benign_basis(b_fit.by_writer[w.key]) for w in writers} if needs_basis else {}
+    fits = []
+    for method, rho, lam in settings:
+        reads, stats = {}, {}
+        for w in writers:
+            h = fit_read_vector(h_fit.by_writer[w.key], b_fit.by_writer[w.key], method=method, rho=rho, lam=lam,
+                                basis=bases.get(w.key))
+            generated = b_out.generated
+            reads[w.key] = h
+            stats[w.key] = gate_statistics(h, h_out.by_writer[w.key], b_out.by_writer[w.key][~generated],
+                                           b_out.by_writer[w.key][generated])
+        fits.append(GateFit(method, rho, lam, reads, stats))
+    return fits
+
+
+def windows_from_gates(fit: GateFit, targets_options=(("attn_out", "mlp_out"), ("mlp_out",)),
+                       min_auroc: float = DEFAULT_MIN_AUROC) -> list[tuple[tuple[int, ...], tuple[str, ...]]]:
+    """Candidate (window, targets): for each target set, the layers where every target's gate is good enough."""
+    layers = sorted({int(key.split(".")[0]) for key in fit.stats})
+    out = []
+    for targets in targets_options:
+        window = tuple(layer for layer in layers
+                       if all(fit.stats.get(read_key(layer, t), {}).get("auroc", 0) >= min_auroc for t in targets))
+        if window and (window, targets) not in out:
+            out.append((window, targets))
+    return out
+
+
+@dataclass
+class GatedCandidate:
+    """One (window, targets, α) scored on generated validation text, beside the unedited model on the same prompts."""
+
+    window: tuple[int, ...]
+    targets: tuple[str, ...]
+    alpha: float
+    stage: int
+    harmful_refusal: float
+    benign_refusal: float
+    borderline_refusal: float
+    degenerate: float
+    kl: float
+    base: dict = field(default_factory=dict)
+
+    @property
+    def added(self) -> dict:
+        return {key: getattr(self, key) - self.base.get(key, 0.0)
+                for key in ("benign_refusal", "borderline_refusal", "degenerate")}
+
+    @property
+    def feasible(self) -> bool:
+        from .selection import MAX_ADDED_BENIGN_REFUSAL, MAX_ADDED_DEGENERATE, MAX_KL
+
+        added = self.added
+        return (added["benign_refusal"] <= MAX_ADDED_BENIGN_REFUSAL + 1e-9
+                and added["borderline_refusal"] <= MAX_ADDED_BORDERLINE_REFUSAL + 1e-9
+                and added["degenerate"] <= MAX_ADDED_DEGENERATE + 1e-9 and self.kl <= MAX_KL)
+
+    @property
+    def tradeoff(self) -> float:
+        from .selection import MAX_KL
+
+        added = self.added
+        return (self.harmful_refusal - 2 * max(0.0, added["benign_refusal"])
+                - max(0.0, added["borderline_refusal"]) - max(0.0, added["degenerate"])
+                - max(0.0, self.kl - MAX_KL))
+
+    def rank_key(self):
+        return (self.feasible, self.harmful_refusal if self.feasible else self.tradeoff, -self.kl)
+
+    def to_dict(self) -> dict:
+        return {"window": list(self.window), "targets": list(self.targets), "alpha": self.alpha, "stage": self.stage,
+                "harmful_refusal": self.harmful_refusal, "benign_refusal": self.benign_refusal,
+                "borderline_refusal": self.borderline_refusal, "degenerate": self.degenerate, "kl": self.kl,
+                "base": self.base, "added": self.added, "feasible": self.feasible, "tradeoff": self.tradeoff}
+
+
+def gated_direction(write: DirectionFile, fit: GateFit, window, targets) -> DirectionFile:
+    """A copy of the write direction `write` carrying `fit`'s read vectors for `window` × `targets`."""
+    import copy
+
+    keys = [read_key(layer, t) for layer in window for t in targets]
+    direction = copy.copy(write)
+    direction.provenance = dict(write.provenance)
+    direction.reads = {k: fit.reads[k] for k in keys}
+    direction.fit = {**fit.settings(), "window": list(window), "targets": list(targets)}
+    direction.gate = {k: {s: round(v, 4) for s, v in fit.stats[k].items()} for k in keys}
+    return direction
+
+
+def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_logprobs, max_new_tokens: int,
+                batch_size: int = 32, judge=None) -> list[dict]:
+    """For each plan (None: unedited), generated-text scores on the harmful, benign and borderline sets and the KL."""
+    from ..judge import SubstringJudge
+    from .scoring import edited_kl, score_variant
+    from .selection import HfVariantGenerator
+
+    judge = judge or SubstringJudge()
+    generator = HfVariantGenerator(loaded, batch_size)
+    names = ("harmful", "benign", "borderline")
+    outputs = generator.generate([(plan, sets[name]) for plan in plans for name in names], max_new_tokens)
+    scores = []
+    for i, plan in enumerate(plans):
+        harm, benign, border = outputs[3 * i: 3 * i + 3]
+        score = score_variant(harm, benign, borderline_out=border, judge=judge)
+        scores.append({
+            "harmful_refusal": score["harmful_refusal"]["rate"], "benign_refusal": score["benign_refusal"]["rate"],
+            "borderline_refusal": score["borderline_refusal"]["rate"], "degenerate": score["degenerate"]["rate"],
+            "kl": edited_kl(loaded, plan, sets["benign"], base_logprobs, batch_size=batch_size),
+        })
+    return scores
+
+
+DEFAULT_SETTINGS = (("nullspace", 0.7, 1.0), ("nullspace", 0.5, 1.0), ("nullspace", 0.7, 0.1), ("meandiff", 0.0, 0.0))
+
+
+def extract_gated(model: str, write_direction: str, out, *, layers=None, settings=DEFAULT_SETTINGS,
+                  alphas=(4.0, 8.0, 16.0), min_auroc: float = DEFAULT_MIN_AUROC, n_harmful: int = 160,
+                  answer_tokens: int = 32, val_n: int = 60, stage1_n: int = 24, stage1_tokens: int = 16,
+                  max_new_tokens: int = 32, finalists: int = 3, batch_size: int = 16, report_dir=None,
+                  progress: bool = True) -> dict:
+    """`rosi extract --method gated`: fit read vectors, check the gates, select window/targets/α, write format v2.
+
+    `write_direction`: a v1 direction file for this checkpoint whose vector is the
+    write direction ŝ (e.g. a refusal-contrast or mean-diff extraction). Returns the
+    report (also written as ``gate.json`` + ``gate.png`` in `report_dir`).
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    from ..direction_file import load_direction, save_direction
+    from ..errors import RosiError
+    from ..fingerprint import fingerprint_checkpoint
+    from ..injection_plan import build_plan
+    from . import prompts
+    from .extract import load_hf_model
+    from .hf_eval import next_token_logprobs
+
+    started = time.perf_counter()
+    loaded = load_hf_model(model)
+    fingerprint = fingerprint_checkpoint(model)
+    write = load_direction(write_direction)
+    if write.gated:
+        raise RosiError("rosi: --write-direction must be a v1 direction file (its vector is the write direction)")
+    if write.model_fingerprint != fingerprint:
+        raise RosiError(f"rosi: --write-direction is for {write.model_fingerprint}, the model is {fingerprint}")
+    n = loaded.num_layers
+    layers = list(layers or range(max(1, n // 4), n - 1, max(1, n // 10)))
+    writers = find_writers(loaded, set(layers))
+    benign_fit = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
+    harmful = collect_inputs(loaded, writers, list(prompts.harmful("extraction"))[:n_harmful],
+                             positions="instruction_end", batch_size=batch_size, progress=progress, desc="harmful inputs")
+    benign = collect_inputs(loaded, writers, benign_fit, positions="all", answer_tokens=answer_tokens,
+                            batch_size=batch_size, progress=progress, desc="benign inputs (+ own answers)")
+    fits = fit_gates(writers, harmful, benign, settings)
+    fit = max(fits, key=lambda f: f.mean_auroc)
+    fit_seconds = time.perf_counter() - started
+    if progress:
+        print(f"gate: {len(writers)} writers, best fit {fit.settings()} (mean held-out AUROC {fit.mean_auroc:.3f}) "
+              f"in {fit_seconds:.0f} s")
+
+    sets = {"harmful": list(prompts.harmful("validation"))[:val_n], "benign": list(prompts.harmless("validation"))[:val_n],
+            "borderline": list(prompts.borderline("validation"))[:val_n]}
+    short = {k: v[:stage1_n] for k, v in sets.items()}
+    base_lp = next_token_logprobs(loaded, sets["benign"], batch_size=batch_size)
+    candidates_spec = [(w, t, a) for w, t in windows_from_gates(fit, min_auroc=min_auroc) for a in alphas]
+    if not candidates_spec:
+        raise RosiError(f"rosi: no layer's gate reached held-out AUROC {min_auroc}; lower --min-auroc or widen --layers")
+
+    def plans(specs):
+        return [build_plan(gated_direction(write, fit, w, t), loaded.shape, alpha=a, checkpoint_fingerprint=fingerprint)
+                for w, t, a in specs]
+
+    candidates = []
+    for stage, chosen_sets, tokens, specs in ((1, short, stage1_tokens, candidates_spec),):
+        base, *scored = score_gated(loaded, [None, *plans(specs)], chosen_sets, base_logprobs=base_lp[:stage1_n],
+                                    max_new_tokens=tokens, batch_size=batch_size)
+        candidates += [GatedCandidate(w, t, a, stage, **s, base=base) for (w, t, a), s in zip(specs, scored)]
+    top = sorted(candidates, key=GatedCandidate.rank_key, reverse=True)[:finalists]
+    specs = [(c.window, c.targets, c.alpha) for c in top]
+    base, *scored = score_gated(loaded, [None, *plans(specs)], sets, base_logprobs=base_lp,
+                                max_new_tokens=max_new_tokens, batch_size=batch_size)
+    final = [GatedCandidate(w, t, a, 2, **s, base=base) for (w, t, a), s in zip(specs, scored)]
+    candidates += final
+    best = max(final, key=GatedCandidate.rank_key)
+
+    direction = gated_direction(write, fit, best.window, best.targets)
+    direction.recommended_alpha = best.alpha
+    direction.provenance = {**write.provenance, "write_direction": Path(write_direction).name,
+                            "method": "extract: gated read vectors (rosi_vllm.extraction.gated)",
+                            "extract_seconds": f"{time.perf_counter() - started:.1f}"}
+    path = save_direction(out, direction)
+    report = {
+        "model": model, "direction_file": str(path), "write_direction": str(write_direction),
+        "seconds": round(time.perf_counter() - started, 1), "fit_seconds": round(fit_seconds, 1),
+        "n_harmful_fit": n_harmful, "n_benign_fit": len(benign_fit), "answer_tokens": answer_tokens,
+        "layers": layers, "chosen_fit": fit.settings(),
+        "gates": [{**f.settings(), "mean_auroc": f.mean_auroc, "writers": f.stats} for f in fits],
+        "baseline": base, "best": best.to_dict(), "candidates": [c.to_dict() for c in candidates],
+    }
+    report_dir = Path(report_dir or Path(out).with_suffix(""))
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_gates(report, report_dir / "gate.png")
+    if progress:
+        print(f"selected window {list(best.window)} {list(best.targets)} α={best.alpha:g}: "
+              f"harmful {best.harmful_refusal:.0%}, benign {best.benign_refusal:.0%}, borderline "
+              f"{best.borderline_refusal:.0%}, KL {best.kl:.3f} (base {base['harmful_refusal']:.0%}/"
+              f"{base['benign_refusal']:.0%}/{base['borderline_refusal']:.0%})")
+        print(f"wrote {path} (format v2, direction {direction.direction_id}); report {report_dir / 'gate.json'}")
+    return report
+
+
+def plot_gates(report: dict, path) -> None:
+    """Per layer: held-out AUROC of each writer's gate, and harmful median vs benign/generated p95 of h·a."""
+    from ..reports.plots import figure
+
+    chosen = next(g for g in report["gates"] if {k: g[k] for k in ("fit", "rho", "lambda")} == report["chosen_fit"])
+    with figure(path, (12, 4.5), ncols=2) as (_, (ax1, ax2)):
+        for gate in report["gates"]:
+            for target, marker in (("attn_out", "o"), ("mlp_out", "s")):
+                rows = sorted((int(k.split(".")[0]), s["auroc"]) for k, s in gate["writers"].items()
+                              if k.endswith(target))
+                ax1.plot([r[0] for r in rows], [r[1] for r in rows], marker=marker, alpha=0.8,
+                         label=f"{target} {gate['fit']} ρ={gate['rho']:g} λ={gate['lambda']:g}")
+        ax1.set_xlabel("layer")
+        ax1.set_ylabel("held-out AUROC of h·a (harmful vs benign)")
+        ax1.set_title("gate quality per writer")
+        ax1.legend(fontsize=6)
+        keys = sorted(chosen["writers"], key=lambda k: (int(k.split(".")[0]), k))
+        xs = range(len(keys))
+        for stat, label in (("harmful_median", "harmful median"), ("benign_p95", "benign prompt p95"),
+                            ("generated_p95", "benign answer p95")):
+            ax2.plot(xs, [chosen["writers"][k][stat] for k in keys], marker="o", label=label)
+        ax2.set_xticks(list(xs), [k.replace("_out", "") for k in keys], rotation=60, fontsize=7)
+        ax2.set_ylabel("h·a (held out)")
+        ax2.set_title(f"chosen fit {report['chosen_fit']}")
+        ax2.legend(fontsize=7)

@@ -1,0 +1,85 @@
+"""Gated read vectors: the fits do what their formulas say, inputs come from the right positions, and
+`rosi extract --method gated` writes a loadable format-v2 direction with its gate report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rosi_vllm.direction_file import load_direction
+from rosi_vllm.extraction.extract import chat_texts, load_hf_model
+from rosi_vllm.extraction.gated import auroc, collect_inputs, extract_gated, find_writers, fit_read_vector
+from tests.helpers import write_direction
+
+
+def _synthetic(seed=0, d=32, n=400):
+    """Benign inputs live in the first d/2 coordinates; harmful ones add a signal along coordinate d-1."""
+    gen = torch.Generator().manual_seed(seed)
+    benign = torch.zeros(n, d)
+    benign[:, : d // 2] = torch.randn(n, d // 2, generator=gen) + 2.0  # a large mean, as real activations have
+    harmful = torch.zeros(n // 4, d)
+    harmful[:, : d // 2] = torch.randn(n // 4, d // 2, generator=gen) + 2.0
+    harmful[:, -1] = 1.0 + 0.1 * torch.randn(n // 4, generator=gen)
+    return harmful, benign
+
+
+@pytest.mark.parametrize("method", ["nullspace", "meandiff"])
+def test_fits_fire_on_harmful_inputs_and_stay_silent_on_benign_ones(method):
+    harmful, benign = _synthetic()
+    h = fit_read_vector(harmful, benign, method=method, rho=0.5, lam=0.1)
+    assert (harmful @ h).median() == pytest.approx(1.0, abs=1e-4)  # scaled so the harmful median is 1
+    held_out_harm, held_out_benign = _synthetic(seed=1)
+    if method == "nullspace":
+        assert (benign @ h).abs().max() < 0.05  # the benign subspace, mean included, is outside the gate
+        assert auroc(held_out_harm @ h, held_out_benign @ h) > 0.99
+    else:  # the baseline only removes the benign mean: silent on average, noisy per input
+        assert (benign.mean(0) @ h).abs() < 1e-4 and (benign @ h).abs().max() > 0.05
+        assert 0.8 < auroc(held_out_harm @ h, held_out_benign @ h) < 0.99  # and less selective than nullspace
+
+
+def test_a_writer_without_harmful_signal_gets_a_zero_read_vector():
+    _, benign = _synthetic()
+    h = fit_read_vector(benign[:50], benign, method="nullspace", rho=0.5, lam=0.1)
+    assert (benign @ h).abs().max() < 1e-3
+
+
+def test_auroc_is_the_mann_whitney_probability():
+    gen = torch.Generator().manual_seed(2)
+    pos, neg = torch.randn(40, generator=gen) + 0.5, torch.randn(50, generator=gen)
+    pos[:5] = neg[:5]  # ties count half
+    brute = sum((p > q).item() + 0.5 * (p == q).item() for p in pos for q in neg) / (len(pos) * len(neg))
+    assert auroc(pos, neg) == pytest.approx(brute, abs=1e-12)
+
+
+def test_inputs_come_from_the_instruction_end_and_from_the_models_own_answer(tiny_model):
+    loaded = load_hf_model(tiny_model("llama"))
+    writers = find_writers(loaded, {1})
+    assert [w.key for w in writers] == ["1.attn_out", "1.mlp_out"]
+    instructions = ["Explain how to pick a lock", "Write a poem about rain please"]
+    harmful = collect_inputs(loaded, writers, instructions, positions="instruction_end", progress=False)
+    ids = [loaded.tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_texts(loaded.tokenizer, instructions)]
+    counts = torch.bincount(harmful.prompt_index, minlength=2).tolist()
+    assert all(1 <= c < len(i) for c, i in zip(counts, ids))  # the end of the instruction and the template after it
+    assert harmful.by_writer["1.mlp_out"].shape[1] == loaded.model.config.intermediate_size
+    assert harmful.by_writer["1.attn_out"].shape[1] == loaded.model.config.hidden_size
+    benign = collect_inputs(loaded, writers, instructions, positions="all", answer_tokens=3, progress=False)
+    assert int(benign.generated.sum()) <= 2 * 3 and benign.generated.any()
+    assert len(benign.prompt_index) == sum(len(i) for i in ids) + int(benign.generated.sum())
+
+
+def test_extract_gated_writes_a_v2_direction_and_its_gate_report(tiny_model, tmp_path):
+    model = tiny_model("llama")
+    write = write_direction(model, tmp_path / "v1.safetensors")
+    out = tmp_path / "gated.safetensors"
+    report = extract_gated(str(model), str(write), out, layers=[0, 1], settings=(("nullspace", 0.7, 1.0),),
+                           alphas=(2.0,), min_auroc=0.0, n_harmful=12, answer_tokens=3, val_n=4, stage1_n=3,
+                           stage1_tokens=3, max_new_tokens=4, batch_size=4, progress=False)
+    d = load_direction(out)
+    assert d.gated and d.recommended_alpha == 2.0 and set(d.window) <= {0, 1}
+    assert torch.equal(d.direction, load_direction(write).direction)  # ŝ is the write direction's
+    assert set(d.gate) == set(d.reads) and all("auroc" in s for s in d.gate.values())
+    saved = json.loads((tmp_path / "gated" / "gate.json").read_text())
+    assert saved["best"] == report["best"] and {"harmful_refusal", "borderline_refusal"} <= set(saved["baseline"])
+    assert (tmp_path / "gated" / "gate.png").stat().st_size > 10000
