@@ -90,6 +90,17 @@ def comparison() -> str:
     return "\n".join(rows)
 
 
+def targets() -> str:
+    """The safety targets per model (test split, greedy, the documented judge), from directions/index.yaml."""
+    index = yaml.safe_load((ROOT / "directions/index.yaml").read_text())
+    columns = ("harmful_refusal", "benign_refusal", "borderline_refusal", "jailbreak_attack_success", "benign_kl_nats",
+               "degenerate")
+    rows = ["| model | " + " | ".join(c.replace("_", " ") for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for model, target in index["targets"].items():
+        rows.append(f"| {model} | " + " | ".join(target[c] for c in columns) + " |")
+    return "\n".join(rows)
+
+
 def judge() -> str:
     index = yaml.safe_load((ROOT / "directions/index.yaml").read_text())
     cal = json.loads((ROOT / index["directions"][0]["results"]).read_text())["judge_calibration"]
@@ -133,7 +144,7 @@ def adapters_cost() -> str:
     return text + f" (benchmark P3, `{p3['command']}`)."
 
 
-RENDERERS = {"architectures": architectures, "directions": directions, "comparison": comparison, "judge": judge, "sweep": sweep,
+RENDERERS = {"architectures": architectures, "directions": directions, "comparison": comparison, "targets": targets, "judge": judge, "sweep": sweep,
              "benchmarks": benchmarks, "adapters-cost": adapters_cost}
 
 
