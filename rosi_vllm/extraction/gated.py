@@ -36,6 +36,8 @@ import torch
 from ..architectures import spec_for_architecture
 from ..direction_file import DirectionFile, read_key
 from .extract import LoadedModel, chat_texts
+from .scoring import edited_kl, score_variant
+from .selection import MAX_ADDED_BENIGN_REFUSAL, MAX_ADDED_DEGENERATE, MAX_KL, HfVariantGenerator
 
 FITS = ("nullspace", "meandiff")
 
@@ -318,8 +320,6 @@ class GatedCandidate:
 
     @property
     def feasible(self) -> bool:
-        from .selection import MAX_ADDED_BENIGN_REFUSAL, MAX_ADDED_DEGENERATE, MAX_KL
-
         added = self.added
         return (added["benign_refusal"] <= MAX_ADDED_BENIGN_REFUSAL + 1e-9
                 and added["borderline_refusal"] <= MAX_ADDED_BORDERLINE_REFUSAL + 1e-9
@@ -327,8 +327,6 @@ class GatedCandidate:
 
     @property
     def tradeoff(self) -> float:
-        from .selection import MAX_KL
-
         added = self.added
         return (self.harmful_refusal - 2 * max(0.0, added["benign_refusal"])
                 - max(0.0, added["borderline_refusal"]) - max(0.0, added["degenerate"])
@@ -361,8 +359,6 @@ def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_
                 batch_size: int = 32, judge=None) -> list[dict]:
     """For each plan (None: unedited), generated-text scores on the harmful, benign and borderline sets and the KL."""
     from ..judge import SubstringJudge
-    from .scoring import edited_kl, score_variant
-    from .selection import HfVariantGenerator
 
     judge = judge or SubstringJudge()
     generator = HfVariantGenerator(loaded, batch_size)
@@ -441,11 +437,10 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         return [build_plan(gated_direction(write, fit, w, t), loaded.shape, alpha=a, checkpoint_fingerprint=fingerprint)
                 for w, t, a in specs]
 
-    candidates = []
-    for stage, chosen_sets, tokens, specs in ((1, short, stage1_tokens, candidates_spec),):
-        base, *scored = score_gated(loaded, [None, *plans(specs)], chosen_sets, base_logprobs=base_lp[:stage1_n],
-                                    max_new_tokens=tokens, batch_size=batch_size)
-        candidates += [GatedCandidate(w, t, a, stage, **s, base=base) for (w, t, a), s in zip(specs, scored)]
+    # Stage 1: every candidate on a subset, judged on short completions; stage 2: the finalists on all of it.
+    base, *scored = score_gated(loaded, [None, *plans(candidates_spec)], short, base_logprobs=base_lp[:stage1_n],
+                                max_new_tokens=stage1_tokens, batch_size=batch_size)
+    candidates = [GatedCandidate(w, t, a, 1, **s, base=base) for (w, t, a), s in zip(candidates_spec, scored)]
     top = sorted(candidates, key=GatedCandidate.rank_key, reverse=True)[:finalists]
     specs = [(c.window, c.targets, c.alpha) for c in top]
     base, *scored = score_gated(loaded, [None, *plans(specs)], sets, base_logprobs=base_lp,
