@@ -85,11 +85,14 @@ class InjectionPlan:
         """Whether writers of `layer` are edited: every layer, or a gated direction's window."""
         return self.window is None or layer in self.window
 
-    def read_vector(self, name: str) -> torch.Tensor | None:
-        """h for the writer `name` (gated), or None for the paper's w̄; a gated writer without h fails closed."""
+    def read_vector(self, name: str, hit: tuple | None = None) -> torch.Tensor | None:
+        """h for the writer `name` (gated), or None for the paper's w̄; a gated writer without h fails closed.
+
+        ``hit``: `_hit(name)` when the caller already matched the name.
+        """
         if not self.reads:
             return None
-        writer, layer, expert = self._hit(name)
+        writer, layer, expert = hit or self._hit(name)
         key = read_key(layer, writer.target, expert)
         if key not in self.reads:
             kind = ("a mixture-of-experts writer: gated mode needs a read vector for every expert"
@@ -139,10 +142,10 @@ class InjectionRun:
         (a layer of another pipeline stage): it is counted as present, so the
         completeness check still covers every layer, and passed on unedited.
         """
-        hit = self.plan.match(name)
+        hit = self.plan._hit(name)
         if hit is None:
             return tensor
-        writer, layer = hit
+        writer, layer, _ = hit
         if self.plan.is_extra_layer(layer):
             self.stats.skipped_extra_layers += 1
             return tensor
@@ -153,7 +156,7 @@ class InjectionRun:
         if not self.plan.edits_layer(layer):
             self.record_present(writer, layer)
             return tensor
-        read = self.plan.read_vector(name)
+        read = self.plan.read_vector(name, hit)
         started = time.perf_counter()
         edited = inject(tensor, self.plan.unit_dir, self.plan.alpha, writer.layout, read, name)
         self.stats.math_seconds += time.perf_counter() - started
