@@ -1,8 +1,15 @@
 """`vllm serve --load-format rosi` end to end, and every fail-closed case.
 
-For each bad input the real server is started as an operator would start it;
-the test asserts the process exits non-zero, prints the one-line `rosi:` error,
-and never answered /health in between (polled every 0.5 s).
+Every bad input goes through vLLM's real loader machinery in-process: the rosi
+loader is built from a `LoadConfig` as vLLM builds it and asked for its weight
+stream with a real `ModelConfig`; the test asserts the one `rosi:` error and at
+which stage it comes (loader config, plan, or the checkpoint stream).
+
+A bad input can fail at three stages, and how `vllm serve` reacts differs only
+by stage, so for one case per stage the real server is started as an operator
+would start it: the process exits non-zero, prints the one-line `rosi:` error,
+and never answered /health in between (polled every 0.5 s). One `vllm serve`
+per case would cost ~35 s each for no additional path through vLLM.
 """
 
 from __future__ import annotations
@@ -119,14 +126,61 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_fail_closed(case, tiny_model, tmp_path):
+#: One served case per stage at which the loader can refuse (see `_refusal_stage`).
+SERVED_CASES = {"config": "unknown-key", "plan": "fingerprint-mismatch", "stream": "gated-read-vector-wrong-length"}
+
+
+def _case_inputs(case, tiny_model, tmp_path):
     build, message = CASES[case]
     family = {"unsupported-architecture": "opt"}.get(case, "llama")
     model = tiny_model(family, tie_word_embeddings=True) if case == "tied-embedding" else tiny_model(family)
     extra = build(model, tmp_path)
     if isinstance(extra, tuple):
         model, extra = extra
+    return model, extra, message
+
+
+def _refusal_stage(model, extra) -> tuple[str, str]:
+    """Drive the rosi loader as vLLM's worker does; return (stage, message) of its refusal."""
+    from torch import nn
+    from vllm.config import ModelConfig
+    from vllm.config.load import LoadConfig
+
+    from rosi_vllm.errors import RosiError
+    from rosi_vllm.vllm_glue.loader import LOAD_FORMAT, RosiModelLoader
+
+    load_config = LoadConfig(load_format=LOAD_FORMAT, model_loader_extra_config=extra)
+    try:
+        loader = RosiModelLoader(load_config)
+    except RosiError as exc:
+        return "config", str(exc)
+    model_config = ModelConfig(model=str(model), dtype="bfloat16", max_model_len=256)
+    try:
+        loader._plan = loader._build_plan(model_config)
+    except RosiError as exc:
+        return "plan", str(exc)
+    try:
+        for _ in loader.get_all_weights(model_config, nn.Module()):
+            pass
+    except RosiError as exc:
+        return "stream", str(exc)
+    return "loaded", ""
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_loader_refuses(case, tiny_model, tmp_path):
+    model, extra, message = _case_inputs(case, tiny_model, tmp_path)
+    stage, error = _refusal_stage(model, extra)
+    assert stage != "loaded", f"the loader accepted {case}"
+    assert error.startswith("rosi: ") and message in error, error
+    assert "\n" not in error, "one line"
+    if case in SERVED_CASES.values():
+        assert SERVED_CASES[stage] == case, f"{case} now fails at stage {stage}: pick another served case"
+
+
+@pytest.mark.parametrize("case", sorted(SERVED_CASES.values()))
+def test_serve_fails_closed(case, tiny_model, tmp_path):
+    model, extra, message = _case_inputs(case, tiny_model, tmp_path)
     server = start_server(model, tmp_path / "serve.log", extra=extra)
     try:
         came_up, exited = wait_until(server, timeout=300)
