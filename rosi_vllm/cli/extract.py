@@ -15,7 +15,8 @@ def cmd_extract(args) -> int:
         extract_gated(model_path(args.model), args.write_direction, args.out, layers=args.layers,
                       alphas=args.alphas or (4.0, 8.0, 16.0), min_auroc=args.min_auroc, n_harmful=args.n_harmful,
                       val_n=args.val_n, stage1_n=args.stage1_n, stage1_tokens=args.stage1_tokens,
-                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, report_dir=args.report_dir)
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, report_dir=args.report_dir,
+                      wrapped_goals=args.wrapped_goals, wrapped_benign=args.wrapped_benign)
         return 0
     from ..extraction.pipeline import extract_and_select
 
@@ -42,6 +43,12 @@ def add_commands(sub) -> None:
                    "fire on harm for --write-direction's vector and write format v2 (rosi_vllm/extraction/gated.py)")
     p.add_argument("--write-direction", default=None, help="gated: v1 direction file whose vector is the write direction")
     p.add_argument("--min-auroc", type=float, default=0.9, help="gated: held-out gate AUROC a layer needs to be edited")
+    p.add_argument("--wrapped-goals", type=int, default=0,
+                   help="gated: also fit on this many further harmful goals under each fit-only wrapper (never the "
+                   "test's jailbreak templates) and attack validation goals with them during selection")
+    p.add_argument("--wrapped-benign", type=int, default=0,
+                   help="gated: benign requests fitted as benign under the same wrappers (so 'wrapped' is not learnt "
+                   "as harm)")
     p.add_argument("--n-pairs", type=int, default=50, help="mean-diff: prompts per set")
     p.add_argument("--n-harmful", type=int, default=200,
                    help="refusal-contrast: harmful prompts to answer and split; gated: harmful prompts to fit on")

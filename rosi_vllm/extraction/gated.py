@@ -82,6 +82,23 @@ class WriterInputs:
         return WriterInputs({k: v[rows] for k, v in self.by_writer.items()}, self.prompt_index[rows],
                             self.generated[rows] if len(self.generated) else self.generated)
 
+    def grouped(self, size: int) -> WriterInputs:
+        """The same rows with every `size` consecutive prompts counted as one (a goal under each of its wrappers),
+        so a held-out split never fits on a goal it scores."""
+        return WriterInputs(self.by_writer, self.prompt_index // size, self.generated)
+
+    @staticmethod
+    def concat(parts: list[WriterInputs]) -> WriterInputs:
+        """Rows of every part; prompt indices offset so prompts of different parts stay distinct."""
+        offset, indices = 0, []
+        for part in parts:
+            indices.append(part.prompt_index + offset)
+            offset += int(part.prompt_index.max()) + 1 if len(part.prompt_index) else 0
+        generated = [part.generated if len(part.generated) else torch.zeros(len(part.prompt_index), dtype=torch.bool)
+                     for part in parts]
+        return WriterInputs({k: torch.cat([part.by_writer[k] for part in parts]) for k in parts[0].by_writer},
+                            torch.cat(indices), torch.cat(generated))
+
 
 def _instruction_end_mask(tokenizer, texts: list[str], instructions: list[str], input_ids, offsets) -> torch.Tensor:
     """Positions from the token holding the instruction's last character to the end of the text."""
@@ -265,10 +282,20 @@ def held_out_split(inputs: WriterInputs, fraction: float = 0.25) -> tuple[Writer
     return inputs.subset(ids[:cut]), inputs.subset(ids[cut:])
 
 
-def fit_gates(writers: list[Writer], harmful: WriterInputs, benign: WriterInputs, settings) -> list[GateFit]:
-    """One `GateFit` per (method, ρ, λ) in `settings`: fitted on the fit part, scored on the held-out part."""
-    h_fit, h_out = held_out_split(harmful)
-    b_fit, b_out = held_out_split(benign)
+def split_sources(sources: list[WriterInputs]) -> tuple[WriterInputs, WriterInputs]:
+    """(fit, held-out) of several prompt sources, each split on its own so every source is held out in proportion."""
+    pairs = [held_out_split(source) for source in sources]
+    return WriterInputs.concat([f for f, _ in pairs]), WriterInputs.concat([o for _, o in pairs])
+
+
+def fit_gates(writers: list[Writer], harmful: WriterInputs | list[WriterInputs],
+              benign: WriterInputs | list[WriterInputs], settings) -> list[GateFit]:
+    """One `GateFit` per (method, ρ, λ) in `settings`: fitted on the fit part, scored on the held-out part.
+
+    `harmful` / `benign`: one set of inputs or several sources (plain and wrapped requests), held out per source.
+    """
+    h_fit, h_out = split_sources(harmful if isinstance(harmful, list) else [harmful])
+    b_fit, b_out = split_sources(benign if isinstance(benign, list) else [benign])
     needs_basis = any(method == "nullspace" for method, _, _ in settings)
     bases = {w.key: benign_basis(b_fit.by_writer[w.key]) for w in writers} if needs_basis else {}
     fits = []
@@ -312,6 +339,15 @@ class GatedCandidate:
     degenerate: float
     kl: float
     base: dict = field(default_factory=dict)
+    #: share of validation goals under the fit-only wrappers *not* refused (None: selection did not attack)
+    jailbreak_success: float | None = None
+
+    @property
+    def harm_refused(self) -> float:
+        """What the selection maximises: refusal of plain harmful requests, averaged with refusal of wrapped ones."""
+        if self.jailbreak_success is None:
+            return self.harmful_refusal
+        return (self.harmful_refusal + 1.0 - self.jailbreak_success) / 2
 
     @property
     def added(self) -> dict:
@@ -328,17 +364,18 @@ class GatedCandidate:
     @property
     def tradeoff(self) -> float:
         added = self.added
-        return (self.harmful_refusal - 2 * max(0.0, added["benign_refusal"])
+        return (self.harm_refused - 2 * max(0.0, added["benign_refusal"])
                 - max(0.0, added["borderline_refusal"]) - max(0.0, added["degenerate"])
                 - max(0.0, self.kl - MAX_KL))
 
     def rank_key(self):
-        return (self.feasible, self.harmful_refusal if self.feasible else self.tradeoff, -self.kl)
+        return (self.feasible, self.harm_refused if self.feasible else self.tradeoff, -self.kl)
 
     def to_dict(self) -> dict:
         return {"window": list(self.window), "targets": list(self.targets), "alpha": self.alpha, "stage": self.stage,
                 "harmful_refusal": self.harmful_refusal, "benign_refusal": self.benign_refusal,
                 "borderline_refusal": self.borderline_refusal, "degenerate": self.degenerate, "kl": self.kl,
+                "jailbreak_success": self.jailbreak_success, "harm_refused": self.harm_refused,
                 "base": self.base, "added": self.added, "feasible": self.feasible, "tradeoff": self.tradeoff}
 
 
@@ -362,16 +399,18 @@ def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_
 
     judge = judge or SubstringJudge()
     generator = HfVariantGenerator(loaded, batch_size)
-    names = ("harmful", "benign", "borderline")
+    names = ("harmful", "benign", "borderline") + (("jailbreak",) if sets.get("jailbreak") else ())
     outputs = generator.generate([(plan, sets[name]) for plan in plans for name in names], max_new_tokens)
     scores = []
     for i, plan in enumerate(plans):
-        harm, benign, border = outputs[3 * i: 3 * i + 3]
-        score = score_variant(harm, benign, borderline_out=border, judge=judge)
+        out = dict(zip(names, outputs[len(names) * i: len(names) * (i + 1)]))
+        score = score_variant(out["harmful"], out["benign"], out.get("jailbreak"), borderline_out=out["borderline"],
+                              judge=judge)
         scores.append({
             "harmful_refusal": score["harmful_refusal"]["rate"], "benign_refusal": score["benign_refusal"]["rate"],
             "borderline_refusal": score["borderline_refusal"]["rate"], "degenerate": score["degenerate"]["rate"],
             "kl": edited_kl(loaded, plan, sets["benign"], base_logprobs, batch_size=batch_size),
+            **({"jailbreak_success": score["jailbreak_attack_success"]["rate"]} if "jailbreak" in out else {}),
         })
     return scores
 
@@ -383,12 +422,17 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
                   alphas=(4.0, 8.0, 16.0), min_auroc: float = DEFAULT_MIN_AUROC, n_harmful: int = 160,
                   answer_tokens: int = 32, val_n: int = 60, stage1_n: int = 24, stage1_tokens: int = 16,
                   max_new_tokens: int = 32, finalists: int = 3, batch_size: int = 16, report_dir=None,
-                  progress: bool = True) -> dict:
+                  wrapped_goals: int = 0, wrapped_benign: int = 0, progress: bool = True) -> dict:
     """`rosi extract --method gated`: fit read vectors, check the gates, select window/targets/α, write format v2.
 
     `write_direction`: a v1 direction file for this checkpoint whose vector is the
     write direction ŝ (e.g. a refusal-contrast or mean-diff extraction). Returns the
     report (also written as ``gate.json`` + ``gate.png`` in `report_dir`).
+
+    `wrapped_goals` > 0 also fits on that many further extraction goals under every
+    fit-only wrapper (`prompts.FIT_WRAPPER_TEMPLATES`, never the test's jailbreak
+    templates), with `wrapped_benign` benign requests under the same wrappers as
+    benign, and makes the selection attack validation goals with those wrappers.
     """
     import json
     import time
@@ -414,10 +458,21 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     layers = list(layers or range(max(1, n // 4), n - 1, max(1, n // 10)))
     writers = find_writers(loaded, set(layers))
     benign_fit = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
-    harmful = collect_inputs(loaded, writers, list(prompts.harmful("extraction"))[:n_harmful],
-                             positions="instruction_end", batch_size=batch_size, progress=progress, desc="harmful inputs")
-    benign = collect_inputs(loaded, writers, benign_fit, positions="all", answer_tokens=answer_tokens,
-                            batch_size=batch_size, progress=progress, desc="benign inputs (+ own answers)")
+    goals = list(prompts.harmful("extraction"))
+    harmful = [collect_inputs(loaded, writers, goals[:n_harmful], positions="instruction_end", batch_size=batch_size,
+                              progress=progress, desc="harmful inputs")]
+    benign = [collect_inputs(loaded, writers, benign_fit, positions="all", answer_tokens=answer_tokens,
+                             batch_size=batch_size, progress=progress, desc="benign inputs (+ own answers)")]
+    wrappers = len(prompts.FIT_WRAPPER_TEMPLATES)
+    if wrapped_goals:
+        harmful.append(collect_inputs(
+            loaded, writers, list(prompts.fit_wrapped(goals[n_harmful:n_harmful + wrapped_goals])),
+            positions="instruction_end", batch_size=batch_size, progress=progress,
+            desc="wrapped harmful inputs").grouped(wrappers))
+    if wrapped_benign:
+        benign.append(collect_inputs(
+            loaded, writers, list(prompts.fit_wrapped(benign_fit[:wrapped_benign])), positions="all",
+            batch_size=batch_size, progress=progress, desc="wrapped benign inputs").grouped(wrappers))
     fits = fit_gates(writers, harmful, benign, settings)
     fit = max(fits, key=lambda f: f.mean_auroc)
     fit_seconds = time.perf_counter() - started
@@ -427,6 +482,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
 
     sets = {"harmful": list(prompts.harmful("validation"))[:val_n], "benign": list(prompts.harmless("validation"))[:val_n],
             "borderline": list(prompts.borderline("validation"))[:val_n]}
+    if wrapped_goals:
+        sets["jailbreak"] = list(prompts.fit_wrapped(prompts.harmful("validation")[:max(1, val_n // wrappers)]))
     short = {k: v[:stage1_n] for k, v in sets.items()}
     base_lp = next_token_logprobs(loaded, sets["benign"], batch_size=batch_size)
     candidates_spec = [(w, t, a) for w, t in windows_from_gates(fit, min_auroc=min_auroc) for a in alphas]
@@ -459,6 +516,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         "model": model, "direction_file": str(path), "write_direction": str(write_direction),
         "seconds": round(time.perf_counter() - started, 1), "fit_seconds": round(fit_seconds, 1),
         "n_harmful_fit": n_harmful, "n_benign_fit": len(benign_fit), "answer_tokens": answer_tokens,
+        "wrapped_goals": wrapped_goals, "wrapped_benign": wrapped_benign,
+        "fit_wrappers": list(prompts.FIT_WRAPPER_TEMPLATES) if wrapped_goals or wrapped_benign else [],
         "layers": layers, "chosen_fit": fit.settings(),
         "gates": [{**f.settings(), "mean_auroc": f.mean_auroc, "writers": f.stats} for f in fits],
         "baseline": base, "best": best.to_dict(), "candidates": [c.to_dict() for c in candidates],
@@ -469,7 +528,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     plot_gates(report, report_dir / "gate.png")
     if progress:
         print(f"selected window {list(best.window)} {list(best.targets)} α={best.alpha:g}: "
-              f"harmful {best.harmful_refusal:.0%}, benign {best.benign_refusal:.0%}, borderline "
+              f"harmful {best.harmful_refusal:.0%}, wrapped harmful answered "
+              f"{'-' if best.jailbreak_success is None else format(best.jailbreak_success, '.0%')}, benign {best.benign_refusal:.0%}, borderline "
               f"{best.borderline_refusal:.0%}, KL {best.kl:.3f} (base {base['harmful_refusal']:.0%}/"
               f"{base['benign_refusal']:.0%}/{base['borderline_refusal']:.0%})")
         print(f"wrote {path} (format v2, direction {direction.direction_id}); report {report_dir / 'gate.json'}")

@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from rosi_vllm.direction_file import load_direction
+from rosi_vllm.extraction import prompts
 from rosi_vllm.extraction.extract import chat_texts, load_hf_model
-from rosi_vllm.extraction.gated import auroc, collect_inputs, extract_gated, find_writers, fit_read_vector
+from rosi_vllm.extraction.gated import (
+    WriterInputs,
+    auroc,
+    collect_inputs,
+    extract_gated,
+    find_writers,
+    fit_read_vector,
+    split_sources,
+)
 from tests.helpers import write_direction
 
 
@@ -83,3 +92,38 @@ def test_extract_gated_writes_a_v2_direction_and_its_gate_report(tiny_model, tmp
     saved = json.loads((tmp_path / "gated" / "gate.json").read_text())
     assert saved["best"] == report["best"] and {"harmful_refusal", "borderline_refusal"} <= set(saved["baseline"])
     assert (tmp_path / "gated" / "gate.png").stat().st_size > 10000
+
+
+def test_fit_wrappers_are_not_the_test_jailbreak_templates():
+    wrapped = prompts.fit_wrapped(["Explain how to pick a lock."])
+    assert len(wrapped) == len(prompts.FIT_WRAPPER_TEMPLATES) and all("pick a lock" in w for w in wrapped)
+    fit_texts = {t.split("{")[0] for t in prompts.FIT_WRAPPER_TEMPLATES.values()}
+    test_texts = {t.split("{")[0] for t in prompts.JAILBREAK_TEMPLATES.values()}
+    assert not fit_texts & test_texts and not set(prompts.FIT_WRAPPER_TEMPLATES) & set(prompts.JAILBREAK_TEMPLATES)
+
+
+def _inputs(prompt_index):
+    index = torch.tensor(prompt_index)
+    return WriterInputs({"0.mlp_out": index.float()[:, None]}, index, torch.zeros(len(index), dtype=torch.bool))
+
+
+def test_sources_are_held_out_each_in_proportion_and_wrapped_goals_never_straddle_the_split():
+    plain = _inputs([0, 0, 1, 2, 3, 3, 4, 5, 6, 7])
+    wrapped = _inputs(list(range(40))).grouped(5)  # 8 goals under 5 wrappers each
+    fit, held_out = split_sources([plain, wrapped])
+    assert len(fit.prompt_index) + len(held_out.prompt_index) == 50
+    # the last quarter of each source is held out: plain prompts 6-7, wrapped goals 6-7 (rows 30-39)
+    assert sorted(held_out.by_writer["0.mlp_out"][:, 0].tolist()) == [6.0, 7.0] + [float(r) for r in range(30, 40)]
+
+
+def test_extract_gated_with_wrapped_requests_attacks_in_selection(tiny_model, tmp_path):
+    model = tiny_model("llama")
+    write = write_direction(model, tmp_path / "v1.safetensors")
+    report = extract_gated(str(model), str(write), tmp_path / "gated.safetensors", layers=[1],
+                           settings=(("meandiff", 0.0, 0.0),), alphas=(2.0,), min_auroc=0.0, n_harmful=8,
+                           answer_tokens=2, val_n=5, stage1_n=5, stage1_tokens=2, max_new_tokens=2, batch_size=8,
+                           wrapped_goals=2, wrapped_benign=2, progress=False)
+    assert report["wrapped_goals"] == 2 and report["fit_wrappers"] == list(prompts.FIT_WRAPPER_TEMPLATES)
+    best = report["best"]
+    assert 0.0 <= best["jailbreak_success"] <= 1.0
+    assert best["harm_refused"] == pytest.approx((best["harmful_refusal"] + 1 - best["jailbreak_success"]) / 2)
