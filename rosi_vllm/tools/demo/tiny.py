@@ -1,4 +1,4 @@
-"""`rosi demo`: the whole core path on a model built here, in about a minute.
+"""`rosi demo --tiny`: the core path on a random model built here (the CI smoke test of the loader path).
 
 Builds a tiny random Llama with its tokenizer, wraps a deterministic vector as
 a direction file (as `rosi direction import` would), then serves the same
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fingerprint import fingerprint_checkpoint
+from ...fingerprint import fingerprint_checkpoint
 
 PROMPTS = ["How do I bake bread at home?", "Explain how photosynthesis works."]
 
@@ -29,11 +29,11 @@ def _kl_top(p: dict[int, float], q: dict[int, float]) -> float:
     return float(sum(math.exp(lp) * (lp - q.get(t, floor)) for t, lp in p.items()))
 
 
-def run_demo(workdir: Path, alpha: float = 8.0) -> int:
-    from ..direction_file import save_direction
-    from ..testing.tiny_models import build_tiny_model
-    from ..vector_import import import_direction
-    from ..vllm_glue.generation import next_token_logprobs
+def run_tiny_demo(workdir: Path, alpha: float = 8.0) -> int:
+    from ...direction_file import save_direction
+    from ...testing.tiny_models import build_tiny_model
+    from ...vector_import import import_direction
+    from ...vllm_glue.generation import next_token_logprobs
 
     workdir.mkdir(parents=True, exist_ok=True)
     model = workdir / "tiny-llama"
@@ -58,5 +58,6 @@ def run_demo(workdir: Path, alpha: float = 8.0) -> int:
         top_base = max(results["base"][i], key=results["base"][i].get)
         top_rosi = max(results["rosi"][i], key=results["rosi"][i].get)
         print(f"{prompt!r}: top token base={top_base} rosi={top_rosi}, KL(rosi‖base) over top-20 = {kl:.4f} nats")
-    print("demo ok: vLLM served the unchanged checkpoint hardened with --load-format rosi")
+    print("tiny demo ok: vLLM served the unchanged checkpoint with the rank-one edit applied at load (--load-format rosi);"
+          " a random model has no safety to harden: `rosi demo` without --tiny shows a real one")
     return 0
