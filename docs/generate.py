@@ -144,7 +144,23 @@ def adapters_cost() -> str:
     return text + f" (benchmark P3, `{p3['command']}`)."
 
 
-RENDERERS = {"architectures": architectures, "directions": directions, "comparison": comparison, "targets": targets, "judge": judge, "sweep": sweep,
+def demo() -> str:
+    """The recorded `rosi demo` run: wall time and what each arm refused (benchmarks/results/demo/demo.json)."""
+    run = json.loads((ROOT / "benchmarks/results/demo/demo.json").read_text())
+    t, arms = run["timings_s"], run["arms"]
+
+    def refused(arm: str) -> str:
+        return " and ".join(f"{arms[arm][f'{k}_refusal']['k']}/{arms[arm][f'{k}_refusal']['n']} {k}"
+                            for k in run["prompt_sets"])
+
+    return (f"Recorded run (`rosi demo`, {run['machine']['cpus']} CPU cores, model already pulled): "
+            f"{t['total']:.0f} s end to end, of which {t['engine_start']:.0f} s engine start and "
+            f"{t['requests']:.0f} s for {len(run['answers'])} requests. The hardened arm refused {refused('hardened')} "
+            f"prompts, the base arm {refused('base')}; hardened/base latency "
+            f"{run['latency_ratio_hardened_over_base']:.2f}.")
+
+
+RENDERERS = {"demo": demo, "architectures": architectures, "directions": directions, "comparison": comparison, "targets": targets, "judge": judge, "sweep": sweep,
              "benchmarks": benchmarks, "adapters-cost": adapters_cost}
 
 
