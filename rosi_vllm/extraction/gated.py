@@ -168,40 +168,69 @@ def collect_inputs(loaded: LoadedModel, writers: list[Writer], instructions: lis
                         torch.cat(generated_flags))
 
 
-def benign_basis(benign: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors of the uncentred benign second moment ``A_bᵀA_b / n``, ascending eigenvalue (float64 columns).
+#: writers this wide or narrower get the benign spectrum from a full eigen-decomposition; wider ones
+#: (Qwen's 4864-wide down_proj input) from a randomized subspace iteration on the same moment matrix,
+#: which costs a few d²k products instead of a d³ eigen-solver with every eigenvector
+EXACT_BASIS_MAX_DIM = 2048
 
-    The costly part of the null-space fit (``d_in³``): computed once per writer and
-    shared by every ρ and λ tried.
+
+def benign_top_space(benign: torch.Tensor, k: int, *, exact_max_dim: int = EXACT_BASIS_MAX_DIM,
+                     seed: int = 0) -> torch.Tensor:
+    """Orthonormal ``[d_in, k]`` (float64): the `k` directions of the uncentred benign second moment
+    ``A_bᵀA_b / n`` with the largest eigenvalues, descending. The null-space fit's P is their complement.
+
+    The moment is formed once per writer and shared by every ρ and λ tried. Up to `exact_max_dim`
+    it is decomposed exactly; above it, ``torch.svd_lowrank`` (Halko et al.'s randomized range
+    finder with power iterations) on the d×d moment finds the top space: activation spectra fall
+    steeply, so a few iterations separate it, and only the split near the ρ boundary is approximate.
     """
-    a_b = benign.double()
-    return torch.linalg.eigh(a_b.T @ a_b / a_b.shape[0]).eigenvectors
+    d = benign.shape[1]
+    k = max(0, min(k, d - 1))
+    moment = benign.float().T @ benign.float() / benign.shape[0]
+    if d <= exact_max_dim or k == 0:
+        return torch.linalg.eigh(moment.double()).eigenvectors.flip(1)[:, :k].contiguous()
+    torch.manual_seed(seed)
+    _, _, v = torch.svd_lowrank(moment, q=min(d, k + 32), niter=4)
+    return v[:, :k].double().contiguous()
 
 
 def fit_read_vector(harmful: torch.Tensor, benign: torch.Tensor, *, method: str = "nullspace", rho: float = 0.7,
-                    lam: float = 0.1, basis: torch.Tensor | None = None) -> torch.Tensor:
+                    lam: float = 0.1, top_space: torch.Tensor | None = None) -> torch.Tensor:
     """h for one writer from its harmful and benign inputs ``[n, d_in]``; scaled so the harmful median of h·a is 1.
 
-    ``basis``: `benign_basis(benign)` when the caller already has it.
+    ``top_space``: `benign_top_space(benign, k)` with ``k ≥ d_in − ⌊ρ·d_in⌋`` when the caller already has it.
+    The null-space regression ``h = P (P A_hᵀA_h P + rP)⁺ P A_hᵀ 1``, with P the complement of the
+    benign top space and the ridge r = λ × the mean eigenvalue of ``P A_hᵀA_h P`` over P's dimensions,
+    is solved with ``B = A_h P`` in whichever form is smaller: ``Bᵀ (BBᵀ + rI)⁻¹ 1`` (n_h × n_h) or
+    ``(BᵀB + rI)⁻¹ Bᵀ1`` (d × d); both equal the expression above.
     """
     if method not in FITS:
         raise ValueError(f"unknown fit {method!r}; known: {FITS}")
-    a_h, a_b = harmful.double(), benign.double()
     if method == "meandiff":
+        a_h, a_b = harmful.double(), benign.double()
         m_hat = a_b.mean(0) / a_b.mean(0).norm()
         diff = a_h.mean(0) - a_b.mean(0)
         h = diff - (diff @ m_hat) * m_hat
     else:
-        vectors = benign_basis(benign) if basis is None else basis
-        q = vectors[:, : max(1, int(rho * a_b.shape[1]))]  # bottom-ρ: directions benign inputs hardly use
-        z = a_h @ q
-        gram = z.T @ z
-        if torch.diagonal(gram).mean() <= 1e-12:  # harmful inputs have no component outside the benign span
-            return torch.zeros(harmful.shape[1])
-        ridge = lam * torch.diagonal(gram).mean()
-        h = q @ torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype), z.T @ torch.ones(
-            z.shape[0], dtype=z.dtype))
-    scores = a_h @ h
+        d = harmful.shape[1]
+        kept = max(1, int(rho * d))  # bottom-ρ: the directions benign inputs hardly use
+        if top_space is not None and top_space.shape[1] < d - kept:
+            raise ValueError(f"top_space has {top_space.shape[1]} columns, ρ={rho} needs {d - kept}")
+        top = benign_top_space(benign, d - kept) if top_space is None else top_space[:, : d - kept]
+        a_h = harmful.double()
+        b = a_h - (a_h @ top) @ top.T
+        trace = float((b * b).sum())
+        if trace / kept <= 1e-12:  # harmful inputs have no component outside the benign span
+            return torch.zeros(d)
+        ridge = lam * trace / kept
+        ones = torch.ones(b.shape[0], dtype=b.dtype)
+        if b.shape[0] <= d:
+            gram = b @ b.T
+            h = b.T @ torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=b.dtype), ones)
+        else:
+            gram = b.T @ b
+            h = torch.linalg.solve(gram + ridge * torch.eye(d, dtype=b.dtype), b.T @ ones)
+    scores = harmful.double() @ h
     median = scores.median()
     if not torch.isfinite(median) or median <= 0:
         return torch.zeros(harmful.shape[1])  # this writer cannot gate: it reads no harmful signal
@@ -296,14 +325,18 @@ def fit_gates(writers: list[Writer], harmful: WriterInputs | list[WriterInputs],
     """
     h_fit, h_out = split_sources(harmful if isinstance(harmful, list) else [harmful])
     b_fit, b_out = split_sources(benign if isinstance(benign, list) else [benign])
-    needs_basis = any(method == "nullspace" for method, _, _ in settings)
-    bases = {w.key: benign_basis(b_fit.by_writer[w.key]) for w in writers} if needs_basis else {}
+    rhos = [rho for method, rho, _ in settings if method == "nullspace"]
+    bases = {}
+    for w in writers:
+        if rhos:
+            d = b_fit.by_writer[w.key].shape[1]
+            bases[w.key] = benign_top_space(b_fit.by_writer[w.key], d - max(1, int(min(rhos) * d)))
     fits = []
     for method, rho, lam in settings:
         reads, stats = {}, {}
         for w in writers:
             h = fit_read_vector(h_fit.by_writer[w.key], b_fit.by_writer[w.key], method=method, rho=rho, lam=lam,
-                                basis=bases.get(w.key))
+                                top_space=bases.get(w.key))
             generated = b_out.generated
             reads[w.key] = h
             stats[w.key] = gate_statistics(h, h_out.by_writer[w.key], b_out.by_writer[w.key][~generated],
@@ -473,9 +506,11 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         benign.append(collect_inputs(
             loaded, writers, list(prompts.fit_wrapped(benign_fit[:wrapped_benign])), positions="all",
             batch_size=batch_size, progress=progress, desc="wrapped benign inputs").grouped(wrappers))
+    collected = time.perf_counter()
     fits = fit_gates(writers, harmful, benign, settings)
     fit = max(fits, key=lambda f: f.mean_auroc)
     fit_seconds = time.perf_counter() - started
+    stages = {"load_and_collect": round(collected - started, 1), "fit": round(fit_seconds - (collected - started), 1)}
     if progress:
         print(f"gate: {len(writers)} writers, best fit {fit.settings()} (mean held-out AUROC {fit.mean_auroc:.3f}) "
               f"in {fit_seconds:.0f} s")
@@ -506,6 +541,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     candidates += final
     best = max(final, key=GatedCandidate.rank_key)
 
+    stages["select"] = round(time.perf_counter() - started - fit_seconds, 1)
     direction = gated_direction(write, fit, best.window, best.targets)
     direction.recommended_alpha = best.alpha
     direction.provenance = {**write.provenance, "write_direction": Path(write_direction).name,
@@ -515,6 +551,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     report = {
         "model": model, "direction_file": str(path), "write_direction": str(write_direction),
         "seconds": round(time.perf_counter() - started, 1), "fit_seconds": round(fit_seconds, 1),
+        "stage_seconds": stages,
         "n_harmful_fit": n_harmful, "n_benign_fit": len(benign_fit), "answer_tokens": answer_tokens,
         "wrapped_goals": wrapped_goals, "wrapped_benign": wrapped_benign,
         "fit_wrappers": list(prompts.FIT_WRAPPER_TEMPLATES) if wrapped_goals or wrapped_benign else [],

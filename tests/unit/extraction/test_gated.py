@@ -14,6 +14,7 @@ from rosi_vllm.extraction.extract import chat_texts, load_hf_model
 from rosi_vllm.extraction.gated import (
     WriterInputs,
     auroc,
+    benign_top_space,
     collect_inputs,
     extract_gated,
     find_writers,
@@ -127,3 +128,43 @@ def test_extract_gated_with_wrapped_requests_attacks_in_selection(tiny_model, tm
     best = report["best"]
     assert 0.0 <= best["jailbreak_success"] <= 1.0
     assert best["harm_refused"] == pytest.approx((best["harmful_refusal"] + 1 - best["jailbreak_success"]) / 2)
+
+
+def _reference_nullspace(harmful, benign, rho, lam):
+    """The fit as the issue writes it: q = bottom-ρ eigenvectors, h = q (qᵀGq + λ·mean diag I)⁻¹ qᵀA_hᵀ1, median 1."""
+    a_h, a_b = harmful.double(), benign.double()
+    q = torch.linalg.eigh(a_b.T @ a_b / len(a_b)).eigenvectors[:, : int(rho * a_b.shape[1])]
+    z = a_h @ q
+    gram = z.T @ z
+    h = q @ torch.linalg.solve(gram + lam * torch.diagonal(gram).mean() * torch.eye(len(gram), dtype=gram.dtype),
+                               z.T @ torch.ones(len(z), dtype=z.dtype))
+    return h / (a_h @ h).median()
+
+
+@pytest.mark.parametrize("n_harmful", [20, 300])  # fewer harmful rows than dimensions (dual form) and more (primal)
+def test_nullspace_fit_equals_the_formula_in_both_solve_forms(n_harmful):
+    harmful, benign = _synthetic(d=64, n=1200)
+    gen = torch.Generator().manual_seed(3)
+    harmful = torch.cat([harmful, harmful])[:n_harmful] + 0.05 * torch.randn(n_harmful, 64, generator=gen)
+    h = fit_read_vector(harmful, benign, rho=0.7, lam=0.3)
+    expected = _reference_nullspace(harmful, benign, 0.7, 0.3)
+    assert torch.allclose(h.double(), expected, atol=1e-4 * expected.abs().max())
+
+
+def test_randomized_top_space_matches_the_exact_one_on_a_falling_spectrum():
+    gen = torch.Generator().manual_seed(4)
+    d, n = 256, 4000
+    scales = torch.logspace(1, -3, d)  # activations: a few large directions, a long small tail
+    basis = torch.linalg.qr(torch.randn(d, d, generator=gen)).Q
+    benign = (torch.randn(n, d, generator=gen) * scales) @ basis.T
+    k = d - int(0.7 * d)  # the top space the ρ = 0.7 fit removes
+    exact = benign_top_space(benign, k)
+    randomized = benign_top_space(benign, k, exact_max_dim=0)
+    # principal angles between the two spaces: cosines near 1 except, at most, at the split
+    cosines = torch.linalg.svdvals(exact.T @ randomized)
+    assert cosines[: k - 5].min() > 0.999 and cosines.min() > 0.9
+    harmful = benign[:200] + 0.5 * basis[:, -1]  # a signal in the benign tail
+    h_exact = fit_read_vector(harmful, benign, rho=0.7, lam=0.1, top_space=exact)
+    h_fast = fit_read_vector(harmful, benign, rho=0.7, lam=0.1, top_space=randomized)
+    assert auroc(harmful @ h_exact, benign @ h_exact) > 0.99
+    assert auroc(harmful @ h_fast, benign @ h_fast) == pytest.approx(auroc(harmful @ h_exact, benign @ h_exact), abs=0.01)
