@@ -19,6 +19,7 @@ import torch
 from .architectures import Layout
 from .checkpoint import safetensors_files
 from .errors import RosiError
+from .injection import check_read_vector
 from .injection_plan import InjectionPlan
 
 PEFT_PREFIX = "base_model.model."
@@ -46,9 +47,8 @@ def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str,
                     reads[name] = None
                     continue
                 fitted = plan.read_vector(name)
-                if fitted is not None and fitted.shape[0] != f.get_slice(name).get_shape()[1]:
-                    raise RosiError(f"rosi: read vector for {name!r} has {fitted.shape[0]} elements, the writer's "
-                                    f"input has {f.get_slice(name).get_shape()[1]}")
+                if fitted is not None:
+                    check_read_vector(fitted, f.get_slice(name).get_shape()[1], repr(name))
                 reads[name] = fitted if fitted is not None else f.get_tensor(name).to(torch.float32).mean(dim=0)
     return reads
 

@@ -33,14 +33,19 @@ def unit_direction(direction: torch.Tensor) -> torch.Tensor:
     return direction / norm
 
 
+def check_read_vector(read: torch.Tensor, d_in: int, name: str) -> None:
+    """A fitted read vector must be 1-D with one element per input of its writer (every path that uses one)."""
+    if read.ndim != 1 or read.shape[0] != d_in:
+        raise RosiError(f"rosi: read vector {name} has {read.shape[0] if read.ndim == 1 else tuple(read.shape)} "
+                        f"elements, the writer's input has {d_in}")
+
+
 def _read_vector(w: torch.Tensor, read: torch.Tensor | None, layout: Layout, name: str) -> torch.Tensor:
     """r on `w`'s device in float32: the given read vector (checked against d_in), or w̄ of the unedited `w`."""
     d_in_axis = 1 if layout is Layout.OUT_IN else 0
     if read is None:
         return w.mean(dim=1 - d_in_axis)
-    if read.ndim != 1 or read.shape[0] != w.shape[d_in_axis]:
-        raise RosiError(f"rosi: read vector {name} has {read.shape[0] if read.ndim == 1 else tuple(read.shape)} "
-                        f"elements, the writer's input has {w.shape[d_in_axis]}")
+    check_read_vector(read, w.shape[d_in_axis], name)
     return read.to(device=w.device, dtype=torch.float32)
 
 

@@ -81,6 +81,10 @@ def test_a_read_vector_of_the_wrong_length_is_refused_while_loading(llama, tmp_p
     plan = _plan(llama, write_gated_direction(llama, tmp_path / "g.safetensors", reads=reads))
     with pytest.raises(RosiError, match="read vector .*down_proj.* elements, the writer's input has"):
         list(plan.apply(load_file(str(llama / "model.safetensors")).items()))
+    from rosi_vllm.adapters import writer_read_vectors
+
+    with pytest.raises(RosiError, match="read vector .*down_proj.* elements, the writer's input has"):
+        writer_read_vectors(plan, llama)  # the adapter tier refuses it with the same message
 
 
 def _rewrite(path, tensors=None, metadata=None):
