@@ -40,6 +40,8 @@ class RosiMetrics:
                                   buckets=OVERHEAD_BUCKETS, registry=registry)
         self.rejected = Counter("rosi_rejected_requests", "Requests refused before reaching the engine",
                                 ("reason",), registry=registry)
+        self.limited = Counter("rosi_limited_requests", "Requests answered 429 by a tenant's limits, by reason "
+                               "(concurrency, tokens)", ("tenant", "reason"), registry=registry)
         self.direction = Gauge("rosi_direction_info", "The loaded ROSI direction (value is always 1); read is "
                                "'mean' (format v1, the paper's w̄) or 'gated' (format v2, fitted read vectors)",
                                ("direction_id", "baked_alpha", "fingerprint", "layer", "read", "window"),

@@ -28,8 +28,9 @@ import time
 
 from ..errors import RosiError
 from ..judge import SubstringJudge
+from .limits import Refusal, TenantLimiter, estimate_tokens
 from .metrics import default_metrics
-from .response_capture import ResponseCapture
+from .response_capture import ModelRename, ResponseCapture
 from .routing import Route, RouteDenied, route
 from .service import ADAPTER_CACHE_ENV, CONFIG_ENV, TenantService
 
@@ -69,6 +70,7 @@ class RosiTenantMiddleware:
         self.app = app
         self.metrics = metrics or default_metrics()
         self.judge = SubstringJudge()
+        self.limiter = TenantLimiter()
         self.failure: str | None = None
         self.bound = False
         self.service: TenantService | None = None
@@ -142,17 +144,26 @@ class RosiTenantMiddleware:
             self.metrics.rejected.labels("endpoint_not_routed").inc()
             return await _error(send, 404, f"rosi: {path} is not served through the tenant layer")
 
-        body, more = await _read_body(receive)
+        cap = config.max_body_bytes
+        declared = _header(scope, "content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > cap:
+            return await self._too_large(send, cap)
+        body, more = await _read_body(receive, cap)
+        if body is None:
+            return await self._too_large(send, cap)
         try:
             payload = json.loads(body)
             if not isinstance(payload, dict):
                 raise ValueError
-        except ValueError:
+        except (ValueError, RecursionError):
             self.metrics.rejected.labels("bad_json").inc()
             return await _error(send, 400, "rosi: request body must be a JSON object")
         user = payload.get("user") if isinstance(payload.get("user"), str) else None
         user = user or _header(scope, config.user_header)
         requested = payload.get("model") if isinstance(payload.get("model"), str) else None
+        if not isinstance(payload.get("stream", False), bool):  # vLLM would coerce "false" etc.; we must agree
+            self.metrics.rejected.labels("bad_json").inc()
+            return await _error(send, 400, "rosi: stream must be true or false")
         served = service.served
         try:
             decision = route(config, tenant, requested, user, served_model=served.name,
@@ -161,32 +172,62 @@ class RosiTenantMiddleware:
             self.metrics.rejected.labels("model_not_allowed").inc()
             return await _error(send, 404, f"The model `{requested}` does not exist.", "NotFoundError")
 
+        admission = self.limiter.admit(tenant.name, tenant.limits, estimate_tokens(len(body), payload))
+        if isinstance(admission, Refusal):
+            self.metrics.limited.labels(tenant.name, admission.reason).inc()
+            return await _json_response(
+                send, 429, {"error": {"message": admission.message, "type": admission.openai_type, "param": None,
+                                      "code": "rate_limit_exceeded"}},
+                [(b"retry-after", str(admission.retry_after).encode())])
+
+        # What the client asked for names the model in the answer (as OpenAI does), never the engine's
+        # internal name (an adapter, or the checkpoint path of the served model).
+        client_model = requested or served.name
+        changed = payload.get("model") != decision.engine_model
         payload["model"] = decision.engine_model
-        streaming = bool(payload.get("stream"))
+        # the tenant's priority, never the client's own (a bulk client must not jump the queue)
+        if payload.get("priority", 0) != tenant.priority or type(payload.get("priority", 0)) is not int:
+            payload["priority"] = tenant.priority
+            changed = True
+        streaming = payload.get("stream") is True
         strip_usage = False
         if streaming:
             options = payload.get("stream_options") if isinstance(payload.get("stream_options"), dict) else {}
-            if not options.get("include_usage"):
+            if options.get("include_usage") is not True:
                 payload["stream_options"] = {**options, "include_usage": True}
-                strip_usage = True
-        new_body = json.dumps(payload).encode("utf-8")
-        scope = dict(scope)
-        scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
-        scope["headers"].append((b"content-length", str(len(new_body)).encode()))
+                strip_usage = changed = True
+        if changed:  # a body that needs no change is passed on as the client sent it
+            body = json.dumps(payload).encode("utf-8")
+            scope = dict(scope)
+            scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+            scope["headers"].append((b"content-length", str(len(body)).encode()))
         overhead = time.perf_counter() - started
-        recorder = _ResponseRecorder(self, decision, endpoint, streaming, strip_usage, send, started, overhead)
-        await self.app(scope, _replay(new_body, receive, more), recorder.send)
-        recorder.finish_if_incomplete()
+        recorder = _ResponseRecorder(self, decision, endpoint, streaming, strip_usage, send, started, overhead,
+                                     client_model)
+        try:
+            await self.app(scope, _replay(body, receive, more), recorder.send)
+        finally:
+            recorder.finish_if_incomplete()
+            capture = recorder.capture
+            admission.done(capture.prompt_tokens + capture.completion_tokens if capture.tokens_exact else None)
+
+    async def _too_large(self, send, cap: int) -> None:
+        self.metrics.rejected.labels("body_too_large").inc()
+        await _error(send, 413, f"rosi: request body is larger than {cap} bytes (max_body_bytes)")
 
 
 class _ResponseRecorder:
     """Wraps ``send``: adds the x-rosi-* headers, captures text, records metrics at the end."""
 
     def __init__(self, mw: RosiTenantMiddleware, decision: Route, endpoint: str, streaming: bool,
-                 strip_usage: bool, send, started: float, overhead: float):
+                 strip_usage: bool, send, started: float, overhead: float, client_model: str):
         self.mw, self.decision, self.endpoint, self.downstream = mw, decision, endpoint, send
         self.started, self.overhead = started, overhead
         self.capture = ResponseCapture(streaming=streaming, strip_usage_event=strip_usage)
+        self.rename = ModelRename(decision.engine_model, client_model)
+        self.streaming = streaming
+        self._held_start = None  # non-streaming: the start waits for the body (its content-length changes)
+        self._held_body: list[bytes] = []
         self.status = 500
         self.ttft: float | None = None
         self.done = False
@@ -204,6 +245,10 @@ class _ResponseRecorder:
             if d.experiment:
                 headers.append((b"x-rosi-experiment", d.experiment.encode()))
             message = {**message, "headers": headers}
+            if not self.streaming and self.rename.active:
+                self._held_start = message
+                self.overhead += time.perf_counter() - tick
+                return
         elif kind == "http.response.body":
             more = message.get("more_body", False)
             out = self.capture.feed(message.get("body", b""))
@@ -211,6 +256,18 @@ class _ResponseRecorder:
                 self.ttft = tick - self.started
             if not more:
                 out += self.capture.finish()
+            if self._held_start is not None:
+                self._held_body.append(out)
+                if more:
+                    self.overhead += time.perf_counter() - tick
+                    return
+                out = self.rename.body(b"".join(self._held_body))
+                start, self._held_start = self._held_start, None
+                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                headers.append((b"content-length", str(len(out)).encode()))
+                await self.downstream({**start, "headers": headers})
+            elif self.rename.active:
+                out = self.rename.events(out)
             message = {**message, "body": out}
             if not more:
                 self.overhead += time.perf_counter() - tick
@@ -221,18 +278,34 @@ class _ResponseRecorder:
         await self.downstream(message)
 
     def finish_if_incomplete(self) -> None:
-        if not self.done:  # the app ended without a final body (client gone, error)
+        if not self.done:  # the app ended without a final body (client gone, engine dead, exception)
             self._record(time.perf_counter())
+
+    def _final_status(self) -> str:
+        """The status the request is counted with: what the client got, not only the first line of it.
+
+        A stream starts with 200 before anything is generated; if it then carries
+        vLLM's error event (engine dead, generation error) it is counted with that
+        event's code, and if it ends without ``data: [DONE]`` (connection lost,
+        server stopping) with 499, nginx's "client closed request" convention.
+        """
+        if self.status == 200 and self.streaming:
+            if self.capture.error_status is not None:
+                return str(self.capture.error_status)
+            if not self.capture.done_seen:
+                return "499"
+        return str(self.status)
 
     def _record(self, ended: float) -> None:
         if self.done:
             return
         self.done = True
         m, labels = self.mw.metrics, self.labels
-        m.requests.labels(*labels, self.endpoint, str(self.status)).inc()
+        status = self._final_status()
+        m.requests.labels(*labels, self.endpoint, status).inc()
         m.e2e.labels(*labels).observe(ended - self.started)
         m.overhead.observe(self.overhead)
-        if self.status != 200:
+        if status != "200":
             return
         if self.ttft is not None:
             m.ttft.labels(*labels).observe(self.ttft)
@@ -260,13 +333,22 @@ def _header(scope, name: str) -> str | None:
     return None
 
 
-async def _read_body(receive) -> tuple[bytes, bool]:
-    chunks = []
+async def _read_body(receive, cap: int) -> tuple[bytes | None, bool]:
+    """The whole body and whether the client is still connected; None as soon as it exceeds `cap` bytes.
+
+    Checked while reading (chunked uploads have no content-length), so a huge
+    body is never buffered, let alone parsed.
+    """
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return b"".join(chunks), False
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            return None, True
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks), True
 

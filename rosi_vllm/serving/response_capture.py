@@ -59,8 +59,13 @@ class ResponseCapture:
     text_limit: int = 512
     texts: dict[int, str] = field(default_factory=dict)
     completion_tokens: int = 0
+    prompt_tokens: int = 0
     tokens_exact: bool = False
     first_content_seen: bool = False
+    #: the stream's HTTP-like status when it carried an error event (vLLM's shape: {"error": {"code": 500, ...}})
+    error_status: int | None = None
+    #: streaming: the closing ``data: [DONE]`` arrived (a stream without it was cut short)
+    done_seen: bool = False
     _buffer: bytes = b""
     _content_events: int = 0
     _saturated: bool = False
@@ -89,6 +94,8 @@ class ResponseCapture:
     def _handle_event(self, event: bytes) -> bool:
         """Record one SSE event; False if it must not reach the client."""
         payload = event_data(event)
+        if payload == DONE:
+            self.done_seen = True
         if not payload or payload == DONE:
             if not self.tokens_exact:
                 self.completion_tokens = self._content_events
@@ -102,9 +109,15 @@ class ResponseCapture:
             return True
         if not isinstance(data, dict):
             return True
+        error = data.get("error")
+        if isinstance(error, dict):
+            code = error.get("code")
+            self.error_status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+            return True
         usage = data.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             self.completion_tokens, self.tokens_exact = usage["completion_tokens"], True
+            self.prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
             if self.strip_usage_event and not data.get("choices"):
                 return False
         for choice in data.get("choices") or []:
@@ -131,6 +144,7 @@ class ResponseCapture:
         usage = data.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             self.completion_tokens, self.tokens_exact = usage["completion_tokens"], True
+            self.prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
 
 
 def _choice_text(choice) -> str | None:
@@ -143,3 +157,31 @@ def _choice_text(choice) -> str | None:
         if isinstance(part, dict) and isinstance(part.get("content"), str):
             return part["content"]
     return None
+
+
+class ModelRename:
+    """Replace the engine's model name in a response by the one the client asked for.
+
+    The engine answers with the name it served the request under: a
+    ``rosi-alpha-*`` adapter or the checkpoint path. Both are internals (they
+    tell a tenant how the operator builds variants, and where the weights lie),
+    and the OpenAI API answers with the model the client named, so the top-level
+    ``"model"`` field of the JSON body and of every SSE event is rewritten.
+
+    A byte replacement of ``"model":"<engine name>"``, not a JSON round trip: vLLM
+    writes compact JSON (pydantic / Starlette), and inside a JSON string every
+    ``"`` is escaped, so generated text can never contain the pattern. It runs
+    on complete events only (`ResponseCapture.feed` returns whole events), so a
+    pattern never straddles two chunks.
+    """
+
+    def __init__(self, engine_model: str, client_model: str):
+        self.active = engine_model != client_model
+        self._old = b'"model":' + json.dumps(engine_model, ensure_ascii=False).encode()
+        self._new = b'"model":' + json.dumps(client_model, ensure_ascii=False).encode()
+
+    def body(self, data: bytes) -> bytes:
+        return data.replace(self._old, self._new, 1) if self.active else data
+
+    def events(self, data: bytes) -> bytes:
+        return data.replace(self._old, self._new) if self.active else data

@@ -46,6 +46,7 @@ class ServedModel:
     loader_config: RosiLoaderConfig  # the server's parsed --model-loader-extra-config (adapters must match it)
     read: str = "mean"  # "gated" for a format-v2 direction
     window: tuple[int, ...] = ()  # gated: the edited layers
+    priority_scheduling: bool = False  # --scheduling-policy priority (tenant priorities need it)
 
 
 class TenantService:
@@ -84,6 +85,11 @@ class TenantService:
 
     def _check_servable(self, config: TenantConfig, served: ServedModel) -> None:
         config.check_baked_alpha(served.baked_alpha)
+        prioritized = sorted(name for name, tenant in config.tenants.items() if tenant.priority)
+        if prioritized and not served.priority_scheduling:
+            raise RosiError(f"rosi: tenant config gives tenants {prioritized} a priority, which vLLM applies only "
+                            "with vllm serve --scheduling-policy priority (this server schedules first come, "
+                            "first served)")
         needed = adapter_alphas(config, served.baked_alpha)
         if needed and not served.lora_enabled:
             raise RosiError(

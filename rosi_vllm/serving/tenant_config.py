@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,11 +46,15 @@ from pydantic_core import PydanticCustomError
 
 from ..alpha_policy import alpha_problem
 from ..errors import RosiError
+from .limits import TenantLimits
 
 TENANT_OPT_IN = "set allow_negative_alpha: true"
 
 CONFIG_VERSION = 1
 BAKED = "baked"
+#: default cap on a request body (bytes), checked before it is read or parsed; vLLM prompts of a full
+#: context are far below it, images sent as base64 may need more (max_body_bytes)
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -73,6 +78,8 @@ class Tenant:
     default_variant: str
     allowed_variants: tuple[str, ...]
     experiment: Experiment | None = None
+    limits: TenantLimits = TenantLimits()
+    priority: int = 0  # vLLM's request priority (lower = scheduled earlier); 0 unless the tenant sets it
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ class TenantConfig:
     alpha_max: float = math.inf
     allow_negative_alpha: bool = False
     user_header: str = "x-rosi-user"
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     source_sha256: str = field(default="", compare=False)
 
     def tenant_for_key(self, api_key: str | None) -> Tenant | None:
@@ -106,6 +114,12 @@ class TenantConfig:
             if tenant.experiment:
                 arms = ", ".join(f"{v} {p:g}%" for v, p in tenant.experiment.arms)
                 line += f"; experiment {tenant.experiment.name}: {arms}"
+            if tenant.limits.max_concurrent_requests is not None:
+                line += f"; at most {tenant.limits.max_concurrent_requests} concurrent requests"
+            if tenant.limits.tokens_per_minute is not None:
+                line += f"; {tenant.limits.tokens_per_minute} tokens/min"
+            if tenant.priority:
+                line += f"; priority {tenant.priority}"
             lines.append(line)
         lines.append(f"ok: {len(self.tenants)} tenants, {len(self.variants)} variants "
                      f"(sha256 {self.source_sha256[:12]})")
@@ -144,6 +158,7 @@ def _rules(problems: list[str]) -> None:
 
 
 Name = Annotated[str, Field(pattern=_NAME), _must(f"a name matching {_NAME}")]
+PositiveInt = Annotated[int, Field(ge=1, le=2**31 - 1), _must("a positive whole number")]
 Number = Annotated[float, _must("a number")]
 _Hex64 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$"), AfterValidator(str.lower),
                    _must("64 hex characters (sha256 of the key)", show=False)]
@@ -178,6 +193,16 @@ class ExperimentSpec(_Strict):
         description="variant: percent of this tenant's end users (bucketed by user id); percents sum to 100.")
 
 
+class LimitsSpec(_Strict):
+    """Per-tenant admission limits (per API-server process); exceeding one is answered 429 with Retry-After."""
+
+    max_concurrent_requests: PositiveInt | None = Field(
+        None, description="Requests of this tenant running at once; more are answered 429 (type 'requests').")
+    tokens_per_minute: PositiveInt | None = Field(
+        None, description="Prompt + completion tokens per minute (token bucket, charged max_tokens + body/4 at "
+                          "admission, corrected to the reported usage); more are answered 429 (type 'tokens').")
+
+
 class TenantSpec(_Strict):
     """One caller: its API key(s), the variant it gets and the variants it may name."""
 
@@ -192,6 +217,10 @@ class TenantSpec(_Strict):
     experiment: ExperimentSpec | None = Field(
         None, description="Optional A/B split of this tenant's traffic by end user (requests naming a variant "
                           "are not split).")
+    limits: LimitsSpec = Field(LimitsSpec(), description="Admission limits; absent: unlimited.")
+    priority: Annotated[int, Field(ge=-1000, le=1000), _must("a whole number from -1000 to 1000")] = Field(
+        0, description="vLLM scheduling priority of this tenant's requests (lower = earlier; needs vllm serve "
+                       "--scheduling-policy priority when not 0). Clients cannot set their own.")
 
 
 def _variant_alpha_problem(alpha: float, lo: float, hi: float | None, allow_negative: bool) -> str | None:
@@ -266,6 +295,9 @@ class TenantFile(_Strict):
     user_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$"), AfterValidator(str.lower),
                            _must("an HTTP header name")] = Field(
         "x-rosi-user", description='Header with the end-user id for sticky A/B assignment when the body has no "user".')
+    max_body_bytes: Annotated[int, Field(ge=1024, le=2**31 - 1), _must("a whole number of bytes >= 1024")] = Field(
+        DEFAULT_MAX_BODY_BYTES, description="Largest request body accepted (413 beyond it), checked before the body "
+                                            "is read or parsed.")
     variants: Annotated[
         dict[Name, Annotated[float | Literal["baked"], _must("a number or 'baked'"), AfterValidator(_check_variant)]],
         Field(min_length=1), _must("a non-empty mapping of name: alpha (a number or 'baked')"),
@@ -320,17 +352,24 @@ def parse_tenant_config(data: Any, environ: dict[str, str] | None = None) -> Ten
         variants=dict(spec.variants),
         tenants={name: Tenant(name, t.default_variant,
                               tuple(t.allowed_variants if t.allowed_variants is not None else [t.default_variant]),
-                              t.experiment and Experiment(t.experiment.name, tuple(t.experiment.arms.items())))
+                              t.experiment and Experiment(t.experiment.name, tuple(t.experiment.arms.items())),
+                              TenantLimits(t.limits.max_concurrent_requests, t.limits.tokens_per_minute),
+                              t.priority)
                  for name, t in spec.tenants.items()},
         key_digests={digest: name for name, t in spec.tenants.items() for digest in _digests(t, environ)},
         alpha_min=bounds.min, alpha_max=math.inf if bounds.max is None else bounds.max,
         allow_negative_alpha=spec.allow_negative_alpha, user_header=spec.user_header,
+        max_body_bytes=spec.max_body_bytes,
     )
 
 
 #: the model whose keys are known at each place an unknown key can appear (names of tenants left out)
 _KNOWN = {(): TenantFile, ("alpha_bounds",): AlphaBounds, ("tenants",): TenantSpec,
-          ("tenants", "experiment"): ExperimentSpec}
+          ("tenants", "experiment"): ExperimentSpec, ("tenants", "limits"): LimitsSpec}
+
+
+#: a key printed as is in a location; anything else (newlines, quotes, empty) is printed as its repr
+_PLAIN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _where(loc: tuple) -> str:
@@ -341,7 +380,8 @@ def _where(loc: tuple) -> str:
         if loc[2:] == ("[key]",):
             return f"{kind} name"
         head, loc = f"{kind} {loc[1]!r}", loc[2:]
-    rest = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    rest = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if _PLAIN.match(str(p)) else f"[{p!r}]"
+                   for p in loc).lstrip(".")
     return f"{head}: {rest}" if head and rest else head or rest
 
 

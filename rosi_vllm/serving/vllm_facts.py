@@ -12,6 +12,7 @@ from ..errors import RosiError
 from ..loader_config import RosiLoaderConfig
 from ..vllm_glue.compat import (
     runtime_lora_updating_allowed,
+    scheduling_policy,
     served_model_name,
     server_state,
 )
@@ -42,4 +43,5 @@ def served_model_facts(app) -> ServedModel:
         loader_config=loader_config,
         read="gated" if direction.gated else "mean",
         window=direction.window,
+        priority_scheduling=scheduling_policy(vllm_config) == "priority",
     )

@@ -57,6 +57,12 @@ def served_model_name(models: Any) -> str:
     return models.base_model_paths[0].name
 
 
+def scheduling_policy(vllm_config: Any) -> str:
+    """``--scheduling-policy`` of the engine ("fcfs" or "priority"); request priorities count only under "priority"."""
+    policy = getattr(getattr(vllm_config, "scheduler_config", None), "policy", "fcfs")
+    return str(getattr(policy, "value", policy))
+
+
 def runtime_lora_updating_allowed() -> bool:
     """``VLLM_ALLOW_RUNTIME_LORA_UPDATING``: whether resolvers may load adapters while serving."""
     from vllm import envs

@@ -158,6 +158,20 @@ def test_tenants_get_their_alpha_and_each_matches_a_single_alpha_deployment(stac
     assert differs >= 2, "alpha 8 and alpha 64 should give different greedy outputs"
 
 
+def test_responses_name_the_model_the_client_asked_for(stack):
+    """Not the adapter (rosi-alpha-*) nor, for a named baked variant, the checkpoint path: JSON and every SSE event."""
+    server = stack["tenants"]
+    served = server_model(server)
+    for key, model, expected in [("acme", "strict", "strict"), ("acme", "standard", "standard"),
+                                 ("beta", None, served), ("acme", served, served)]:
+        r = complete(server, KEYS[key], model=model)
+        assert r.status_code == 200 and r.json()["model"] == expected, (key, model, r.text)
+        r = complete(server, KEYS[key], model=model, stream=True, extra={"stream_options": {"include_usage": True}})
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        assert len(events) >= 2 and {e["model"] for e in events} == {expected}, (key, model, r.text)
+        assert "rosi-alpha" not in r.text
+
+
 def test_base_arm_is_the_unedited_model(stack):
     """Base arm = baked weights + a (−α₀) adapter: the unedited model up to bf16 rounding."""
     server = stack["tenants"]

@@ -24,10 +24,11 @@ from tests.helpers import write_direction
 KEY = "sk-unit-test-key"
 
 
-def fake_vllm_state(model, direction, lora=False):
+def fake_vllm_state(model, direction, lora=False, policy="fcfs"):
     """Stand-in for vLLM's app.state with just the fields the middleware reads."""
     return SimpleNamespace(
         vllm_config=SimpleNamespace(
+            scheduler_config=SimpleNamespace(policy=policy),
             load_config=SimpleNamespace(load_format="rosi", model_loader_extra_config={"direction": str(direction)}),
             lora_config=object() if lora else None,
             model_config=SimpleNamespace(model=str(model))),
@@ -49,28 +50,34 @@ class FakeEngineApp:
         if body.get("stream"):
             await send({"type": "http.response.start", "status": 200, "headers": []})
             for word in self.text.split(" "):
-                chunk = {"choices": [{"index": 0, "text": word + " "}]}
-                await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(),
+                chunk = {"model": body.get("model"), "choices": [{"index": 0, "text": word + " "}]}
+                event = json.dumps(chunk, separators=(",", ":"))
+                await send({"type": "http.response.body", "body": f"data: {event}\n\n".encode(),
                             "more_body": True})
             usage = {"choices": [], "usage": {"completion_tokens": len(self.text.split(" "))}}
             await send({"type": "http.response.body", "body": f"data: {json.dumps(usage)}\n\n".encode(),
                         "more_body": True})
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
             return
-        out = json.dumps({"choices": [{"index": 0, "text": self.text}], "usage": {"completion_tokens": 9}}).encode()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
+        out = json.dumps({"model": body.get("model"), "choices": [{"index": 0, "text": self.text}],
+                          "usage": {"completion_tokens": 9}}, separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(out)).encode())]})
         await send({"type": "http.response.body", "body": out})
 
 
-def call(app, path, body=None, key=KEY, method="POST", state=None):
-    headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+def call(app, path, body=None, key=KEY, method="POST", state=None, raw=None, chunks=None, headers=()):
+    """One request through `app`; `raw` sends these bytes as the body, `chunks` sends them in pieces."""
+    headers = [*([(b"authorization", f"Bearer {key}".encode())] if key else []), *headers]
     scope = {"type": "http", "path": path, "method": method, "headers": headers,
              "app": SimpleNamespace(state=state)}
-    raw = json.dumps(body or {}).encode()
+    pieces = list(chunks) if chunks is not None else [raw if raw is not None else json.dumps(body or {}).encode()]
     sent = []
 
     async def receive():
-        return {"type": "http.request", "body": raw, "more_body": False}
+        if not pieces:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": pieces.pop(0), "more_body": bool(pieces)}
 
     async def send(message):
         sent.append(message)
@@ -168,3 +175,32 @@ def test_websockets_are_refused_not_passed_through(setup):
     scope = {"type": "websocket", "path": "/v1/realtime", "headers": [], "app": SimpleNamespace(state=None)}
     asyncio.run(mw(scope, receive, send))
     assert sent == [{"type": "websocket.close", "code": 1008}] and downstream.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("asked", "answered", "engine"), [
+    ("strict", "strict", "rosi-alpha-16"),  # a variant served as an adapter
+    ("standard", "standard", "served"),     # the baked variant, named: the engine sees the served name
+    ("served", "served", "served"),         # the served name: nothing to rewrite
+    (None, "served", "served"),             # no model: OpenAI-compatible servers answer with the served name
+])
+def test_responses_name_the_model_the_client_asked_for(setup, monkeypatch, stream, asked, answered, engine):
+    """The engine's internal name (adapter, checkpoint path) never reaches the client (JSON and every SSE event)."""
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "true")
+    model, direction, config = setup
+    config.write_text(yaml.safe_dump({
+        "version": 1, "variants": {"standard": "baked", "strict": 16},
+        "tenants": {"acme": {"api_key_sha256": [key_digest(KEY)], "default_variant": "standard",
+                             "allowed_variants": ["standard", "strict"]}}}))
+    downstream = FakeEngineApp("Sure thing")
+    mw = RosiTenantMiddleware(downstream, config_path=str(config), metrics=RosiMetrics(CollectorRegistry()))
+    body = {"prompt": "x", "stream": stream, **({"model": asked} if asked else {})}
+    status, headers, payload = call(mw, "/v1/completions", body, state=fake_vllm_state(model, direction, lora=True))
+    assert status == 200 and downstream.requests[-1]["model"] == engine
+    if stream:
+        events = [json.loads(e[6:]) for e in payload.decode().split("\n\n") if e.startswith("data: {")]
+        assert len(events) == 2 and {e["model"] for e in events} == {answered}
+    else:
+        assert json.loads(payload)["model"] == answered
+        assert int(headers[b"content-length"]) == len(payload)
+    assert b"rosi-alpha" not in payload
