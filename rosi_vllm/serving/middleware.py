@@ -172,6 +172,12 @@ class RosiTenantMiddleware:
             self.metrics.rejected.labels("model_not_allowed").inc()
             return await _error(send, 404, f"The model `{requested}` does not exist.", "NotFoundError")
 
+        if decision.engine_model != served.name and await service.adapter_problem(decision.alpha):
+            self.metrics.rejected.labels("variant_unavailable").inc()
+            return await _error(send, 503, f"rosi: variant {decision.variant!r} is unavailable right now (its "
+                                           "adapter could not be prepared; the server log says why); other "
+                                           "variants are served", "rosi_variant_unavailable")
+
         admission = self.limiter.admit(tenant.name, tenant.limits, estimate_tokens(len(body), payload))
         if isinstance(admission, Refusal):
             self.metrics.limited.labels(tenant.name, admission.reason).inc()

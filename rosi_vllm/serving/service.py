@@ -28,6 +28,8 @@ from .routing import ADAPTER_PREFIX, adapter_alphas, adapter_name
 from .tenant_config import TenantConfig, load_tenant_config
 
 logger = logging.getLogger("vllm.rosi.tenants")
+#: seconds a failed adapter build is reported as is before it is tried again
+ADAPTER_RETRY_S = 10.0
 
 CONFIG_ENV = "ROSI_TENANT_CONFIG"
 ADAPTER_CACHE_ENV = "ROSI_ADAPTER_CACHE"
@@ -63,6 +65,8 @@ class TenantService:
         self._seen = self._file_state()
         self._next_check = time.monotonic() + reload_interval
         self._reload_lock = threading.Lock()
+        self._ready_adapters: set[float] = set()
+        self._adapter_failures: dict[float, tuple[str, float]] = {}  # α → (reason, when), retried after a while
         metrics.config_generation.set(self.generation)
 
     # -- binding to the engine -------------------------------------------------------------
@@ -109,12 +113,41 @@ class TenantService:
 
         def build():
             for alpha in alphas:
-                try:
-                    self.adapter_store.adapter_for(alpha)
-                except Exception as exc:  # the resolver will raise it again, per request
-                    logger.error("rosi: building the adapter for alpha %g failed: %s", alpha, exc)
+                self._build_adapter(alpha)
 
         threading.Thread(target=build, name="rosi-adapters", daemon=True).start()
+
+    def _build_adapter(self, alpha: float) -> str | None:
+        """Build (or find) the adapter for α; the failure reason, also logged and remembered, if it cannot be."""
+        try:
+            self.adapter_store.adapter_for(alpha)
+        except Exception as exc:
+            reason = str(exc).removeprefix("rosi: ")
+            self._adapter_failures[alpha] = (reason, time.monotonic())
+            logger.error("rosi: adapter for alpha %g unavailable (its variants answer 503, the others serve): %s",
+                         alpha, reason)
+            return reason
+        self._adapter_failures.pop(alpha, None)
+        self._ready_adapters.add(alpha)
+        return None
+
+    async def adapter_problem(self, alpha: float) -> str | None:
+        """None when the adapter for α is ready (building it first if needed), else why it is not.
+
+        Asked by the middleware before a request on an adapter reaches the engine,
+        so a read-only or full cache folder gives a clear error for that variant
+        only, instead of a failure inside vLLM's adapter resolution. A failure is
+        remembered for `ADAPTER_RETRY_S` seconds, then the build is tried again
+        (the operator may have freed space).
+        """
+        if alpha in self._ready_adapters:
+            return None
+        failed = self._adapter_failures.get(alpha)
+        if failed is not None and time.monotonic() - failed[1] < ADAPTER_RETRY_S:
+            return failed[0]
+        import asyncio
+
+        return await asyncio.to_thread(self._build_adapter, alpha)
 
     # -- LoRA resolution -------------------------------------------------------------------
     def alpha_for_adapter(self, lora_name: str) -> float | None:

@@ -336,9 +336,18 @@ def load_tenant_config(path: str | Path, environ: dict[str, str] | None = None) 
     try:
         data = yaml.safe_load(raw_bytes)
     except yaml.YAMLError as exc:
-        raise RosiError(f"rosi: tenant config {path} is not valid YAML: {exc}") from None
+        raise RosiError(f"rosi: tenant config {path} is not valid YAML: {_yaml_problem(exc)}") from None
     config = parse_tenant_config(data, environ=environ)
     return replace(config, source_sha256=hashlib.sha256(raw_bytes).hexdigest())
+
+
+def _yaml_problem(exc) -> str:
+    """A YAML error on one line (PyYAML's own text spans several, with a caret drawing): one log line per rejection."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        context = getattr(exc, "context", None)
+        return f"{context + ': ' if context else ''}{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
 
 
 def parse_tenant_config(data: Any, environ: dict[str, str] | None = None) -> TenantConfig:

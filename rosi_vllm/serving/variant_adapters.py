@@ -12,6 +12,7 @@ No vLLM imports: the resolver (vLLM glue) asks this store for a folder.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -20,8 +21,12 @@ import torch
 from ..adapters import write_adapter, writer_read_vectors
 from ..checkpoint import model_shape
 from ..direction_file import DirectionFile, load_direction
+from ..errors import RosiError
 from ..injection_plan import build_plan
 from ..loader_config import RosiLoaderConfig
+
+#: where the operator points the cache (named in the error a read-only or full folder gives)
+ADAPTER_CACHE_HINT = "ROSI_ADAPTER_CACHE"
 
 
 class VariantAdapterStore:
@@ -54,6 +59,13 @@ class VariantAdapterStore:
             if self._reads is None:
                 self._reads = writer_read_vectors(plan, self.model_dir)
             tmp = out.with_name(out.name + ".tmp")
-            write_adapter(plan, self.model_dir, tmp, reads=self._reads)
-            tmp.replace(out)  # adapter_config.json appears only with a complete folder
+            try:
+                write_adapter(plan, self.model_dir, tmp, reads=self._reads)
+                tmp.replace(out)  # adapter_config.json appears only with a complete folder
+            except Exception as exc:  # read-only or full cache folder: say so, leave no half-written folder
+                # (safetensors reports a full disk as its own SafetensorError, not OSError)
+                shutil.rmtree(tmp, ignore_errors=True)
+                reason = getattr(exc, "strerror", None) or exc
+                raise RosiError(f"rosi: cannot write the adapter for alpha {alpha:g} to the cache folder "
+                                f"{self.cache_dir} ({ADAPTER_CACHE_HINT}): {reason}") from None
         return out

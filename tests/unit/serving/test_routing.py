@@ -51,3 +51,40 @@ def test_arm_assignment_is_sticky_and_follows_the_split():
     other = type(exp)("exp3", exp.arms)
     agree = sum(assign_arm(exp, f"user-{i}") == assign_arm(other, f"user-{i}") for i in range(4000)) / 4000
     assert abs(agree - 0.5) < 0.05
+
+
+# ---- property: client-controlled input (model, user id, header) never reaches a variant the tenant may not use -----
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from rosi_vllm.serving.routing import ADAPTER_PREFIX, adapter_name  # noqa: E402
+
+_CFG = parse_tenant_config(config(), environ=ENV)
+_SERVED, _BAKED = "served-model", 8.0
+_NAMES = sorted(_CFG.variants) + [_SERVED, ADAPTER_PREFIX + "0", adapter_name(32.0), adapter_name(8.0), "", " strict",
+                                  "STRICT", "strict\x00", "../strict"]
+_HOSTILE = st.text() | st.sampled_from(_NAMES) | st.binary().map(lambda b: b.decode("latin-1"))
+
+
+def usable(tenant) -> set[str]:
+    """What the operator lets this tenant be served: its default, the variants it may name, its arms."""
+    arms = {v for v, _ in tenant.experiment.arms} if tenant.experiment else set()
+    return {tenant.default_variant, *tenant.allowed_variants, *arms}
+
+
+@settings(max_examples=2000, deadline=None)
+@given(tenant=st.sampled_from(sorted(_CFG.tenants)), model=st.none() | _HOSTILE, user=st.none() | _HOSTILE)
+def test_no_model_or_user_id_reaches_a_variant_outside_the_tenants_own(tenant, model, user):
+    t = _CFG.tenants[tenant]
+    try:
+        r = route(_CFG, t, model, user, served_model=_SERVED, baked_alpha=_BAKED)
+    except RouteDenied:
+        assert model not in t.allowed_variants and model not in (None, "", _SERVED)
+        return
+    assert r.variant in usable(t) and r.tenant == tenant
+    assert r.alpha == _CFG.alpha_of(r.variant, _BAKED)  # the engine gets exactly that variant's α
+    if model and model != _SERVED:
+        assert r.variant == model and r.arm == EXPLICIT_ARM  # naming is only ever among allowed variants
+    elif r.experiment:
+        assert r.arm == r.variant and user  # only a user id puts a request in an arm, and only the tenant's arms

@@ -82,7 +82,8 @@ _SCALARS = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(a
             | st.text(max_size=12) | st.sampled_from([BAKED, "base", "strict", "standard", "BETA_KEY", "1"]))
 _KEYS = st.text(max_size=10) | st.integers(-5, 5) | st.booleans() | st.sampled_from(
     ["version", "variants", "tenants", "alpha_bounds", "min", "max", "arms", "name", "experiment",
-     "default_variant", "allowed_variants", "api_key_sha256", "api_key_env", "user_header"])
+     "default_variant", "allowed_variants", "api_key_sha256", "api_key_env", "user_header", "limits", "priority",
+     "max_concurrent_requests", "tokens_per_minute", "max_body_bytes"])
 _YAML = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
                      max_leaves=20)
 
@@ -139,3 +140,39 @@ def test_example_config_round_trips_through_the_property_checker():
     """The property tests above also accept valid data (they are not vacuous)."""
     _parses_or_refuses(config())
     assert parse_tenant_config(config(), environ=ENV).tenants
+
+
+# ---- the file itself: whatever bytes it holds (truncated, half-written, binary), one `rosi:` error or a config ------
+
+def _loads_or_refuses(path) -> None:
+    from rosi_vllm.serving.tenant_config import load_tenant_config
+
+    try:
+        load_tenant_config(path, environ={"ACME_API_KEY": "a", "KIDS_APP_API_KEY": "b"})
+    except RosiError as exc:
+        assert type(exc) is RosiError and str(exc).startswith("rosi: ") and "\n" not in str(exc).strip(), str(exc)
+
+
+def test_every_truncation_of_the_example_file_loads_or_gives_one_rosi_error(tmp_path):
+    """What a reader sees while the file is being written in place, byte by byte."""
+    text = (ROOT / "deploy" / "tenants.example.yaml").read_bytes()
+    path = tmp_path / "t.yaml"
+    for end in range(len(text) + 1):
+        path.write_bytes(text[:end])
+        _loads_or_refuses(path)
+
+
+@_PROPERTY
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
+       | st.tuples(st.integers(0, 2000), st.binary(max_size=40)).map(
+           lambda cut: (ROOT / "deploy" / "tenants.example.yaml").read_bytes()[: cut[0]] + cut[1]))
+def test_any_file_content_loads_or_gives_one_rosi_error(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("fuzz") / "t.yaml"
+    path.write_bytes(content)
+    _loads_or_refuses(path)
+
+
+def test_unreadable_or_missing_files_give_one_rosi_error(tmp_path):
+    _loads_or_refuses(tmp_path / "missing.yaml")
+    (tmp_path / "dir.yaml").mkdir()
+    _loads_or_refuses(tmp_path / "dir.yaml")
