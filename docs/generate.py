@@ -160,8 +160,43 @@ def demo() -> str:
             f"{run['latency_ratio_hardened_over_base']:.2f}.")
 
 
+def reliability() -> str:
+    """The tenant layer under load, faults and hostile input: from tests/engine/test_tenant_reliability.py's results."""
+    r = json.loads((ROOT / "benchmarks/results/reliability.json").read_text())
+    pr, lim, cf, fz, death = r["priority"], r["limits"], r["config_faults"], r["fuzz"], r["engine_death"]
+    ms = lambda s: f"{s * 1000:.0f} ms"  # noqa: E731
+    statuses = ", ".join(f"{k}: {v}" for k, v in fz["statuses"].items())
+    rows = [
+        "| what | held |", "|---|---|",
+        f"| flood with priority | bulk tenant: {pr['bulk_streams']} streams in flight against a batch of "
+        f"{pr['max_num_seqs']} (`--max-num-seqs`), {pr['bulk_requests']} bulk requests served, all 200; interactive "
+        f"tenant (priority 0) TTFT p50 {ms(pr['interactive_ttft_p50_s'])}, p99 {ms(pr['interactive_ttft_p99_s'])} "
+        f"over {pr['interactive_probes']} probes (idle: p50 {ms(pr['idle_ttft_p50_s'])}); a tenant at the bulk "
+        f"priority waited p50 {ms(pr['peer_ttft_p50_s'])}, p99 {ms(pr['peer_ttft_p99_s'])}; "
+        f"{'every request counted in `rosi_requests_total`' if pr.get('counted_equals_sent') else 'counts not checked'} |",
+        f"| concurrency limit | burst of {lim['burst']} at a limit of 2: {lim['admitted_at_limit_2']} served, "
+        f"{lim['refused_429']} answered 429 with `Retry-After` and counted; after a hot reload to 6: "
+        f"{lim['admitted_after_reload_to_6']} of {lim['burst']} served |",
+        f"| tokens per minute | limit {lim['tpm_limit']}: {lim['tpm_tokens_admitted']} tokens admitted in "
+        f"{lim['tpm_seconds']:.1f} s, then 429 (`type: tokens`) |",
+        f"| broken tenant file during traffic | {len(cf['faults'])} faults ({', '.join(cf['faults'])}): "
+        f"{cf['requests_during']} requests during them, {cf['requests_failed']} failed"
+        f"{', each counted' if cf.get('counted_equals_sent') else ''}; "
+        f"{cf['rejections_counted']:.0f} rejections logged and counted, the good file applied again |",
+        f"| schemathesis on vLLM's OpenAPI schema | {fz['operations']} operations, {fz['cases']} requests "
+        f"({', '.join(f'{k}: {v}' for k, v in fz['by_key'].items())}); statuses {statuses}; "
+        f"{fz['server_errors']} server errors; {fz['unauthenticated_at_engine']:.0f} unauthenticated requests "
+        f"reached the engine; {fz['served_200']} served, all on the tenant's own variant |",
+        f"| engine killed mid-stream | the open stream got {'vLLM' + chr(39) + 's error event' if death['stream_error_event'] else 'cut'}"
+        f"; its request and the next counted with status "
+        f"{', '.join(f'{k} ×{v:.0f}' for k, v in death['counted_statuses'].items())}; `/health` {death['health_after']} |",
+    ]
+    return "\n".join(rows + ["", f"Measured by `{r['command']}` on {r['machine'].get('cpus')} CPUs "
+                                  f"({r['machine'].get('cpu_model', '?')}), vLLM {r['machine'].get('vllm')}."])
+
+
 RENDERERS = {"demo": demo, "architectures": architectures, "directions": directions, "comparison": comparison, "targets": targets, "judge": judge, "sweep": sweep,
-             "benchmarks": benchmarks, "adapters-cost": adapters_cost}
+             "benchmarks": benchmarks, "adapters-cost": adapters_cost, "reliability": reliability}
 
 
 def render(text: str) -> str:

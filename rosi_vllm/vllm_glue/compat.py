@@ -75,3 +75,22 @@ def lora_resolver_registered(name: str, resolver_cls: type) -> bool:
     from vllm.lora.resolver import LoRAResolverRegistry
 
     return isinstance(LoRAResolverRegistry.resolvers.get(name), resolver_cls)
+
+
+def openapi_schema(serve_args: list[str]) -> dict:
+    """The OpenAPI schema `vllm serve <serve_args>` publishes, built in-process (no engine).
+
+    The tenant middleware answers ``/openapi.json`` 401 (default deny), so the
+    fuzz tests read vLLM's own schema here. `build_app` and the argument parser
+    are vLLM internals.
+    """
+    import warnings
+
+    from vllm.entrypoints.launchers.app import build_app
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(serve_args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return build_app(args, ("generate",)).openapi()
