@@ -75,6 +75,14 @@ def rows() -> list[str]:
                  f"time there {served.get('own_overhead_mean_ms') or float('nan'):.2f} ms" if served else "")
         out.append(f"| P5 tenant layer, {ip['concurrency']} concurrent | own time p50 {ip['overhead_p50_ms']:.3f} ms, "
                    f"p99 {ip['overhead_p99_ms']:.3f} ms{extra} | p50 ≤ 1 ms | `{p5['command']}` |")
+        if served and isinstance(served.get("e2e_p99_vs_passthrough_ms"), dict):
+            p50, p99 = served["e2e_p50_vs_passthrough_ms"], served["e2e_p99_vs_passthrough_ms"]
+            cpu = served["api_server_cpu_ms_per_request"]
+            cells = "; ".join(f"{arm}: e2e p50 {p50[arm]:+.1f} ms, p99 {p99[arm]:+.1f} ms, API-server CPU "
+                              f"{cpu[arm]:.2f} ms/request (pass-through {cpu['passthrough']:.2f})" for arm in p50)
+            rounds = len(served["rounds"]["plain"])
+            out.append(f"| P5 rosi vs do-nothing `--middleware`, same run, {rounds} interleaved rounds (medians) | "
+                       f"{cells} | within 2 ms | `{p5['command']}` |")
     st = _load("steering_alternative")
     if st:
         out.append(f"| runtime steering (hooks) vs baked | throughput ×{_fmt(st['throughput_ratio_hook_over_baked'])} "

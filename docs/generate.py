@@ -195,8 +195,38 @@ def reliability() -> str:
                                   f"({r['machine'].get('cpu_model', '?')}), vLLM {r['machine'].get('vllm')}."])
 
 
+def layer_cost() -> str:
+    """What the tenant layer costs on a real server: P5 (latency, interleaved arms) and its py-spy profile."""
+    p5 = json.loads((ROOT / "benchmarks/results/p5_tenant_layer.json").read_text())
+    prof = json.loads((ROOT / "benchmarks/results/p5_profile.json").read_text())
+    sv = p5["served"]
+    p50, p99 = sv["e2e_p50_vs_passthrough_ms"], sv["e2e_p99_vs_passthrough_ms"]
+    spread = max((max(r["e2e_p50_s"] for r in rows) - min(r["e2e_p50_s"] for r in rows)) * 1000
+                 for rows in sv["rounds"].values())
+    text = (f"P5 (`{p5['command']}`), {len(sv['rounds']['plain'])} interleaved rounds of every arm in one run, "
+            f"medians: e2e vs the do-nothing `--middleware`, rosi p50 {p50['middleware']:+.1f} ms, "
+            f"p99 {p99['middleware']:+.1f} ms")
+    if "middleware-baseline" in p50:
+        text += (f" (the layer before this change: p50 {p50['middleware-baseline']:+.1f} ms, "
+                 f"p99 {p99['middleware-baseline']:+.1f} ms)")
+    text += (f". The same arm's p50 moved by up to {spread:.0f} ms between rounds on this machine, so these "
+             f"differences are noise here and a 2 ms target is below what it can resolve.")
+    arms = prof["arms"]
+    now = arms["this tree"]
+    text += (f"\n\nProfile (`{prof['command']}`, py-spy on the API-server process, {prof['requests']} streamed "
+             f"requests at {prof['concurrency']} concurrent): the tenant layer's own code is "
+             f"{now['layer_share'] * 100:.1f} % of the API server's CPU samples, "
+             f"{now['layer_ms_per_request']:.2f} ms per request")
+    if "baseline" in arms:
+        b = arms["baseline"]
+        text += f" (before: {b['layer_share'] * 100:.1f} %, {b['layer_ms_per_request']:.2f} ms)"
+    text += "; its largest items: " + ", ".join(f"`{name}`" for name, _ in now["top"][:3]) + "."
+    return text
+
+
 RENDERERS = {"demo": demo, "architectures": architectures, "directions": directions, "comparison": comparison, "targets": targets, "judge": judge, "sweep": sweep,
-             "benchmarks": benchmarks, "adapters-cost": adapters_cost, "reliability": reliability}
+             "benchmarks": benchmarks, "adapters-cost": adapters_cost, "reliability": reliability,
+             "layer-cost": layer_cost}
 
 
 def render(text: str) -> str:

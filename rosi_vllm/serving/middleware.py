@@ -261,7 +261,9 @@ class _ResponseRecorder:
             if self.ttft is None and self.capture.first_content_seen:
                 self.ttft = tick - self.started
             if not more:
-                out += self.capture.finish()
+                rest = self.capture.finish()
+                if rest:
+                    out += rest
             if self._held_start is not None:
                 self._held_body.append(out)
                 if more:
@@ -274,7 +276,8 @@ class _ResponseRecorder:
                 await self.downstream({**start, "headers": headers})
             elif self.rename.active:
                 out = self.rename.events(out)
-            message = {**message, "body": out}
+            if out is not message.get("body"):  # forwarded as it came when nothing changed: no copy
+                message = {**message, "body": out}
             if not more:
                 self.overhead += time.perf_counter() - tick
                 await self.downstream(message)

@@ -49,6 +49,8 @@ def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
 
 def event_data(event: bytes) -> bytes:
     """The payload of one event: its ``data:`` lines, stripped and joined (b"" for comments and keep-alives)."""
+    if event.startswith(b"data: ") and event.find(b"\n") == len(event) - 2:  # one data line: vLLM's every event
+        return event[6:-2].strip()
     return b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
 
 
@@ -71,10 +73,13 @@ class ResponseCapture:
     _saturated: bool = False
 
     def feed(self, chunk: bytes) -> bytes:
-        """Consume a body chunk; return the bytes to forward to the client now."""
+        """Consume a body chunk; return the bytes to forward to the client now (`chunk` itself if unchanged)."""
         if not self.streaming:
             self._buffer += chunk
             return chunk
+        if not self._buffer and chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2:
+            # vLLM's usual message: exactly one whole event. No splitting, no copy.
+            return chunk if self._handle_event(chunk) else b""
         events, self._buffer = split_events(self._buffer + chunk)
         return b"".join([event for event in events if self._handle_event(event)])
 
@@ -177,8 +182,9 @@ class ModelRename:
 
     def __init__(self, engine_model: str, client_model: str):
         self.active = engine_model != client_model
-        self._old = b'"model":' + json.dumps(engine_model, ensure_ascii=False).encode()
-        self._new = b'"model":' + json.dumps(client_model, ensure_ascii=False).encode()
+        if self.active:  # nothing to build for the common case (the served name, the baked variant)
+            self._old = b'"model":' + json.dumps(engine_model, ensure_ascii=False).encode()
+            self._new = b'"model":' + json.dumps(client_model, ensure_ascii=False).encode()
 
     def body(self, data: bytes) -> bytes:
         return data.replace(self._old, self._new, 1) if self.active else data

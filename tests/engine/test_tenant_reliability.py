@@ -280,6 +280,7 @@ def test_schemathesis_through_the_middleware(server):
     mutating = ("/v1/load_lora", "/v1/unload_lora", "/sleep", "/wake_up", "/reset", "/collective_rpc",
                 "/scale_elastic", "/pause", "/resume", "/shutdown", "/start_profile", "/stop_profile")
     operations = [r.ok() for r in schema.get_all_operations()]
+    models = [server.proc.args[server.proc.args.index("serve") + 1], "alias", "private", "standard"]
     tried, statuses, served, problems = collections.Counter(), collections.Counter(), collections.Counter(), []
 
     def header(r, name):
@@ -300,6 +301,9 @@ def test_schemathesis_through_the_middleware(server):
                     for key in ("max_completion_tokens", "min_tokens", "best_of", "n", "use_beam_search"):
                         case.body.pop(key, None)
                     case.body["max_tokens"] = 2
+                    # random model names are all 404: name the ones that matter in turn (the served name and
+                    # fuzz's own variant are served; another tenant's variant and an unlisted one must not be)
+                    case.body["model"] = models[sum(tried.values()) % len(models)]
                 for who in who_list:
                     headers = {"Authorization": f"Bearer {KEYS.get(who, who)}"} if who else {}
                     try:

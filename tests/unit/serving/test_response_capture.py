@@ -67,3 +67,45 @@ def test_sse_parser_splits_complete_events_and_keeps_the_rest():
     assert split_events(b"data: x") == ([], b"data: x")
     # Multi-line data, with or without the space after the colon.
     assert event_data(b"event: message\ndata:{\"a\":\ndata: 1}\n\n") == b'{"a":1}'
+
+
+# ---- property: how the stream is cut into chunks changes nothing (the one-whole-event fast path included) --------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from rosi_vllm.serving.response_capture import ModelRename  # noqa: E402
+
+
+def _stream(texts, usage: bool, error: bool) -> list[bytes]:
+    events = [b"data: " + json.dumps({"model": "rosi-alpha-8", "choices": [{"index": 0, "text": t}]},
+                                     separators=(",", ":")).encode() + b"\n\n" for t in texts]
+    if error:
+        events.append(b'data: {"error":{"message":"engine dead","type":"InternalServerError","code":500}}\n\n')
+    if usage:
+        events.append(b'data: {"model":"rosi-alpha-8","choices":[],"usage":{"prompt_tokens":3,'
+                      b'"completion_tokens":' + str(len(texts)).encode() + b"}}\n\n")
+    return events + [b"data: [DONE]\n\n"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.text(max_size=12), max_size=8), usage=st.booleans(), error=st.booleans(),
+       strip=st.booleans(), cuts=st.lists(st.integers(0, 4000), max_size=6))
+def test_any_chunking_of_a_stream_gives_the_same_result(texts, usage, error, strip, cuts):
+    events = _stream(texts, usage, error)
+    whole = b"".join(events)
+
+    def run(chunks):
+        capture, rename = ResponseCapture(streaming=True, strip_usage_event=strip), ModelRename("rosi-alpha-8", "x")
+        out = b"".join(rename.events(capture.feed(c)) for c in chunks) + rename.events(capture.finish())
+        return out, capture.texts, capture.completion_tokens, capture.prompt_tokens, capture.error_status, \
+            capture.done_seen
+
+    per_event = run(events)  # vLLM's way: one whole event per message (the fast path)
+    points = sorted({min(c, len(whole)) for c in cuts})
+    arbitrary = run([whole[a:b] for a, b in zip([0, *points], [*points, len(whole)], strict=True)])
+    assert per_event == arbitrary
+    out = per_event[0]
+    assert b"rosi-alpha" not in out and out.endswith(b"data: [DONE]\n\n")
+    assert (b'"usage"' in out) == (usage and not strip)
+    assert per_event[4] == (500 if error else None) and per_event[5]
