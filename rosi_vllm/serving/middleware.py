@@ -213,9 +213,11 @@ class RosiTenantMiddleware:
         try:
             await self.app(scope, _replay(body, receive, more), recorder.send)
         finally:
-            recorder.finish_if_incomplete()
-            capture = recorder.capture
-            admission.done(capture.prompt_tokens + capture.completion_tokens if capture.tokens_exact else None)
+            try:
+                recorder.finish_if_incomplete()
+            finally:  # the tenant's slot is given back whatever happened to the request or its metrics
+                capture = recorder.capture
+                admission.done(capture.prompt_tokens + capture.completion_tokens if capture.tokens_exact else None)
 
     async def _too_large(self, send, cap: int) -> None:
         self.metrics.rejected.labels("body_too_large").inc()

@@ -41,7 +41,7 @@ def test_alert_rules_parse():
     assert done.returncode == 0, done.stdout + done.stderr
     names = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
     assert names == {"RosiHardenedArmRefusalAtBase", "RosiDirectionMissing", "RosiServingWithoutDirection",
-                     "RosiTenantServerErrors", "RosiTenantConfigReloadRejected"}
+                     "RosiTenantServerErrors", "RosiTenantConfigReloadRejected", "RosiVariantUnavailable"}
 
 
 def test_alert_unit_tests_pass():
@@ -89,7 +89,7 @@ def test_compose_prometheus_config_loads_the_alerts_as_mounted(tmp_path):
     config = tmp_path / config_flag.split("=", 1)[1].lstrip("/")
     done = promtool("check", "config", str(config))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "5 rules found" in done.stdout
+    assert "6 rules found" in done.stdout
 
 
 def test_compose_prometheus_config_without_its_rules_is_rejected(tmp_path):
