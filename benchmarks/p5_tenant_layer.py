@@ -139,7 +139,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def served(requests: int, concurrency: int, rounds: int, work: Path, baseline_tree: str | None = None) -> dict:
-    """The same load against plain / pass-through / rosi servers, arms interleaved round by round on one machine.
+    """The same load against plain / pass-through / rosi servers, all up at once, measured in turn, round by round.
 
     `baseline_tree`: a folder holding another copy of ``rosi_vllm`` (e.g. ``git archive <commit> rosi_vllm``)
     served as one more arm, so a change is compared with its predecessor side by side in the same run.
@@ -164,34 +164,52 @@ def served(requests: int, concurrency: int, rounds: int, work: Path, baseline_tr
     if baseline_tree:
         arms["middleware-baseline"] = ("rosi_vllm.serving.middleware.RosiTenantMiddleware", baseline_tree)
     out = {arm: [] for arm in arms}
-    for r in range(rounds):
+    servers = {}
+    try:
+        # Every arm's server is up at once and the load goes to them in turn, the order rotating each round:
+        # whatever else the machine is doing hits every arm alike (a server idles while another is measured).
         for arm, (middleware, tree) in arms.items():
             args = ["--middleware", middleware] if middleware else []
-            env = {"PYTHONPATH": tree, **({"ROSI_TENANT_CONFIG": str(config)} if "rosi" in (middleware or "") else {})}
-            server = start_server(model, work / f"{arm}{r}.log", extra={"direction": str(direction)}, args=args, env=env)
-            try:
-                assert wait_until(server, timeout=600)[0], server.log()[-2000:]
+            env = {"PYTHONPATH": tree, "VLLM_CPU_KVCACHE_SPACE": "1",
+                   **({"ROSI_TENANT_CONFIG": str(config)} if "rosi" in (middleware or "") else {})}
+            servers[arm] = start_server(model, work / f"{arm}.log", extra={"direction": str(direction)},
+                                        args=args, env=env)
+        for arm, server in servers.items():
+            assert wait_until(server, timeout=900)[0], server.log()[-2000:]
+        headers = [{"Authorization": f"Bearer {KEY}"}] * requests
+        for arm, server in servers.items():  # warm-up
+            run_load(server.url, [{"model": str(model), "prompt": p, "max_tokens": 8, "ignore_eos": True}
+                                  for p in unique_prompts(64, 8, f"warm-{arm}")], concurrency=concurrency,
+                     headers=headers[:64])
+        names = list(servers)
+        for r in range(rounds):
+            for arm in names[r % len(names):] + names[: r % len(names)]:
+                server = servers[arm]
                 bodies = [{"model": str(model), "prompt": p, "max_tokens": 8, "ignore_eos": True}
                           for p in unique_prompts(requests, 8, f"{arm}{r}")]
-                headers = [{"Authorization": f"Bearer {KEY}"}] * requests
-                run_load(server.url, [dict(b) for b in bodies[:64]], concurrency=concurrency, headers=headers[:64])
                 cpu = _cpu_s(server.proc.pid)
                 row = summarise(*run_load(server.url, bodies, concurrency=concurrency, headers=headers))
                 row["api_server_cpu_ms_per_request"] = (_cpu_s(server.proc.pid) - cpu) / requests * 1000
-                if middleware and "rosi" in middleware:
-                    row["own_overhead_mean_ms"] = _served_overhead_ms(server.url)
+                row["round"] = r
                 out[arm].append(row)
-            finally:
-                server.stop()
+        for arm, (middleware, _) in arms.items():
+            if middleware and "rosi" in middleware:
+                out[arm][-1]["own_overhead_mean_ms"] = _served_overhead_ms(servers[arm].url)
+    finally:
+        for server in servers.values():
+            server.stop()
 
     def med(arm, key):
         return median(x[key] for x in out[arm])
 
-    result = {"rounds": out, "arms": list(arms)}
+    def paired(arm, key):
+        """Median over rounds of (arm − pass-through) within the same round: drift between rounds cancels."""
+        return median((a[key] - b[key]) * 1000 for a, b in zip(out[arm], out["passthrough"], strict=True))
+
+    result = {"rounds": out, "arms": list(arms), "servers_up_together": True}
     for key, name in (("e2e_p50_s", "e2e_p50"), ("e2e_p99_s", "e2e_p99"), ("ttft_p50_s", "ttft_p50")):
         result[f"{name}_added_ms"] = {arm: (med(arm, key) - med("plain", key)) * 1000 for arm in arms}
-        result[f"{name}_vs_passthrough_ms"] = {arm: (med(arm, key) - med("passthrough", key)) * 1000
-                                               for arm in arms if "middleware" in arm}
+        result[f"{name}_vs_passthrough_ms"] = {arm: paired(arm, key) for arm in arms if arm != "passthrough"}
     result["api_server_cpu_ms_per_request"] = {arm: med(arm, "api_server_cpu_ms_per_request") for arm in arms}
     own = [x["own_overhead_mean_ms"] for x in out["middleware"] if x.get("own_overhead_mean_ms") is not None]
     result["own_overhead_mean_ms"] = median(own)

@@ -203,14 +203,25 @@ def layer_cost() -> str:
     p50, p99 = sv["e2e_p50_vs_passthrough_ms"], sv["e2e_p99_vs_passthrough_ms"]
     spread = max((max(r["e2e_p50_s"] for r in rows) - min(r["e2e_p50_s"] for r in rows)) * 1000
                  for rows in sv["rounds"].values())
-    text = (f"P5 (`{p5['command']}`), {len(sv['rounds']['plain'])} interleaved rounds of every arm in one run, "
-            f"medians: e2e vs the do-nothing `--middleware`, rosi p50 {p50['middleware']:+.1f} ms, "
-            f"p99 {p99['middleware']:+.1f} ms")
+    together = sv.get("servers_up_together")
+    text = (f"P5 (`{p5['command']}`): " + (
+        f"every arm's server up at once, {len(sv['rounds']['plain'])} rounds sending the same load to each in "
+        f"turn (order rotating), differences paired within a round, medians over rounds" if together else
+        f"{len(sv['rounds']['plain'])} interleaved rounds of every arm in one run, medians") +
+        f". E2e vs the do-nothing `--middleware`: rosi p50 {p50['middleware']:+.1f} ms, p99 {p99['middleware']:+.1f} ms")
     if "middleware-baseline" in p50:
         text += (f" (the layer before this change: p50 {p50['middleware-baseline']:+.1f} ms, "
                  f"p99 {p99['middleware-baseline']:+.1f} ms)")
-    text += (f". The same arm's p50 moved by up to {spread:.0f} ms between rounds on this machine, so these "
-             f"differences are noise here and a 2 ms target is below what it can resolve.")
+    if "plain" in p50:
+        text += (f"; no middleware at all vs the do-nothing one (vLLM's hook itself, sign reversed): "
+                 f"p50 {p50['plain']:+.1f} ms, p99 {p99['plain']:+.1f} ms")
+    text += (f". The same arm's p50 moved by up to {spread:.0f} ms between rounds on this machine "
+             f"({p5['machine'].get('cpus')} CPUs, shared with other work), which bounds what these differences can "
+             f"resolve.")
+    cpu = sv.get("api_server_cpu_ms_per_request")
+    if cpu:
+        text += (" API-server CPU time per request, steadier than latency here: "
+                 + ", ".join(f"{arm} {v:.2f} ms" for arm, v in cpu.items()) + ".")
     arms = prof["arms"]
     now = arms["this tree"]
     text += (f"\n\nProfile (`{prof['command']}`, py-spy on the API-server process, {prof['requests']} streamed "
