@@ -52,6 +52,8 @@ def cache(tmp_path, request):
         yield folder, lambda: subprocess.run(["mount", "-o", "remount,rw", str(folder)], check=True)
         _umount(folder)
     else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folder modes, and this machine does not let it mount")
         folder.mkdir(exist_ok=True)
         folder.chmod(0o555)
         yield folder, lambda: folder.chmod(0o755)
