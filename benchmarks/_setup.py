@@ -44,3 +44,19 @@ def unique_prompts(n: int, words: int, tag: str) -> list[str]:
     """Distinct prompts (no prefix-cache hits between requests) of about `words` words."""
     body = " ".join(f"word{i % 97}" for i in range(words))
     return [f"{tag} request {i}: {body}" for i in range(n)]
+
+
+#: the API key of the one benchmark tenant (`served_tenant_config`)
+BENCH_KEY = "sk-bench-key"
+
+
+def served_tenant_config(path: Path) -> Path:
+    """A tenant file with one tenant (key `BENCH_KEY`) on the baked variant: the tenant layer's served arm."""
+    import yaml
+
+    from rosi_vllm.serving.tenant_config import key_digest
+
+    path.write_text(yaml.safe_dump({"version": 1, "variants": {"standard": "baked"},
+                                    "tenants": {"t": {"api_key_sha256": [key_digest(BENCH_KEY)],
+                                                      "default_variant": "standard"}}}))
+    return path

@@ -26,11 +26,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
 from ._common import benchmark_parser, write_result
+from ._setup import BENCH_KEY as KEY
 
-KEY = "sk-bench-key"
 _DOWNSTREAM = re.compile(r"(vllm/|starlette|fastapi|uvicorn|httptools)")
 
 
@@ -52,18 +50,14 @@ def own_share(raw: Path) -> dict:
 
 
 def profile_arm(tree: str, requests: int, concurrency: int, rate: int, work: Path, tag: str) -> dict:
-    from rosi_vllm.serving.tenant_config import key_digest
     from rosi_vllm.testing.serve_process import start_server, wait_until
 
     from ._load import run_load, summarise
-    from ._setup import direction_for, resolve_model, unique_prompts
+    from ._setup import direction_for, resolve_model, served_tenant_config, unique_prompts
 
     model = resolve_model("tiny", work)
     direction, _ = direction_for(model, work)
-    config = work / "tenants.yaml"
-    config.write_text(yaml.safe_dump({"version": 1, "variants": {"standard": "baked"},
-                                      "tenants": {"t": {"api_key_sha256": [key_digest(KEY)],
-                                                        "default_variant": "standard"}}}))
+    config = served_tenant_config(work / "tenants.yaml")
     server = start_server(model, work / f"{tag}.log", extra={"direction": str(direction)},
                           args=["--middleware", "rosi_vllm.serving.middleware.RosiTenantMiddleware"],
                           env={"ROSI_TENANT_CONFIG": str(config), "PYTHONPATH": tree})

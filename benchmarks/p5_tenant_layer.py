@@ -27,8 +27,7 @@ import yaml
 from rosi_vllm.reports.plots import figure
 
 from ._common import benchmark_parser, median, percentile, write_result
-
-KEY = "sk-bench-key"
+from ._setup import BENCH_KEY as KEY
 
 
 class _FakeEngine:
@@ -146,18 +145,14 @@ def served(requests: int, concurrency: int, rounds: int, work: Path, baseline_tr
     Besides latency, each arm records the API-server process's CPU time per request: on a CPU-bound API
     server every added microsecond of work becomes queueing delay for all streams.
     """
-    from rosi_vllm.serving.tenant_config import key_digest
     from rosi_vllm.testing.serve_process import start_server, wait_until
 
     from ._load import run_load, summarise
-    from ._setup import direction_for, resolve_model, unique_prompts
+    from ._setup import direction_for, resolve_model, served_tenant_config, unique_prompts
 
     model = resolve_model("tiny", work)
     direction, _ = direction_for(model, work)
-    config = work / "served-tenants.yaml"
-    config.write_text(yaml.safe_dump({"version": 1, "variants": {"standard": "baked"},
-                                      "tenants": {"t": {"api_key_sha256": [key_digest(KEY)],
-                                                        "default_variant": "standard"}}}))
+    config = served_tenant_config(work / "served-tenants.yaml")
     root = str(Path(__file__).resolve().parents[1])
     arms = {"plain": (None, root), "passthrough": ("benchmarks._passthrough.PassThroughMiddleware", root),
             "middleware": ("rosi_vllm.serving.middleware.RosiTenantMiddleware", root)}

@@ -183,6 +183,12 @@ def wait_ready(server: DemoServer, timeout: float = 300.0, progress=None) -> flo
 
 
 def interrupt_as_keyboard_interrupt() -> None:
-    """SIGTERM (e.g. from a test harness or `timeout`) unwinds like Ctrl-C, so `finally` stops the server."""
+    """Ctrl-C and SIGTERM (e.g. from a test harness or `timeout`) unwind as KeyboardInterrupt, so `finally`
+    stops the server.
+
+    SIGINT is set explicitly too: a process started from a non-interactive shell's background job inherits
+    SIGINT *ignored*, and Python then leaves it ignored, so the demo would run on after an interrupt.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if sys.platform != "win32":
         signal.signal(signal.SIGTERM, signal.default_int_handler)
