@@ -216,7 +216,7 @@ def layer_cost() -> str:
         text += (f"; no middleware at all vs the do-nothing one (vLLM's hook itself, sign reversed): "
                  f"p50 {p50['plain']:+.1f} ms, p99 {p99['plain']:+.1f} ms")
     text += (f". The same arm's p50 moved by up to {spread:.0f} ms between rounds on this machine "
-             f"({p5['machine'].get('cpus')} CPUs, shared with other work), which bounds what these differences can "
+             f"({p5['machine'].get('cpus')} CPUs), which bounds what these differences can "
              f"resolve.")
     cpu = sv.get("api_server_cpu_ms_per_request")
     if cpu:
