@@ -317,14 +317,14 @@ def split_sources(sources: list[WriterInputs]) -> tuple[WriterInputs, WriterInpu
     return WriterInputs.concat([f for f, _ in pairs]), WriterInputs.concat([o for _, o in pairs])
 
 
-def fit_gates(writers: list[Writer], harmful: WriterInputs | list[WriterInputs],
-              benign: WriterInputs | list[WriterInputs], settings) -> list[GateFit]:
+def fit_gates(writers: list[Writer], harmful: list[WriterInputs], benign: list[WriterInputs],
+              settings) -> list[GateFit]:
     """One `GateFit` per (method, ρ, λ) in `settings`: fitted on the fit part, scored on the held-out part.
 
-    `harmful` / `benign`: one set of inputs or several sources (plain and wrapped requests), held out per source.
+    `harmful` / `benign`: the sources of each side (plain and wrapped requests), held out per source.
     """
-    h_fit, h_out = split_sources(harmful if isinstance(harmful, list) else [harmful])
-    b_fit, b_out = split_sources(benign if isinstance(benign, list) else [benign])
+    h_fit, h_out = split_sources(harmful)
+    b_fit, b_out = split_sources(benign)
     rhos = [rho for method, rho, _ in settings if method == "nullspace"]
     bases = {}
     for w in writers:
@@ -509,8 +509,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     collected = time.perf_counter()
     fits = fit_gates(writers, harmful, benign, settings)
     fit = max(fits, key=lambda f: f.mean_auroc)
-    fit_seconds = time.perf_counter() - started
-    stages = {"load_and_collect": round(collected - started, 1), "fit": round(fit_seconds - (collected - started), 1)}
+    fitted = time.perf_counter()
+    fit_seconds = fitted - started
     if progress:
         print(f"gate: {len(writers)} writers, best fit {fit.settings()} (mean held-out AUROC {fit.mean_auroc:.3f}) "
               f"in {fit_seconds:.0f} s")
@@ -541,7 +541,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     candidates += final
     best = max(final, key=GatedCandidate.rank_key)
 
-    stages["select"] = round(time.perf_counter() - started - fit_seconds, 1)
+    stages = {"load_and_collect": round(collected - started, 1), "fit": round(fitted - collected, 1),
+              "select": round(time.perf_counter() - fitted, 1)}
     direction = gated_direction(write, fit, best.window, best.targets)
     direction.recommended_alpha = best.alpha
     direction.provenance = {**write.provenance, "write_direction": Path(write_direction).name,
