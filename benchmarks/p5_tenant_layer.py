@@ -29,20 +29,36 @@ from rosi_vllm.reports.plots import figure
 from ._common import benchmark_parser, median, percentile, write_result
 from ._setup import BENCH_KEY as KEY
 
+_MODEL = "served"
+_TOKENS = 8  # as the served arms: max_tokens 8, ignore_eos
+
+
+def _vllm_event(obj) -> bytes:
+    """One server-sent event as vLLM writes it (pydantic's compact JSON, one event per message)."""
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+_EVENTS = [_vllm_event({"id": "cmpl-0123456789abcdef", "object": "text_completion", "created": 1764130000,
+                        "model": _MODEL, "choices": [{"index": 0, "text": f" token{i}", "logprobs": None,
+                                                      "finish_reason": None if i < _TOKENS - 1 else "length",
+                                                      "stop_reason": None}]}) for i in range(_TOKENS)]
+_USAGE = _vllm_event({"id": "cmpl-0123456789abcdef", "object": "text_completion", "created": 1764130000,
+                      "model": _MODEL, "choices": [],
+                      "usage": {"prompt_tokens": 9, "total_tokens": 9 + _TOKENS, "completion_tokens": _TOKENS}})
+
 
 class _FakeEngine:
-    """Fake downstream ASGI app: streams 16 token events at once (no model)."""
+    """Fake downstream ASGI app (no model): streams what vLLM streams for an 8-token completion, at once."""
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return
         await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-        for i in range(16):
-            event = json.dumps({"choices": [{"index": 0, "text": f" token{i}"}]})
-            await send({"type": "http.response.body", "body": f"data: {event}\n\n".encode(), "more_body": True})
-        usage = json.dumps({"choices": [], "usage": {"completion_tokens": 16}})
-        await send({"type": "http.response.body", "body": f"data: {usage}\n\ndata: [DONE]\n\n".encode()})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        for event in (*_EVENTS, _USAGE, b"data: [DONE]\n\n"):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class _Recorder:
@@ -53,7 +69,9 @@ class _Recorder:
         self.values.append(value)
 
 
-def in_process(n: int, concurrency: int, work: Path) -> dict:
+def in_process(n: int, concurrency: int, work: Path, reps: int = 5) -> dict:
+    """The layer's own cost without a server: its self-timed overhead, and CPU per request beside a do-nothing
+    middleware around the same fake engine (process CPU time, repetitions interleaved, median)."""
     import torch
     from prometheus_client import CollectorRegistry
 
@@ -63,6 +81,8 @@ def in_process(n: int, concurrency: int, work: Path) -> dict:
     from rosi_vllm.serving.middleware import RosiTenantMiddleware
     from rosi_vllm.serving.tenant_config import key_digest
     from rosi_vllm.testing.tiny_models import build_tiny_model
+
+    from ._passthrough import PassThroughMiddleware
 
     model = build_tiny_model("llama", work / "tiny")
     direction = save_direction(work / "d.safetensors", direction_for_checkpoint(
@@ -79,13 +99,15 @@ def in_process(n: int, concurrency: int, work: Path) -> dict:
         vllm_config=SimpleNamespace(
             load_config=SimpleNamespace(load_format="rosi", model_loader_extra_config={"direction": str(direction)}),
             lora_config=None, model_config=SimpleNamespace(model=str(model))),
-        openai_serving_models=SimpleNamespace(base_model_paths=[SimpleNamespace(name="served")]))
+        openai_serving_models=SimpleNamespace(base_model_paths=[SimpleNamespace(name=_MODEL)]))
+    arms = {"passthrough": PassThroughMiddleware(_FakeEngine()), "rosi": mw}
 
-    async def one(i):
-        body = json.dumps({"model": "served", "prompt": "hello", "max_tokens": 16, "stream": True,
-                           "user": f"user-{i}"}).encode()
+    async def one(app, i):
+        body = json.dumps({"model": _MODEL, "prompt": "hello", "max_tokens": _TOKENS, "ignore_eos": True,
+                           "stream": True, "stream_options": {"include_usage": True}, "user": f"user-{i}"}).encode()
         scope = {"type": "http", "path": "/v1/completions", "method": "POST", "app": SimpleNamespace(state=state),
-                 "headers": [(b"authorization", f"Bearer {KEY}".encode()), (b"content-type", b"application/json")]}
+                 "headers": [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {KEY}".encode()),
+                             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
 
         async def receive():
             return {"type": "http.request", "body": body, "more_body": False}
@@ -93,26 +115,38 @@ def in_process(n: int, concurrency: int, work: Path) -> dict:
         async def send(message):
             pass
 
-        await mw(scope, receive, send)
+        await app(scope, receive, send)
 
-    async def run():
-        semaphore = asyncio.Semaphore(concurrency)
+    def run(app, count):
+        async def main():
+            semaphore = asyncio.Semaphore(concurrency)
 
-        async def bounded(i):
-            async with semaphore:
-                await one(i)
+            async def bounded(i):
+                async with semaphore:
+                    await one(app, i)
 
-        await asyncio.gather(*(bounded(i) for i in range(n)))
+            await asyncio.gather(*(bounded(i) for i in range(count)))
 
-    asyncio.run(run())  # warm-up pass (imports, first bind)
+        asyncio.run(main())
+
+    for app in arms.values():  # warm-up (imports, first bind)
+        run(app, min(n, 500))
     recorder.values.clear()
+    cpu = {arm: [] for arm in arms}
     started = time.perf_counter()
-    asyncio.run(run())
+    for _ in range(reps):
+        for arm, app in arms.items():
+            tick = time.process_time()
+            run(app, n)
+            cpu[arm].append((time.process_time() - tick) / n * 1e6)
     wall = time.perf_counter() - started
     values = recorder.values
-    return {"requests": len(values), "concurrency": concurrency, "wall_s": wall,
+    cpu_us = {arm: median(v) for arm, v in cpu.items()}
+    return {"requests": n, "repetitions": reps, "concurrency": concurrency, "wall_s": wall,
+            "events_per_request": len(_EVENTS) + 3,
             "overhead_p50_ms": median(values) * 1000, "overhead_p99_ms": percentile(values, 0.99) * 1000,
-            "overhead_mean_ms": sum(values) / len(values) * 1000}
+            "overhead_mean_ms": sum(values) / len(values) * 1000,
+            "cpu_us_per_request": cpu_us, "cpu_us_added": cpu_us["rosi"] - cpu_us["passthrough"]}
 
 
 def _served_overhead_ms(url: str) -> float | None:
@@ -206,6 +240,20 @@ def served(requests: int, concurrency: int, rounds: int, work: Path, baseline_tr
         result[f"{name}_added_ms"] = {arm: (med(arm, key) - med("plain", key)) * 1000 for arm in arms}
         result[f"{name}_vs_passthrough_ms"] = {arm: paired(arm, key) for arm in arms if arm != "passthrough"}
     result["api_server_cpu_ms_per_request"] = {arm: med(arm, "api_server_cpu_ms_per_request") for arm in arms}
+    # Closed loop: `concurrency` streams, each sending its next request when the last one ends. On a saturated
+    # server e2e ≈ concurrency / throughput (Little's law), so every ms of API-server work added per request
+    # reaches every request `concurrency` times over. Both predictions below are paired per round.
+    cpu_ms = result["api_server_cpu_ms_per_request"]
+    result["closed_loop"] = {
+        "concurrency": concurrency,
+        "requests_per_s": {arm: med(arm, "requests_per_s") for arm in arms},
+        "predicted_e2e_added_ms_from_cpu": {arm: concurrency * (cpu_ms[arm] - cpu_ms["passthrough"])
+                                            for arm in arms if arm != "passthrough"},
+        "predicted_e2e_added_ms_from_throughput": {
+            arm: median((concurrency / a["requests_per_s"] - concurrency / b["requests_per_s"]) * 1000
+                        for a, b in zip(out[arm], out["passthrough"], strict=True))
+            for arm in arms if arm != "passthrough"},
+    }
     own = [x["own_overhead_mean_ms"] for x in out["middleware"] if x.get("own_overhead_mean_ms") is not None]
     result["own_overhead_mean_ms"] = median(own)
     # the figures earlier results and the docs read

@@ -52,6 +52,41 @@ class RosiMetrics:
                                        multiprocess_mode="max")
         self.config_reloads = Counter("rosi_tenant_config_reloads", "Tenant config reload attempts", ("result",),
                                       registry=registry)
+        self._series: dict[tuple[str, ...], TenantSeries] = {}
+
+    def series(self, labels: tuple[str, str, str, str]) -> TenantSeries:
+        """The per-request series of one (tenant, variant, experiment, arm), looked up once and kept.
+
+        prometheus-client's ``labels()`` validates and locks on every call; a
+        request records up to six series, so the children are cached here (the
+        registry keeps every child forever anyway, so this holds nothing extra).
+        """
+        found = self._series.get(labels)
+        if found is None:
+            found = self._series[labels] = TenantSeries(self, labels)
+        return found
+
+
+class TenantSeries:
+    """The children of one label set: what the middleware updates at the end of each request."""
+
+    __slots__ = ("_requests_metric", "_labels", "_requests", "responses", "refusals", "generated_tokens", "ttft",
+                 "e2e")
+
+    def __init__(self, metrics: RosiMetrics, labels: tuple[str, ...]):
+        self._requests_metric, self._labels, self._requests = metrics.requests, labels, {}
+        self.responses = metrics.responses.labels(*labels)
+        self.refusals = metrics.refusals.labels(*labels)
+        self.generated_tokens = metrics.generated_tokens.labels(*labels)
+        self.ttft = metrics.ttft.labels(*labels)
+        self.e2e = metrics.e2e.labels(*labels)
+
+    def requests(self, endpoint: str, status: str):
+        key = (endpoint, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self._requests_metric.labels(*self._labels, endpoint, status)
+        return child
 
 
 _DEFAULT: RosiMetrics | None = None

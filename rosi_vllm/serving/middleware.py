@@ -243,6 +243,20 @@ class _ResponseRecorder:
 
     async def send(self, message):
         tick = time.perf_counter()
+        if message["type"] == "http.response.body" and self._held_start is None and not self.rename.active:
+            # the per-token path (a streamed event, nothing renamed): kept lean, every stream in flight waits on it
+            body = message.get("body", b"")
+            out = self.capture.feed(body)
+            if self.ttft is None and self.capture.first_content_seen:
+                self.ttft = tick - self.started
+            if message.get("more_body", False):
+                if out is not body:
+                    message = {**message, "body": out}
+                self.overhead += time.perf_counter() - tick
+                await self.downstream(message)
+                return
+            await self._send_last(message, out + self.capture.finish(), tick)
+            return
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message.get("status", 200)
@@ -263,9 +277,7 @@ class _ResponseRecorder:
             if self.ttft is None and self.capture.first_content_seen:
                 self.ttft = tick - self.started
             if not more:
-                rest = self.capture.finish()
-                if rest:
-                    out += rest
+                out += self.capture.finish()
             if self._held_start is not None:
                 self._held_body.append(out)
                 if more:
@@ -276,17 +288,23 @@ class _ResponseRecorder:
                 headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
                 headers.append((b"content-length", str(len(out)).encode()))
                 await self.downstream({**start, "headers": headers})
-            elif self.rename.active:
+            else:
                 out = self.rename.events(out)
+            if not more:
+                await self._send_last(message, out, tick)
+                return
             if out is not message.get("body"):  # forwarded as it came when nothing changed: no copy
                 message = {**message, "body": out}
-            if not more:
-                self.overhead += time.perf_counter() - tick
-                await self.downstream(message)
-                self._record(time.perf_counter())
-                return
         self.overhead += time.perf_counter() - tick
         await self.downstream(message)
+
+    async def _send_last(self, message, out: bytes, tick: float) -> None:
+        """The response's last message: forward it, then record the request."""
+        if out is not message.get("body"):
+            message = {**message, "body": out}
+        self.overhead += time.perf_counter() - tick
+        await self.downstream(message)
+        self._record(time.perf_counter())
 
     def finish_if_incomplete(self) -> None:
         if not self.done:  # the app ended without a final body (client gone, engine dead, exception)
@@ -311,22 +329,22 @@ class _ResponseRecorder:
         if self.done:
             return
         self.done = True
-        m, labels = self.mw.metrics, self.labels
+        series = self.mw.metrics.series(self.labels)
         status = self._final_status()
-        m.requests.labels(*labels, self.endpoint, status).inc()
-        m.e2e.labels(*labels).observe(ended - self.started)
-        m.overhead.observe(self.overhead)
+        series.requests(self.endpoint, status).inc()
+        series.e2e.observe(ended - self.started)
+        self.mw.metrics.overhead.observe(self.overhead)
         if status != "200":
             return
         if self.ttft is not None:
-            m.ttft.labels(*labels).observe(self.ttft)
+            series.ttft.observe(self.ttft)
         texts = list(self.capture.texts.values())
         if texts:
-            m.responses.labels(*labels).inc(len(texts))
+            series.responses.inc(len(texts))
             # inc(0) too: the series exists from the first judged response, so refusal *rates* are 0, not absent
-            m.refusals.labels(*labels).inc(sum(self.mw.judge.judge(texts)))
+            series.refusals.inc(sum(self.mw.judge.judge(texts)))
         if self.capture.completion_tokens:
-            m.generated_tokens.labels(*labels).inc(self.capture.completion_tokens)
+            series.generated_tokens.inc(self.capture.completion_tokens)
 
 
 def _bearer(scope) -> str | None:

@@ -14,9 +14,11 @@ requested. Without a usage event tokens are counted as content events (one per
 token with vLLM's defaults) and `tokens_exact` is False.
 
 Text is kept up to `text_limit` characters per choice: the refusal judge reads
-only the opening (160 characters), and once every choice has that much, later
-events are no longer JSON-decoded (a byte search finds the usage event), so a
-long stream costs the API server almost nothing per token.
+only the opening (160 characters). Content events are decoded in batches, and
+once every choice has that much text not at all (a byte search finds the usage
+and error events): on a CPU-bound API server every microsecond per token is
+queueing delay for every stream in flight, so a stream costs it as little as
+possible.
 
 `split_events` and `event_data` are the project's one server-sent-events
 parser (the benchmarks' load generator reads streams with them too): events end
@@ -26,7 +28,7 @@ at a blank line (``\n\n``), an event's payload is its ``data:`` lines joined.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
 
 #: The payload of the event that ends an OpenAI-style stream.
 DONE = b"[DONE]"
@@ -54,23 +56,73 @@ def event_data(event: bytes) -> bytes:
     return b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
 
 
-@dataclass
+#: content events decoded together: one ``json.loads`` per batch instead of one per token
+DECODE_BATCH = 32
+#: vLLM's closing event, byte for byte
+DONE_EVENT = b"data: [DONE]\n\n"
+#: keys whose events are decoded when they arrive, not batched (inside a JSON string every ``"`` is escaped, so
+#: generated text never matches): the usage event (token counts, maybe stripped) and vLLM's error event
+_USAGE_KEY, _ERROR_KEY = b'"usage"', b'"error"'
+#: an event carrying non-empty generated text: the first one is time to first token
+_CONTENT = re.compile(rb'"(?:text|content)"\s*:\s*"(?!")')
+#: a choice's text as vLLM writes it (compact JSON): completions ``"index":0,"text":"…"``, chat
+#: ``"index":0,"delta":{"content":"…"`` (the first chat event also names the role). Keys cannot occur inside
+#: strings (their quotes would be escaped), so a match is a choice's text; an event with text in any other shape
+#: is JSON-decoded instead.
+_CHOICE_TEXT = re.compile(rb'"index":(\d+),(?:"text"|"delta":\{(?:"role":"\w+",)?"content"):"((?:[^"\\]|\\.)*)"')
+
+
 class ResponseCapture:
-    streaming: bool
-    strip_usage_event: bool = False
-    text_limit: int = 512
-    texts: dict[int, str] = field(default_factory=dict)
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
-    tokens_exact: bool = False
-    first_content_seen: bool = False
-    #: the stream's HTTP-like status when it carried an error event (vLLM's shape: {"error": {"code": 500, ...}})
-    error_status: int | None = None
-    #: streaming: the closing ``data: [DONE]`` arrived (a stream without it was cut short)
-    done_seen: bool = False
-    _buffer: bytes = b""
-    _content_events: int = 0
-    _saturated: bool = False
+    """The text and token counts of one response, read as it passes through.
+
+    Streaming content events are not decoded one by one: they are kept as they
+    came and decoded in batches (one ``json.loads`` of a JSON array), and not at
+    all once every choice has `text_limit` characters. Only usage and error
+    events are decoded when they arrive. `texts`, `completion_tokens` and
+    `done_seen` decode what is still pending when they are read.
+    """
+
+    __slots__ = ("streaming", "strip_usage_event", "text_limit", "_texts", "_completion_tokens", "prompt_tokens",
+                 "tokens_exact", "first_content_seen", "error_status", "_done_seen", "_buffer", "_pending",
+                 "_content_events", "_saturated")
+
+    def __init__(self, streaming: bool, strip_usage_event: bool = False, text_limit: int = 512):
+        self.streaming, self.strip_usage_event, self.text_limit = streaming, strip_usage_event, text_limit
+        self._texts: dict[int, str] = {}
+        self._completion_tokens = 0
+        self.prompt_tokens = 0
+        self.tokens_exact = False
+        self.first_content_seen = False
+        #: the stream's HTTP-like status when it carried an error event (vLLM's shape: {"error": {"code": 500, ...}})
+        self.error_status: int | None = None
+        self._done_seen = False
+        self._buffer = b""
+        self._pending: list[bytes] = []
+        self._content_events = 0
+        self._saturated = False
+
+    @property
+    def texts(self) -> dict[int, str]:
+        """Generated text per choice index, up to `text_limit` characters each."""
+        if self._pending:
+            self._decode_pending()
+        return self._texts
+
+    @property
+    def completion_tokens(self) -> int:
+        """vLLM's usage count when the response had one (`tokens_exact`), else the content events seen."""
+        if self.tokens_exact:
+            return self._completion_tokens
+        if self._pending:
+            self._decode_pending()
+        return self._content_events
+
+    @property
+    def done_seen(self) -> bool:
+        """Streaming: the closing ``data: [DONE]`` arrived (a stream without it was cut short)."""
+        if self._pending and not self._done_seen:
+            self._decode_pending()
+        return self._done_seen
 
     def feed(self, chunk: bytes) -> bytes:
         """Consume a body chunk; return the bytes to forward to the client now (`chunk` itself if unchanged)."""
@@ -92,22 +144,29 @@ class ResponseCapture:
         rest, self._buffer = self._buffer, b""
         if rest.strip() and self._handle_event(rest):
             return rest
-        if not self.tokens_exact:
-            self.completion_tokens = self._content_events
         return b""
 
     def _handle_event(self, event: bytes) -> bool:
-        """Record one SSE event; False if it must not reach the client."""
-        payload = event_data(event)
-        if payload == DONE:
-            self.done_seen = True
-        if not payload or payload == DONE:
-            if not self.tokens_exact:
-                self.completion_tokens = self._content_events
+        """Record one whole SSE event; False if it must not reach the client. The per-token path: keep it lean."""
+        if _USAGE_KEY in event or _ERROR_KEY in event:
+            return self._handle_decoded(event_data(event))
+        if event == DONE_EVENT:
+            self._done_seen = True
             return True
-        if self._saturated and b'"usage"' not in payload:
-            self._content_events += 1  # enough text for the judge: count, do not decode
+        if not self.first_content_seen and _CONTENT.search(event):
+            self.first_content_seen = True
+        if self._saturated:
+            if event.startswith(b"data:"):
+                self._content_events += 1  # enough text for the judge: count, do not decode
             return True
+        self._pending.append(event)
+        if len(self._pending) >= DECODE_BATCH:
+            self._decode_pending()
+        return True
+
+    def _handle_decoded(self, payload: bytes) -> bool:
+        if self._pending:  # keep the text in stream order
+            self._decode_pending()
         try:
             data = json.loads(payload)
         except ValueError:
@@ -121,19 +180,58 @@ class ResponseCapture:
             return True
         usage = data.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self.completion_tokens, self.tokens_exact = usage["completion_tokens"], True
+            self._completion_tokens, self.tokens_exact = usage["completion_tokens"], True
             self.prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
             if self.strip_usage_event and not data.get("choices"):
                 return False
+        self._take_choices(data)
+        return True
+
+    def _decode_pending(self) -> None:
+        """Read the kept events' text: vLLM's own shape by pattern, anything else (and odd ``[DONE]``s) as JSON."""
+        events, self._pending = self._pending, []
+        payloads = []
+        for event in events:
+            found = vllm_choice_texts(event)
+            if found:
+                for index, text in found:
+                    self._add_text(index, text)
+                continue
+            payload = event_data(event)
+            if payload == DONE:
+                self._done_seen = True
+            elif payload:
+                payloads.append(payload)
+        if payloads:
+            self._decode_json(payloads)
+        self._saturated = bool(self._texts) and min(map(len, self._texts.values())) >= self.text_limit
+
+    def _decode_json(self, payloads: list[bytes]) -> None:
+        try:
+            items = json.loads(b"[" + b",".join(payloads) + b"]")
+        except ValueError:  # one bad event must not hide the others' text
+            items = []
+            for payload in payloads:
+                try:
+                    items.append(json.loads(payload))
+                except ValueError:
+                    continue
+        for data in items:
+            if isinstance(data, dict):
+                self._take_choices(data)
+
+    def _take_choices(self, data: dict) -> None:
         for choice in data.get("choices") or []:
             piece = _choice_text(choice)
             if piece:
-                index = choice.get("index", 0)
-                self.texts[index] = (self.texts.get(index, "") + piece)[: self.text_limit]
-                self.first_content_seen = True
-                self._content_events += 1
-        self._saturated = bool(self.texts) and min(map(len, self.texts.values())) >= self.text_limit
-        return True
+                self._add_text(choice.get("index", 0), piece)
+        self._saturated = bool(self._texts) and min(map(len, self._texts.values())) >= self.text_limit
+
+    def _add_text(self, index, piece: str) -> None:
+        if piece:
+            self._texts[index] = (self._texts.get(index, "") + piece)[: self.text_limit]
+            self.first_content_seen = True
+            self._content_events += 1
 
     def _parse_json_body(self, body: bytes) -> None:
         try:
@@ -145,11 +243,17 @@ class ResponseCapture:
         for choice in data.get("choices") or []:
             piece = _choice_text(choice)
             if piece is not None:
-                self.texts[choice.get("index", 0)] = piece
+                self._texts[choice.get("index", 0)] = piece
         usage = data.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self.completion_tokens, self.tokens_exact = usage["completion_tokens"], True
+            self._completion_tokens, self.tokens_exact = usage["completion_tokens"], True
             self.prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
+
+
+def vllm_choice_texts(event: bytes) -> list[tuple[int, str]]:
+    """(index, text) of each choice of one event in vLLM's own shape, read by pattern; [] for any other shape."""
+    return [(int(index), raw.decode("utf-8", "replace") if b"\\" not in raw else json.loads(b'"' + raw + b'"'))
+            for index, raw in _CHOICE_TEXT.findall(event)]
 
 
 def _choice_text(choice) -> str | None:

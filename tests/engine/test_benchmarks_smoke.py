@@ -61,6 +61,8 @@ def test_p5_tenant_layer_smoke(tmp_path):
     run_smoke("p5_tenant_layer", tmp_path)
     data = load(tmp_path, "p5_tenant_layer_smoke")["in_process"]
     assert data["requests"] == 512 and data["overhead_p50_ms"] > 0
+    cpu = data["cpu_us_per_request"]  # the layer does strictly more than a do-nothing middleware
+    assert cpu["rosi"] > cpu["passthrough"] > 0 and data["cpu_us_added"] == cpu["rosi"] - cpu["passthrough"]
 
 
 def test_safety_sweep_smoke(tmp_path):

@@ -20,6 +20,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from rosi_vllm.serving.response_capture import event_data, split_events, vllm_choice_texts
 from rosi_vllm.serving.routing import assign_arm
 from rosi_vllm.serving.tenant_config import Experiment, key_digest
 from rosi_vllm.testing.serve_process import start_server, wait_until
@@ -250,6 +251,19 @@ def test_metric_counts_equal_requests_sent_streaming_and_not(stack):
         streamed.append(_chat(server, KEYS["gamma"], stream=True, max_tokens=max_tokens))
     # the usage event the middleware asked for is not shown to clients that did not ask for it
     assert all('"usage"' not in s.split("data: [DONE]")[0].splitlines()[-2] for s in streamed)
+    # vLLM's real events are in the shape the layer reads by pattern (the cheap path), completions and chat alike
+    pattern_read = 0
+    for stream in streamed:
+        for event in split_events(stream.encode())[0]:
+            payload = event_data(event)
+            if not payload or payload == b"[DONE]":
+                continue
+            choices = json.loads(payload)["choices"]
+            texts = [(c["index"], c["text"] if "text" in c else c.get("delta", {}).get("content")) for c in choices]
+            expected = [(i, t) for i, t in texts if t is not None]
+            assert vllm_choice_texts(event) == expected, event
+            pattern_read += bool(expected)
+    assert pattern_read >= 6 * max_tokens
     after = scrape(server)
 
     def delta(name, **labels):

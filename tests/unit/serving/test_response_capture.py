@@ -109,3 +109,45 @@ def test_any_chunking_of_a_stream_gives_the_same_result(texts, usage, error, str
     assert b"rosi-alpha" not in out and out.endswith(b"data: [DONE]\n\n")
     assert (b'"usage"' in out) == (usage and not strip)
     assert per_event[4] == (500 if error else None) and per_event[5]
+
+
+# ---- vLLM's own event shapes are read by pattern, not decoded: the text must equal what JSON decoding gives ------
+
+def _vllm_event(obj) -> bytes:  # vLLM writes compact JSON (pydantic model_dump_json)
+    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.tuples(st.integers(0, 2), st.text(max_size=10)), max_size=12), chat=st.booleans())
+def test_pattern_read_text_equals_json_decoding(pieces, chat):
+    events = []
+    if chat:
+        events.append(_vllm_event({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}))
+    for index, text in pieces:
+        choice = ({"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None} if chat
+                  else {"index": index, "text": text, "logprobs": None, "finish_reason": None, "stop_reason": None})
+        events.append(_vllm_event({"id": "c", "object": "x", "created": 1, "model": "m", "choices": [choice]}))
+    if chat:  # the last chat event has an empty delta
+        events.append(_vllm_event({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    events.append(b"data: [DONE]\n\n")
+    capture = ResponseCapture(streaming=True, text_limit=40)
+    for event in events:
+        assert capture.feed(event) == event
+    capture.finish()
+    expected: dict[int, str] = {}
+    for index, text in pieces:
+        if text:
+            expected[index] = (expected.get(index, "") + text)[:40]
+    assert capture.texts == expected
+    assert capture.completion_tokens == sum(1 for _, t in pieces if t) and capture.done_seen
+    assert capture.first_content_seen == bool(expected)
+
+
+def test_a_bad_event_does_not_hide_the_others_text():
+    capture = ResponseCapture(streaming=True)
+    for event in (_sse({"choices": [{"index": 0, "text": "I cannot"}]}), b"data: {not json\n\n",
+                  _sse({"choices": [{"index": 0, "text": " do that"}]}), b"data:[DONE]\n\n"):
+        capture.feed(event)
+    capture.finish()
+    assert capture.texts == {0: "I cannot do that"} and capture.done_seen
