@@ -50,13 +50,18 @@ def unique_prompts(n: int, words: int, tag: str) -> list[str]:
 BENCH_KEY = "sk-bench-key"
 
 
-def served_tenant_config(path: Path) -> Path:
-    """A tenant file with one tenant (key `BENCH_KEY`) on the baked variant: the tenant layer's served arm."""
+def served_tenant_config(path: Path, judge_sample_rate: float | None = 1.0) -> Path:
+    """A tenant file with one tenant (key `BENCH_KEY`) on the baked variant: the tenant layer's served arm.
+
+    `judge_sample_rate` None leaves the key out (for a tree from before it existed).
+    """
     import yaml
 
     from rosi_vllm.serving.tenant_config import key_digest
 
-    path.write_text(yaml.safe_dump({"version": 1, "variants": {"standard": "baked"},
-                                    "tenants": {"t": {"api_key_sha256": [key_digest(BENCH_KEY)],
-                                                      "default_variant": "standard"}}}))
+    spec = {"version": 1, "variants": {"standard": "baked"},
+            "tenants": {"t": {"api_key_sha256": [key_digest(BENCH_KEY)], "default_variant": "standard"}}}
+    if judge_sample_rate is not None:
+        spec["judge_sample_rate"] = judge_sample_rate
+    path.write_text(yaml.safe_dump(spec))
     return path

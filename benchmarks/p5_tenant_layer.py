@@ -30,6 +30,8 @@ from ._common import benchmark_parser, median, percentile, write_result
 from ._setup import BENCH_KEY as KEY
 
 _MODEL = "served"
+#: the `judge_sample_rate` of the sampled arm (the refusal judge reads one response in ten)
+SAMPLED_JUDGE_RATE = 0.1
 _TOKENS = 8  # as the served arms: max_tokens 8, ignore_eos
 
 
@@ -95,12 +97,17 @@ def in_process(n: int, concurrency: int, work: Path, reps: int = 5) -> dict:
     metrics = RosiMetrics(CollectorRegistry())
     recorder = metrics.overhead = _Recorder()
     mw = RosiTenantMiddleware(_FakeEngine(), config_path=str(config), metrics=metrics)
+    sampled_config = work / "tenants-sampled.yaml"
+    sampled_config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()),
+                                              "judge_sample_rate": SAMPLED_JUDGE_RATE}))
+    sampled = RosiTenantMiddleware(_FakeEngine(), config_path=str(sampled_config),
+                                   metrics=RosiMetrics(CollectorRegistry()))
     state = SimpleNamespace(  # the fields of vLLM's app.state the middleware reads
         vllm_config=SimpleNamespace(
             load_config=SimpleNamespace(load_format="rosi", model_loader_extra_config={"direction": str(direction)}),
             lora_config=None, model_config=SimpleNamespace(model=str(model))),
         openai_serving_models=SimpleNamespace(base_model_paths=[SimpleNamespace(name=_MODEL)]))
-    arms = {"passthrough": PassThroughMiddleware(_FakeEngine()), "rosi": mw}
+    arms = {"passthrough": PassThroughMiddleware(_FakeEngine()), "rosi": mw, "rosi-sampled": sampled}
 
     async def one(app, i):
         body = json.dumps({"model": _MODEL, "prompt": "hello", "max_tokens": _TOKENS, "ignore_eos": True,
@@ -146,7 +153,9 @@ def in_process(n: int, concurrency: int, work: Path, reps: int = 5) -> dict:
             "events_per_request": len(_EVENTS) + 3,
             "overhead_p50_ms": median(values) * 1000, "overhead_p99_ms": percentile(values, 0.99) * 1000,
             "overhead_mean_ms": sum(values) / len(values) * 1000,
-            "cpu_us_per_request": cpu_us, "cpu_us_added": cpu_us["rosi"] - cpu_us["passthrough"]}
+            "cpu_us_per_request": cpu_us, "cpu_us_added": cpu_us["rosi"] - cpu_us["passthrough"],
+            "sampled_judge_rate": SAMPLED_JUDGE_RATE,
+            "cpu_us_added_sampled": cpu_us["rosi-sampled"] - cpu_us["passthrough"]}
 
 
 def _served_overhead_ms(url: str) -> float | None:
@@ -187,20 +196,23 @@ def served(requests: int, concurrency: int, rounds: int, work: Path, baseline_tr
     model = resolve_model("tiny", work)
     direction, _ = direction_for(model, work)
     config = served_tenant_config(work / "served-tenants.yaml")
+    sampled = served_tenant_config(work / "served-tenants-sampled.yaml", judge_sample_rate=SAMPLED_JUDGE_RATE)
     root = str(Path(__file__).resolve().parents[1])
-    arms = {"plain": (None, root), "passthrough": ("benchmarks._passthrough.PassThroughMiddleware", root),
-            "middleware": ("rosi_vllm.serving.middleware.RosiTenantMiddleware", root)}
-    if baseline_tree:
-        arms["middleware-baseline"] = ("rosi_vllm.serving.middleware.RosiTenantMiddleware", baseline_tree)
+    rosi = "rosi_vllm.serving.middleware.RosiTenantMiddleware"
+    arms = {"plain": (None, root, None), "passthrough": ("benchmarks._passthrough.PassThroughMiddleware", root, None),
+            "middleware": (rosi, root, config), "middleware-sampled": (rosi, root, sampled)}
+    if baseline_tree:  # the earlier layer knows no judge_sample_rate: its file has none
+        arms["middleware-baseline"] = (rosi, baseline_tree, served_tenant_config(work / "baseline-tenants.yaml",
+                                                                                 judge_sample_rate=None))
     out = {arm: [] for arm in arms}
     servers = {}
     try:
         # Every arm's server is up at once and the load goes to them in turn, the order rotating each round:
         # whatever else the machine is doing hits every arm alike (a server idles while another is measured).
-        for arm, (middleware, tree) in arms.items():
+        for arm, (middleware, tree, tenants) in arms.items():
             args = ["--middleware", middleware] if middleware else []
             env = {"PYTHONPATH": tree, "VLLM_CPU_KVCACHE_SPACE": "1",
-                   **({"ROSI_TENANT_CONFIG": str(config)} if "rosi" in (middleware or "") else {})}
+                   **({"ROSI_TENANT_CONFIG": str(tenants)} if tenants else {})}
             servers[arm] = start_server(model, work / f"{arm}.log", extra={"direction": str(direction)},
                                         args=args, env=env)
         for arm, server in servers.items():
@@ -221,8 +233,8 @@ def served(requests: int, concurrency: int, rounds: int, work: Path, baseline_tr
                 row["api_server_cpu_ms_per_request"] = (_cpu_s(server.proc.pid) - cpu) / requests * 1000
                 row["round"] = r
                 out[arm].append(row)
-        for arm, (middleware, _) in arms.items():
-            if middleware and "rosi" in middleware:
+        for arm, (_, _, tenants) in arms.items():
+            if tenants:
                 out[arm][-1]["own_overhead_mean_ms"] = _served_overhead_ms(servers[arm].url)
     finally:
         for server in servers.values():
@@ -242,7 +254,7 @@ def served(requests: int, concurrency: int, rounds: int, work: Path, baseline_tr
     result["api_server_cpu_ms_per_request"] = {arm: med(arm, "api_server_cpu_ms_per_request") for arm in arms}
     # Closed loop: `concurrency` streams, each sending its next request when the last one ends. On a saturated
     # server e2e ≈ concurrency / throughput (Little's law), so every ms of API-server work added per request
-    # reaches every request `concurrency` times over. Both predictions below are paired per round.
+    # reaches every request `concurrency` times over (the throughput prediction is paired per round).
     cpu_ms = result["api_server_cpu_ms_per_request"]
     result["closed_loop"] = {
         "concurrency": concurrency,
@@ -265,17 +277,28 @@ def served(requests: int, concurrency: int, rounds: int, work: Path, baseline_tr
 
 
 def plot(result: dict, path: Path) -> None:
-    ip = result["in_process"]
-    with figure(path, (6, 4)) as (fig, ax):
-        labels, values = ["p50", "p99", "mean"], [ip["overhead_p50_ms"], ip["overhead_p99_ms"], ip["overhead_mean_ms"]]
-        if result.get("served"):
-            labels.append("served e2e p50 added")
-            values.append(result["served"]["e2e_p50_added_ms"])
-        ax.bar(labels, values)
-        ax.axhline(1.0, color="red", linestyle=":", label="target p50 ≤ 1 ms")
-        ax.set_ylabel("ms per request")
-        ax.set_title(f"P5 tenant layer, {ip['concurrency']} concurrent")
-        ax.legend()
+    """Left: the layer's CPU per request in-process; right: what it adds to e2e on the real server, beside the
+    closed-loop prediction (concurrency × added API-server CPU) and the ±2 ms target."""
+    ip, sv = result["in_process"], result.get("served")
+    with figure(path, (11, 4) if sv else (6, 4), ncols=2 if sv else 1) as (fig, axes):
+        ax = axes[0] if sv else axes
+        cpu = ip["cpu_us_per_request"]
+        ax.bar(list(cpu), list(cpu.values()))
+        ax.set_ylabel("µs CPU per request (fake engine)")
+        ax.set_title(f"in-process, {ip['concurrency']} concurrent")
+        if sv:
+            ax = axes[1]
+            arms = [a for a in sv["e2e_p50_vs_passthrough_ms"] if a != "plain"]
+            x = range(len(arms))
+            ax.bar([i - 0.27 for i in x], [sv["e2e_p50_vs_passthrough_ms"][a] for a in arms], 0.27, label="e2e p50")
+            ax.bar(list(x), [sv["e2e_p99_vs_passthrough_ms"][a] for a in arms], 0.27, label="e2e p99")
+            ax.bar([i + 0.27 for i in x], [sv["closed_loop"]["predicted_e2e_added_ms_from_cpu"][a] for a in arms],
+                   0.27, label="predicted: concurrency × added CPU")
+            ax.axhspan(-2, 2, color="green", alpha=0.15, label="target ±2 ms")
+            ax.set_xticks(list(x), arms)
+            ax.set_ylabel("ms vs do-nothing --middleware")
+            ax.set_title("real vllm serve, paired per round")
+            ax.legend(fontsize=7)
 
 
 def main(argv=None) -> int:

@@ -73,6 +73,9 @@ def rows() -> list[str]:
                  f"--middleware +{served.get('passthrough_e2e_p50_added_ms', float('nan')):.1f} ms, so rosi vs "
                  f"do-nothing {served.get('rosi_vs_passthrough_e2e_p50_added_ms', float('nan')):+.1f} ms; rosi's own "
                  f"time there {served.get('own_overhead_mean_ms') or float('nan'):.2f} ms" if served else "")
+        cpu_in = ip.get("cpu_us_per_request")
+        if cpu_in:  # CPU per request beside a do-nothing middleware, same fake engine
+            extra += "; in-process CPU per request: " + ", ".join(f"{arm} {v:.0f} µs" for arm, v in cpu_in.items())
         out.append(f"| P5 tenant layer, {ip['concurrency']} concurrent | own time p50 {ip['overhead_p50_ms']:.3f} ms, "
                    f"p99 {ip['overhead_p99_ms']:.3f} ms{extra} | p50 ≤ 1 ms | `{p5['command']}` |")
         if served and isinstance(served.get("e2e_p99_vs_passthrough_ms"), dict):
@@ -81,6 +84,10 @@ def rows() -> list[str]:
             cells = "; ".join(f"{arm}: e2e p50 {p50[arm]:+.1f} ms, p99 {p99[arm]:+.1f} ms, API-server CPU "
                               f"{cpu[arm]:.2f} ms/request (pass-through {cpu['passthrough']:.2f})" for arm in p50)
             rounds = len(served["rounds"]["plain"])
+            loop = served.get("closed_loop")
+            if loop:  # Little's law: e2e ≈ concurrency / throughput on a saturated server
+                cells += ("; closed-loop prediction (concurrency × added API-server CPU): " + ", ".join(
+                    f"{arm} {v:+.1f} ms" for arm, v in loop["predicted_e2e_added_ms_from_cpu"].items()))
             out.append(f"| P5 rosi vs do-nothing `--middleware`, same run, {rounds} interleaved rounds (medians) | "
                        f"{cells} | within 2 ms | `{p5['command']}` |")
     st = _load("steering_alternative")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 
 from ..errors import RosiError
@@ -36,6 +37,8 @@ from .service import ADAPTER_CACHE_ENV, CONFIG_ENV, TenantService
 
 logger = logging.getLogger("vllm.rosi.tenants")
 
+#: characters of each choice's text kept for the refusal judge (it reads the first 160 after stripping)
+JUDGED_TEXT_CHARS = 512
 PUBLIC_PATHS = frozenset({"/health", "/ping", "/metrics", "/version"})
 ROUTED_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 TENANT_PASSTHROUGH = frozenset({"/v1/models"})
@@ -208,8 +211,9 @@ class RosiTenantMiddleware:
             scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
             scope["headers"].append((b"content-length", str(len(body)).encode()))
         overhead = time.perf_counter() - started
+        judged = config.judge_sample_rate >= 1.0 or random.random() < config.judge_sample_rate
         recorder = _ResponseRecorder(self, decision, endpoint, streaming, strip_usage, send, started, overhead,
-                                     client_model)
+                                     client_model, judged)
         try:
             await self.app(scope, _replay(body, receive, more), recorder.send)
         finally:
@@ -228,10 +232,13 @@ class _ResponseRecorder:
     """Wraps ``send``: adds the x-rosi-* headers, captures text, records metrics at the end."""
 
     def __init__(self, mw: RosiTenantMiddleware, decision: Route, endpoint: str, streaming: bool,
-                 strip_usage: bool, send, started: float, overhead: float, client_model: str):
+                 strip_usage: bool, send, started: float, overhead: float, client_model: str, judged: bool = True):
         self.mw, self.decision, self.endpoint, self.downstream = mw, decision, endpoint, send
         self.started, self.overhead = started, overhead
-        self.capture = ResponseCapture(streaming=streaming, strip_usage_event=strip_usage)
+        #: whether the refusal judge reads this response (`judge_sample_rate`); if not, its text is never kept
+        self.judged = judged
+        self.capture = ResponseCapture(streaming=streaming, strip_usage_event=strip_usage,
+                                       text_limit=JUDGED_TEXT_CHARS if judged else 0)
         self.rename = ModelRename(decision.engine_model, client_model)
         self.streaming = streaming
         self._held_start = None  # non-streaming: the start waits for the body (its content-length changes)
@@ -338,7 +345,7 @@ class _ResponseRecorder:
             return
         if self.ttft is not None:
             series.ttft.observe(self.ttft)
-        texts = list(self.capture.texts.values())
+        texts = list(self.capture.texts.values()) if self.judged else []
         if texts:
             series.responses.inc(len(texts))
             # inc(0) too: the series exists from the first judged response, so refusal *rates* are 0, not absent

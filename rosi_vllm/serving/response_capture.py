@@ -99,7 +99,7 @@ class ResponseCapture:
         self._buffer = b""
         self._pending: list[bytes] = []
         self._content_events = 0
-        self._saturated = False
+        self._saturated = text_limit <= 0  # text_limit 0: keep no text at all (the judge skips this response)
 
     @property
     def texts(self) -> dict[int, str]:

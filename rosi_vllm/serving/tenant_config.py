@@ -13,6 +13,8 @@ Example (all keys shown)::
     alpha_bounds: {min: 0, max: 256}   # every variant's α must lie inside
     allow_negative_alpha: false        # negative α ablates safety; refused unless true
     user_header: x-rosi-user           # sticky A/B key when the body has no "user"
+    max_body_bytes: 8388608            # larger request bodies are answered 413, before parsing
+    judge_sample_rate: 1.0             # share of responses the refusal judge reads (rates stay unbiased)
     variants:                          # named α values; "baked" = the loader's α (zero overhead)
       base: 0
       standard: baked
@@ -92,6 +94,7 @@ class TenantConfig:
     allow_negative_alpha: bool = False
     user_header: str = "x-rosi-user"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    judge_sample_rate: float = 1.0
     source_sha256: str = field(default="", compare=False)
 
     def tenant_for_key(self, api_key: str | None) -> Tenant | None:
@@ -298,6 +301,11 @@ class TenantFile(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024, le=2**31 - 1), _must("a whole number of bytes >= 1024")] = Field(
         DEFAULT_MAX_BODY_BYTES, description="Largest request body accepted (413 beyond it), checked before the body "
                                             "is read or parsed.")
+    judge_sample_rate: Annotated[float, Field(gt=0, le=1), _must("a number in (0, 1]")] = Field(
+        1.0, description="Share of successful responses whose text the refusal judge reads (chosen at random per "
+                         "request). Below 1 the refusal *rate* stays unbiased and the layer's per-request work "
+                         "shrinks (it neither keeps nor decodes the text of the others); counts, tokens and "
+                         "latency still cover every request.")
     variants: Annotated[
         dict[Name, Annotated[float | Literal["baked"], _must("a number or 'baked'"), AfterValidator(_check_variant)]],
         Field(min_length=1), _must("a non-empty mapping of name: alpha (a number or 'baked')"),
@@ -368,7 +376,7 @@ def parse_tenant_config(data: Any, environ: dict[str, str] | None = None) -> Ten
         key_digests={digest: name for name, t in spec.tenants.items() for digest in _digests(t, environ)},
         alpha_min=bounds.min, alpha_max=math.inf if bounds.max is None else bounds.max,
         allow_negative_alpha=spec.allow_negative_alpha, user_header=spec.user_header,
-        max_body_bytes=spec.max_body_bytes,
+        max_body_bytes=spec.max_body_bytes, judge_sample_rate=spec.judge_sample_rate,
     )
 
 

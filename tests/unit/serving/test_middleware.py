@@ -131,6 +131,26 @@ def test_compliant_text_is_not_counted_as_refusal(setup, monkeypatch):
     assert registry.get_sample_value("rosi_refusals_total", labels) == 0
 
 
+def test_judge_sample_rate_judges_that_share_and_still_counts_every_request(setup, monkeypatch):
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "true")
+    model, direction, config = setup
+    spec = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**spec, "judge_sample_rate": 0.25}))
+    registry = CollectorRegistry()
+    mw = RosiTenantMiddleware(FakeEngineApp(), config_path=str(config), metrics=RosiMetrics(registry))
+    state = fake_vllm_state(model, direction, lora=True)
+    n = 400
+    for i in range(n):
+        status, _, body = call(mw, "/v1/completions", {"prompt": "x", "stream": i % 2 == 0}, state=state)
+        assert status == 200 and b"sorry" in body  # the client gets the whole answer whether judged or not
+    labels = {"tenant": "acme", "variant": "standard", "experiment": "", "arm": "none"}
+    judged = registry.get_sample_value("rosi_judged_responses_total", labels)
+    assert 0.15 * n < judged < 0.35 * n  # binomial(400, 0.25): 100 ± 8.7, so ±5.8 sd
+    assert registry.get_sample_value("rosi_refusals_total", labels) == judged  # every judged one is a refusal
+    assert registry.get_sample_value("rosi_requests_total", {**labels, "endpoint": "completions", "status": "200"}) == n
+    assert registry.get_sample_value("rosi_generated_tokens_total", labels) == n // 2 * (9 + 8)
+
+
 def test_invalid_config_at_start_fails_closed_health_included(setup, tmp_path):
     model, direction, _ = setup
     bad = tmp_path / "bad.yaml"

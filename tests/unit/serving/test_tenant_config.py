@@ -63,6 +63,18 @@ def test_baked_alpha_must_fit_the_bounds():
         cfg.check_baked_alpha(100.0)
 
 
+@pytest.mark.parametrize("rate, ok", [(1, True), (0.05, True), (0, False), (1.5, False), (-0.1, False),
+                                      ("half", False), (True, False)])
+def test_judge_sample_rate_is_a_share(rate, ok):
+    data = {**config(), "judge_sample_rate": rate}
+    if ok:
+        assert parse_tenant_config(data, environ=ENV).judge_sample_rate == rate
+    else:
+        with pytest.raises(RosiError, match=r"judge_sample_rate.*a number in \(0, 1\]"):
+            parse_tenant_config(data, environ=ENV)
+    assert parse_tenant_config(config(), environ=ENV).judge_sample_rate == 1.0  # every response, unless set
+
+
 def test_shipped_example_config_is_valid():
 
     from rosi_vllm.serving.tenant_config import load_tenant_config
@@ -83,7 +95,7 @@ _SCALARS = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(a
 _KEYS = st.text(max_size=10) | st.integers(-5, 5) | st.booleans() | st.sampled_from(
     ["version", "variants", "tenants", "alpha_bounds", "min", "max", "arms", "name", "experiment",
      "default_variant", "allowed_variants", "api_key_sha256", "api_key_env", "user_header", "limits", "priority",
-     "max_concurrent_requests", "tokens_per_minute", "max_body_bytes"])
+     "max_concurrent_requests", "tokens_per_minute", "max_body_bytes", "judge_sample_rate"])
 _YAML = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
                      max_leaves=20)
 
