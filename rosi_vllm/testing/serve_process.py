@@ -1,10 +1,18 @@
-"""Start `vllm serve` as an operator would, for tests and benchmarks: free port, log file, health polling."""
+"""Start `vllm serve` as an operator would: free port, log file, health polling, and a stop that leaves nothing.
+
+One `Server` for the tests, the benchmarks and `rosi demo`. `vllm serve` forks
+an engine core and workers; the server is started as a new session, so they
+share one process group that `Server.stop` signals as a unit (SIGTERM, then
+SIGKILL after a grace period). Stopping only the parent, as before, could leave
+an engine core running when the API server died first.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,12 +20,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SERVE_FLAGS = ["--dtype", "bfloat16", "--max-model-len", "256", "--gpu-memory-utilization", "0.1", "--enforce-eager"]
+SERVE_FLAGS = ("--dtype", "bfloat16", "--max-model-len", "256", "--gpu-memory-utilization", "0.1", "--enforce-eager")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -31,48 +39,85 @@ class Server:
     proc: subprocess.Popen
     port: int
     log_path: Path
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pgid(self) -> int:
+        """The server's process group (a new session: its leader's pid); ``kill -- -PGID`` stops it all."""
+        return self.proc.pid
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def healthy(self) -> bool:
         import urllib.error
         import urllib.request
 
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM the whole process group, SIGKILL what is left after `grace` seconds."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            if not self.group_alive():
+                break
             try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                os.killpg(self.pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and self.group_alive():
+                if self.proc.poll() is None:
+                    try:
+                        self.proc.wait(0.2)
+                    except subprocess.TimeoutExpired:
+                        pass
+                else:
+                    time.sleep(0.2)
+        if self.proc.poll() is None:
+            self.proc.wait(5)
 
 
-def start_server(model: Path | None, log_path: Path, *, load_format: str | None = "rosi", extra: dict | None = None,
-                 args: list[str] | None = None, env: dict | None = None) -> Server:
-    """`vllm serve` on a free local port; ``model=None`` when ``args`` name it (``--model=...``)."""
-    port = free_port()
+def start_server(model: Path | str | None, log_path: Path, *, load_format: str | None = "rosi",
+                 extra: dict | None = None, args: list[str] | None = None, env: dict | None = None,
+                 host: str = "127.0.0.1", port: int | None = None, flags=SERVE_FLAGS) -> Server:
+    """`vllm serve` on `port` (a free one if None); returns at once. ``model=None`` when ``args`` name it.
+
+    The log starts with the command line, then everything the server prints.
+    """
+    port = port or free_port(host)
     cmd = vllm_command() + ["serve", *([str(model)] if model is not None else []),
-                            "--host", "127.0.0.1", "--port", str(port), *SERVE_FLAGS]
+                            "--host", host, "--port", str(port), *flags]
     if load_format:
         cmd += ["--load-format", load_format]
     if extra is not None:
         cmd += ["--model-loader-extra-config", json.dumps(extra)]
     cmd += args or []
     with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    return Server(proc, port, log_path)
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+    return Server(proc, port, log_path, host)
 
 
 def wait_until(server: Server, timeout: float = 300) -> tuple[bool, bool]:

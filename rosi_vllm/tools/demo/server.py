@@ -1,27 +1,24 @@
-"""The demo's one `vllm serve`: started in its own process group, log to a file, stopped whole.
+"""The demo's one `vllm serve`: the engine flags, the port, and one ``rosi:`` line for each way a start fails.
 
-`vllm serve` forks an engine core and workers. Starting it as a new session
-gives them one process group that `stop` signals as a unit, so nothing is left
-running after the demo ends, fails or is interrupted (Ctrl-C reaches only the
-demo, which then stops the group); with ``--keep-serving`` the group simply
-outlives the demo, and ``kill -- -PGID`` ends it. Each way the start can fail
-becomes one ``rosi:`` line (`diagnose`), with the log's path for the rest.
+The process itself is `rosi_vllm.testing.serve_process.Server`, started in its
+own process group, so nothing is left running after the demo ends, fails or is
+interrupted (Ctrl-C reaches only the demo, which then stops the group); with
+``--keep-serving`` the group simply outlives the demo, and ``kill -- -PGID``
+ends it. Each way the start can fail becomes one ``rosi:`` line (`diagnose`),
+with the log's path for the rest.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import RosiError
-from ...testing.serve_process import free_port, vllm_command
+from ...testing.serve_process import Server, free_port, start_server
 
 MIDDLEWARE = "rosi_vllm.serving.middleware.RosiTenantMiddleware"
 #: CPU-sized engine: short prompts and answers; LoRA (the base arm's adapter) forces eager mode on CPU anyway
@@ -45,7 +42,7 @@ def port_problem(host: str, port: int) -> str | None:
 
 def pick_port(host: str, port: int | None) -> int:
     if port is None:
-        return free_port()
+        return free_port(host)
     problem = port_problem(host, port)
     if problem:
         raise RosiError(f"rosi: port {port} on {host} is not free ({problem}); pass another --port, "
@@ -78,90 +75,20 @@ def diagnose(log: str, returncode: int | None, log_path: Path) -> str:
     return f"rosi: the vLLM server failed to start{code}: {last_error_line(log)} (log: {log_path})"
 
 
-@dataclass
-class DemoServer:
-    proc: subprocess.Popen
-    host: str
-    port: int
-    log_path: Path
-    served_name: str
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def pgid(self) -> int:
-        return self.proc.pid  # a new session: its leader's pid is the group id
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def healthy(self) -> bool:
-        import requests
-
-        try:
-            return requests.get(self.url + "/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def group_alive(self) -> bool:
-        try:
-            os.killpg(self.pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM the whole process group, SIGKILL what is left after `grace` seconds."""
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            if not self.group_alive():
-                break
-            try:
-                os.killpg(self.pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and self.group_alive():
-                if self.proc.poll() is None:
-                    try:
-                        self.proc.wait(0.2)
-                    except subprocess.TimeoutExpired:
-                        pass
-                else:
-                    time.sleep(0.2)
-        if self.proc.poll() is None:
-            self.proc.wait(5)
-
-
 def start(model_dir: Path, served_name: str, direction: Path, alpha: float, tenant_config: Path, workdir: Path,
-          *, host: str, port: int) -> DemoServer:
+          *, host: str, port: int) -> Server:
     """`vllm serve` the model hardened at `alpha` with the tenant middleware on `port` (`pick_port`); returns at once."""
-    log_path = workdir / "vllm.log"
-    cmd = [*vllm_command(), "serve", str(model_dir), "--served-model-name", served_name,
-           "--host", host, "--port", str(port), *ENGINE_FLAGS,
-           "--load-format", "rosi",
-           "--model-loader-extra-config", json.dumps({"direction": str(direction), "alpha": alpha}),
-           "--middleware", MIDDLEWARE]
-    env = {**os.environ, "ROSI_TENANT_CONFIG": str(tenant_config), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
+    env = {"ROSI_TENANT_CONFIG": str(tenant_config), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
            "ROSI_ADAPTER_CACHE": str(workdir / "adapters"),
            # vLLM loads the plugin by module name in every process: keep the demo's own copy first on the path
            "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[3]),
                                                      os.environ.get("PYTHONPATH", "")) if p)}
-    with open(log_path, "w") as log:  # the child keeps its own descriptor
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
-    return DemoServer(proc, host, port, log_path, served_name)
+    return start_server(model_dir, workdir / "vllm.log", host=host, port=port, flags=ENGINE_FLAGS,
+                        extra={"direction": str(direction), "alpha": alpha},
+                        args=["--served-model-name", served_name, "--middleware", MIDDLEWARE], env=env)
 
 
-def wait_ready(server: DemoServer, timeout: float = 300.0, progress=None) -> float:
+def wait_ready(server: Server, timeout: float = 300.0, progress=None) -> float:
     """Block until /health answers; raise a one-line `RosiError` if the server dies or never comes up.
 
     `progress(elapsed_seconds)` is called about once a second while waiting.
