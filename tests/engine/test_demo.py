@@ -70,7 +70,10 @@ def test_reduced_demo_shows_both_arms_and_cleans_up(tmp_path):
     for tenant in ("demo-base", "demo-hardened"):
         assert any(line.startswith("rosi_refusals_total") and f'tenant="{tenant}"' in line
                    for line in result["metrics_lines"])
-    assert result["direction"]["file"].endswith("smollm2-135m-instruct-gated.safetensors")
+    assert result["direction"]["file"] == "directions/smollm2-135m-instruct-gated.safetensors"  # portable paths
+    assert result["server"]["log"] == "vllm.log"
+    if "ROSI_CACHE" not in os.environ:  # models are cached under the home folder
+        assert result["model_dir"] == "~/.cache/rosi-vllm/models/smollm2-135m-instruct"
     assert (workdir / "demo.png").read_bytes()[:4] == b"\x89PNG"
     assert group_gone(result["server"]["pgid"]), "the demo left its vLLM server running"
 

@@ -159,8 +159,8 @@ def run_demo(workdir: Path, *, prompts_per_set: int = 8, max_tokens: int = 32, h
             _say(f"[5/5] server stopped (vLLM log kept at {srv.log_path})")
 
         result = {
-            "model": model, "model_dir": str(model_dir), "served_model_name": model,
-            "direction": {"file": str(choice.path), "direction_id": choice.direction_id, "alpha": choice.alpha,
+            "model": model, "model_dir": _portable(model_dir), "served_model_name": model,
+            "direction": {"file": _portable(choice.path), "direction_id": choice.direction_id, "alpha": choice.alpha,
                           "read": choice.read, "why": choice.reason},
             "tenants": {arm: {"tenant": tenant, "variant": variant,
                               "alpha": 0.0 if value == 0 else choice.alpha,
@@ -175,7 +175,7 @@ def run_demo(workdir: Path, *, prompts_per_set: int = 8, max_tokens: int = 32, h
             "metrics_lines": lines, "metrics_counts": counts,
             "metrics_agree": report.metrics_agree(summary, counts, plan.PROMPT_SETS),
             "shipped_measurement": choice.measured, "shipped_results": choice.results,
-            "server": {"url": srv.url, "pgid": srv.pgid, "log": str(srv.log_path), "kept_serving": keep_serving},
+            "server": {"url": srv.url, "pgid": srv.pgid, "log": srv.log_path.name, "kept_serving": keep_serving},
             "timings_s": {"pull": round(pulled - started, 1), "engine_start": round(engine_s, 1),
                           "requests": round(requests_s, 1)},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "vllm": _version("vllm"),
@@ -191,6 +191,19 @@ def run_demo(workdir: Path, *, prompts_per_set: int = 8, max_tokens: int = 32, h
     finally:
         if srv is not None and not leave_running:
             srv.stop()
+
+
+def _portable(path) -> str:
+    """A path as it reads on any machine: inside this checkout relative to it, else with the home folder as ``~``.
+
+    demo.json is shared and shipped (benchmarks/results/demo/); the terminal still shows the full paths.
+    """
+    path = Path(path).resolve()
+    root = Path(__file__).resolve().parents[3]
+    if path.is_relative_to(root):
+        return str(path.relative_to(root))
+    home = Path.home().resolve()
+    return "~/" + str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
 
 
 def _scrape(url: str) -> str:
