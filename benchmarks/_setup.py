@@ -50,10 +50,11 @@ def unique_prompts(n: int, words: int, tag: str) -> list[str]:
 BENCH_KEY = "sk-bench-key"
 
 
-def served_tenant_config(path: Path, judge_sample_rate: float | None = 1.0) -> Path:
+def served_tenant_config(path: Path, judge_sample_rate: float | None = None) -> Path:
     """A tenant file with one tenant (key `BENCH_KEY`) on the baked variant: the tenant layer's served arm.
 
-    `judge_sample_rate` None leaves the key out (for a tree from before it existed).
+    `judge_sample_rate` None leaves the key out (its default: every response judged), so the file also
+    serves a baseline tree from before the key existed.
     """
     import yaml
 

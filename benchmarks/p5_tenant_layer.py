@@ -201,9 +201,8 @@ def served(requests: int, concurrency: int, rounds: int, work: Path, baseline_tr
     rosi = "rosi_vllm.serving.middleware.RosiTenantMiddleware"
     arms = {"plain": (None, root, None), "passthrough": ("benchmarks._passthrough.PassThroughMiddleware", root, None),
             "middleware": (rosi, root, config), "middleware-sampled": (rosi, root, sampled)}
-    if baseline_tree:  # the earlier layer knows no judge_sample_rate: its file has none
-        arms["middleware-baseline"] = (rosi, baseline_tree, served_tenant_config(work / "baseline-tenants.yaml",
-                                                                                 judge_sample_rate=None))
+    if baseline_tree:
+        arms["middleware-baseline"] = (rosi, baseline_tree, config)
     out = {arm: [] for arm in arms}
     servers = {}
     try:

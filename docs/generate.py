@@ -196,41 +196,47 @@ def reliability() -> str:
 
 
 def layer_cost() -> str:
-    """What the tenant layer costs on a real server: P5 (latency, interleaved arms) and its py-spy profile."""
+    """What the tenant layer costs on a real server: P5 (latency, interleaved arms, the closed-loop arithmetic) and
+    its py-spy profile."""
     p5 = json.loads((ROOT / "benchmarks/results/p5_tenant_layer.json").read_text())
     prof = json.loads((ROOT / "benchmarks/results/p5_profile.json").read_text())
-    sv = p5["served"]
+    sv, ip = p5["served"], p5["in_process"]
     p50, p99 = sv["e2e_p50_vs_passthrough_ms"], sv["e2e_p99_vs_passthrough_ms"]
     spread = max((max(r["e2e_p50_s"] for r in rows) - min(r["e2e_p50_s"] for r in rows)) * 1000
                  for rows in sv["rounds"].values())
-    together = sv.get("servers_up_together")
-    text = (f"P5 (`{p5['command']}`): " + (
-        f"every arm's server up at once, {len(sv['rounds']['plain'])} rounds sending the same load to each in "
-        f"turn (order rotating), differences paired within a round, medians over rounds" if together else
-        f"{len(sv['rounds']['plain'])} interleaved rounds of every arm in one run, medians") +
-        f". E2e vs the do-nothing `--middleware`: rosi p50 {p50['middleware']:+.1f} ms, p99 {p99['middleware']:+.1f} ms")
-    if "middleware-baseline" in p50:
-        text += (f" (the layer before this change: p50 {p50['middleware-baseline']:+.1f} ms, "
-                 f"p99 {p99['middleware-baseline']:+.1f} ms)")
-    if "plain" in p50:
-        text += (f"; no middleware at all vs the do-nothing one (vLLM's hook itself, sign reversed): "
-                 f"p50 {p50['plain']:+.1f} ms, p99 {p99['plain']:+.1f} ms")
-    text += (f". The same arm's p50 moved by up to {spread:.0f} ms between rounds on this machine "
-             f"({p5['machine'].get('cpus')} CPUs), which bounds what these differences can "
-             f"resolve.")
-    cpu = sv.get("api_server_cpu_ms_per_request")
-    if cpu:
-        text += (" API-server CPU time per request, steadier than latency here: "
-                 + ", ".join(f"{arm} {v:.2f} ms" for arm, v in cpu.items()) + ".")
+    names = {"middleware": "rosi", "middleware-sampled": f"rosi with `judge_sample_rate: {ip.get('sampled_judge_rate')}`",
+             "middleware-baseline": "the layer before this change", "plain": "no middleware at all"}
+    text = (f"P5 (`{p5['command']}`): every arm's server up at once, {len(sv['rounds']['plain'])} rounds sending "
+            f"the same load ({sv['rounds']['plain'][0]['requests']} streamed 8-token completions, "
+            f"{sv.get('closed_loop', {}).get('concurrency', 64)} concurrent) to each in turn (order rotating), "
+            f"differences paired within a round, medians over rounds. E2e vs the do-nothing `--middleware`:\n\n"
+            "| arm | e2e p50 | e2e p99 | API-server CPU per request | predicted: concurrency × added CPU |\n"
+            "|---|---|---|---|---|\n")
+    cpu = sv["api_server_cpu_ms_per_request"]
+    loop = sv.get("closed_loop", {})
+    predicted = loop.get("predicted_e2e_added_ms_from_cpu", {})
+    for arm in p50:
+        guess = f"{predicted[arm]:+.1f} ms" if arm in predicted else "–"
+        text += (f"| {names.get(arm, arm)} | {p50[arm]:+.1f} ms | {p99[arm]:+.1f} ms | {cpu[arm]:.2f} ms "
+                 f"(do-nothing: {cpu['passthrough']:.2f}) | {guess} |\n")
+    text += (f"\nThe same arm's p50 moved by up to {spread:.0f} ms between rounds on this machine "
+             f"({p5['machine'].get('cpus')} CPUs), which bounds what these differences can resolve.")
+    if "cpu_us_per_request" in ip:
+        c = ip["cpu_us_per_request"]
+        text += (f" In-process, around a fake engine that streams what vLLM streams (no model, "
+                 f"{ip['concurrency']} concurrent, process CPU time): do-nothing middleware {c['passthrough']:.0f} µs "
+                 f"per request, rosi {c['rosi']:.0f} µs" + (f", rosi with judge sampling {c['rosi-sampled']:.0f} µs"
+                                                           if "rosi-sampled" in c else "") + ".")
     arms = prof["arms"]
     now = arms["this tree"]
     text += (f"\n\nProfile (`{prof['command']}`, py-spy on the API-server process, {prof['requests']} streamed "
              f"requests at {prof['concurrency']} concurrent): the tenant layer's own code is "
-             f"{now['layer_share'] * 100:.1f} % of the API server's CPU samples, "
-             f"{now['layer_ms_per_request']:.2f} ms per request")
+             f"{now['layer_share'] * 100:.1f} % of the API server's CPU samples ({now['layer_samples']} of "
+             f"{now['samples']}), {now['layer_ms_per_request']:.2f} ms per request")
     if "baseline" in arms:
         b = arms["baseline"]
-        text += f" (before: {b['layer_share'] * 100:.1f} %, {b['layer_ms_per_request']:.2f} ms)"
+        text += (f" (the baseline tree: {b['layer_share'] * 100:.1f} %, {b['layer_samples']} of {b['samples']}, "
+                 f"{b['layer_ms_per_request']:.2f} ms; at these counts a share moves by ±15 % between runs)")
     text += "; its largest items: " + ", ".join(f"`{name}`" for name, _ in now["top"][:3]) + "."
     return text
 
