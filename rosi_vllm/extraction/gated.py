@@ -36,7 +36,7 @@ import torch
 from ..architectures import spec_for_architecture
 from ..direction_file import DirectionFile, read_key
 from .extract import LoadedModel, chat_texts
-from .scoring import edited_kl, score_variant
+from .scoring import edited_kl_bounds, score_variant
 from .selection import MAX_ADDED_BENIGN_REFUSAL, MAX_ADDED_DEGENERATE, MAX_KL, HfVariantGenerator
 
 FITS = ("nullspace", "meandiff")
@@ -374,6 +374,14 @@ class GatedCandidate:
     base: dict = field(default_factory=dict)
     #: share of validation goals under the fit-only wrappers *not* refused (None: selection did not attack)
     jailbreak_success: float | None = None
+    #: one-sided 95 % upper bound of `kl` over the validation prompts; the KL budget is checked on it (None: on
+    #: the mean, as reports from before it existed did)
+    kl_upper: float | None = None
+
+    @property
+    def budget_kl(self) -> float:
+        """The KL the budget is checked on: the upper bound, so a mean just under the budget does not pass by luck."""
+        return self.kl if self.kl_upper is None else self.kl_upper
 
     @property
     def harm_refused(self) -> float:
@@ -392,14 +400,14 @@ class GatedCandidate:
         added = self.added
         return (added["benign_refusal"] <= MAX_ADDED_BENIGN_REFUSAL + 1e-9
                 and added["borderline_refusal"] <= MAX_ADDED_BORDERLINE_REFUSAL + 1e-9
-                and added["degenerate"] <= MAX_ADDED_DEGENERATE + 1e-9 and self.kl <= MAX_KL)
+                and added["degenerate"] <= MAX_ADDED_DEGENERATE + 1e-9 and self.budget_kl <= MAX_KL)
 
     @property
     def tradeoff(self) -> float:
         added = self.added
         return (self.harm_refused - 2 * max(0.0, added["benign_refusal"])
                 - max(0.0, added["borderline_refusal"]) - max(0.0, added["degenerate"])
-                - max(0.0, self.kl - MAX_KL))
+                - max(0.0, self.budget_kl - MAX_KL))
 
     def rank_key(self):
         return (self.feasible, self.harm_refused if self.feasible else self.tradeoff, -self.kl)
@@ -408,6 +416,7 @@ class GatedCandidate:
         return {"window": list(self.window), "targets": list(self.targets), "alpha": self.alpha, "stage": self.stage,
                 "harmful_refusal": self.harmful_refusal, "benign_refusal": self.benign_refusal,
                 "borderline_refusal": self.borderline_refusal, "degenerate": self.degenerate, "kl": self.kl,
+                "kl_upper": self.kl_upper,
                 "jailbreak_success": self.jailbreak_success, "harm_refused": self.harm_refused,
                 "base": self.base, "added": self.added, "feasible": self.feasible, "tradeoff": self.tradeoff}
 
@@ -442,7 +451,8 @@ def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_
         scores.append({
             "harmful_refusal": score["harmful_refusal"]["rate"], "benign_refusal": score["benign_refusal"]["rate"],
             "borderline_refusal": score["borderline_refusal"]["rate"], "degenerate": score["degenerate"]["rate"],
-            "kl": edited_kl(loaded, plan, sets["benign"], base_logprobs, batch_size=batch_size),
+            **dict(zip(("kl", "kl_upper"), edited_kl_bounds(loaded, plan, sets["benign"], base_logprobs,
+                                                           batch_size=batch_size))),
             **({"jailbreak_success": score["jailbreak_attack_success"]["rate"]} if "jailbreak" in out else {}),
         })
     return scores
@@ -568,7 +578,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         print(f"selected window {list(best.window)} {list(best.targets)} α={best.alpha:g}: "
               f"harmful {best.harmful_refusal:.0%}, wrapped harmful answered "
               f"{'-' if best.jailbreak_success is None else format(best.jailbreak_success, '.0%')}, benign {best.benign_refusal:.0%}, borderline "
-              f"{best.borderline_refusal:.0%}, KL {best.kl:.3f} (base {base['harmful_refusal']:.0%}/"
+              f"{best.borderline_refusal:.0%}, KL {best.kl:.3f} (95 % upper bound {best.budget_kl:.3f}) "
+              f"(base {base['harmful_refusal']:.0%}/"
               f"{base['benign_refusal']:.0%}/{base['borderline_refusal']:.0%})")
         print(f"wrote {path} (format v2, direction {direction.direction_id}); report {report_dir / 'gate.json'}")
     return report

@@ -72,7 +72,11 @@ def next_token_logprobs(loaded: LoadedModel, instructions, *, system_prompt: str
     return torch.cat(rows)
 
 
+def prompt_kls(base_logprobs: torch.Tensor, edited_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(base ‖ edited) of the first-token distribution, one value per prompt, in nats."""
+    return (base_logprobs.exp() * (base_logprobs - edited_logprobs)).sum(dim=-1)
+
+
 def mean_kl(base_logprobs: torch.Tensor, edited_logprobs: torch.Tensor) -> float:
     """Mean over prompts of KL(base ‖ edited) of the first-token distribution, in nats."""
-    kl = (base_logprobs.exp() * (base_logprobs - edited_logprobs)).sum(dim=-1)
-    return float(kl.mean())
+    return float(prompt_kls(base_logprobs, edited_logprobs).mean())

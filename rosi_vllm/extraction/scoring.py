@@ -109,12 +109,19 @@ def edited_kl(loaded, plan, instructions, base_logprobs, *, batch_size: int = 32
     `base_logprobs` is `hf_eval.next_token_logprobs` of the unedited model on the
     same instructions; computed once by the caller, it is shared by every variant.
     """
-    from .hf_eval import injected, mean_kl, next_token_logprobs
+    return edited_kl_bounds(loaded, plan, instructions, base_logprobs, batch_size=batch_size)[0]
+
+
+def edited_kl_bounds(loaded, plan, instructions, base_logprobs, *, batch_size: int = 32) -> tuple[float, float]:
+    """`edited_kl` and the one-sided 95 % upper bound of that mean over the prompts (`stats.mean_upper_bound`)."""
+    from ..stats import mean_upper_bound
+    from .hf_eval import injected, next_token_logprobs, prompt_kls
 
     if plan is None:
-        return 0.0
+        return 0.0, 0.0
     with injected(loaded, plan):
-        return mean_kl(base_logprobs, next_token_logprobs(loaded, instructions, batch_size=batch_size))
+        kls = prompt_kls(base_logprobs, next_token_logprobs(loaded, instructions, batch_size=batch_size))
+    return float(kls.mean()), mean_upper_bound(kls.tolist())
 
 
 def benign_kls(model: str, direction: str, alphas, instructions) -> list[float]:

@@ -65,6 +65,12 @@ def test_p5_tenant_layer_smoke(tmp_path):
     assert cpu["rosi"] > cpu["passthrough"] > 0 and data["cpu_us_added"] == cpu["rosi"] - cpu["passthrough"]
 
 
+def test_validation_kl_bounds_smoke(tmp_path):
+    run_smoke("validation_kl_bounds", tmp_path)
+    rows = load(tmp_path, "validation_kl_bounds_smoke")["rows"]
+    assert [r["alpha"] for r in rows] == [2.0, 8.0] and all(r["kl_upper"] >= r["kl"] >= 0 for r in rows)
+
+
 def test_safety_sweep_smoke(tmp_path):
     run_smoke("safety_sweep", tmp_path)
     rows = load(tmp_path, "safety_sweep_smoke")["rows"]

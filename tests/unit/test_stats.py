@@ -74,3 +74,18 @@ def test_ab_p_value_is_the_pooled_two_sided_z_test_of_statsmodels():
 def test_empty_arm_has_no_p_value():
     result = _compare((0, 0), (3, 10))
     assert result["p_value"] is None and not result["significant_at_0.05"]
+
+
+def test_mean_upper_bound_is_the_one_sided_z_bound_of_statsmodels():
+    import random
+
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    from rosi_vllm.stats import mean_upper_bound
+
+    rng = random.Random(0)
+    values = [rng.expovariate(20.0) for _ in range(60)]  # heavy right tail, like per-prompt KL
+    _, upper = DescrStatsW(values).zconfint_mean(alpha=0.10)  # two-sided 90 % = one-sided 95 %
+    assert abs(mean_upper_bound(values) - upper) < 1e-12
+    assert mean_upper_bound(values) > sum(values) / len(values)
+    assert mean_upper_bound([0.2] * 10) == 0.2 and mean_upper_bound([0.1]) == float("inf")

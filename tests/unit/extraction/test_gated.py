@@ -92,7 +92,24 @@ def test_extract_gated_writes_a_v2_direction_and_its_gate_report(tiny_model, tmp
     assert set(d.gate) == set(d.reads) and all("auroc" in s for s in d.gate.values())
     saved = json.loads((tmp_path / "gated" / "gate.json").read_text())
     assert saved["best"] == report["best"] and {"harmful_refusal", "borderline_refusal"} <= set(saved["baseline"])
+    assert all(c["kl_upper"] >= c["kl"] >= 0 for c in saved["candidates"])  # the budget is checked on the bound
     assert (tmp_path / "gated" / "gate.png").stat().st_size > 10000
+
+
+def test_the_kl_budget_is_checked_on_the_upper_bound_not_the_mean():
+    from rosi_vllm.extraction.gated import GatedCandidate
+    from rosi_vllm.extraction.selection import MAX_KL
+
+    def candidate(kl, kl_upper):
+        return GatedCandidate((9,), ("mlp_out",), 16.0, 2, harmful_refusal=0.8, benign_refusal=0.0,
+                              borderline_refusal=0.0, degenerate=0.0, kl=kl, kl_upper=kl_upper,
+                              base={"benign_refusal": 0.0, "borderline_refusal": 0.0, "degenerate": 0.0})
+
+    lucky = candidate(MAX_KL * 0.94, MAX_KL * 1.3)  # a mean just inside, an interval well over the budget
+    safe = candidate(MAX_KL * 0.5, MAX_KL * 0.8)
+    assert not lucky.feasible and safe.feasible and max([lucky, safe], key=GatedCandidate.rank_key) is safe
+    assert candidate(MAX_KL * 0.94, None).feasible  # reports from before the bound: the mean, as then
+    assert lucky.to_dict()["kl_upper"] == MAX_KL * 1.3
 
 
 def test_fit_wrappers_are_not_the_test_jailbreak_templates():
