@@ -235,8 +235,10 @@ def layer_cost() -> str:
              f"{now['samples']}), {now['layer_ms_per_request']:.2f} ms per request")
     if "baseline" in arms:
         b = arms["baseline"]
+        noise = 100 / min(now["layer_samples"], b["layer_samples"]) ** 0.5  # one Poisson sd of a sample count
         text += (f" (the baseline tree: {b['layer_share'] * 100:.1f} %, {b['layer_samples']} of {b['samples']}, "
-                 f"{b['layer_ms_per_request']:.2f} ms; at these counts a share moves by ±15 % between runs)")
+                 f"{b['layer_ms_per_request']:.2f} ms; at these counts one standard deviation of a share is "
+                 f"about ±{noise:.0f} % of it)")
     text += "; its largest items: " + ", ".join(f"`{name}`" for name, _ in now["top"][:3]) + "."
     return text
 
