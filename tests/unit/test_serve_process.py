@@ -23,7 +23,7 @@ def test_stop_ends_the_whole_process_group(tmp_path):
         os.killpg(proc.pid, 0)
 
 
-def test_a_started_server_leads_its_own_group_and_logs_its_command(tmp_path, monkeypatch):
+def test_a_started_server_leads_its_own_group_in_our_session_and_logs_its_command(tmp_path, monkeypatch):
     import rosi_vllm.testing.serve_process as serve_process
 
     # a stand-in for the vllm executable (named so): a shell that forks a child and waits
@@ -31,6 +31,7 @@ def test_a_started_server_leads_its_own_group_and_logs_its_command(tmp_path, mon
     srv = start_server("model", tmp_path / "log", port=12345)
     try:
         assert os.getpgid(srv.proc.pid) == srv.pgid == srv.proc.pid != os.getpgid(0)
+        assert os.getsid(srv.proc.pid) == os.getsid(0)  # same session: same autogroup for CPU scheduling
         assert srv.log().startswith("$ sh -c") and "--port 12345" in srv.log()
     finally:
         srv.stop(grace=5)
