@@ -448,11 +448,11 @@ def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_
         out = dict(zip(names, outputs[len(names) * i: len(names) * (i + 1)]))
         score = score_variant(out["harmful"], out["benign"], out.get("jailbreak"), borderline_out=out["borderline"],
                               judge=judge)
+        kl, kl_upper = edited_kl_bounds(loaded, plan, sets["benign"], base_logprobs, batch_size=batch_size)
         scores.append({
             "harmful_refusal": score["harmful_refusal"]["rate"], "benign_refusal": score["benign_refusal"]["rate"],
             "borderline_refusal": score["borderline_refusal"]["rate"], "degenerate": score["degenerate"]["rate"],
-            **dict(zip(("kl", "kl_upper"), edited_kl_bounds(loaded, plan, sets["benign"], base_logprobs,
-                                                           batch_size=batch_size))),
+            "kl": kl, "kl_upper": kl_upper,
             **({"jailbreak_success": score["jailbreak_attack_success"]["rate"]} if "jailbreak" in out else {}),
         })
     return scores

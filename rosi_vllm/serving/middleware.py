@@ -31,14 +31,12 @@ from ..errors import RosiError
 from ..judge import SubstringJudge
 from .limits import Refusal, TenantLimiter, estimate_tokens
 from .metrics import default_metrics
-from .response_capture import ModelRename, ResponseCapture
+from .response_capture import TEXT_LIMIT, ModelRename, ResponseCapture
 from .routing import Route, RouteDenied, route
 from .service import ADAPTER_CACHE_ENV, CONFIG_ENV, TenantService
 
 logger = logging.getLogger("vllm.rosi.tenants")
 
-#: characters of each choice's text kept for the refusal judge (it reads the first 160 after stripping)
-JUDGED_TEXT_CHARS = 512
 PUBLIC_PATHS = frozenset({"/health", "/ping", "/metrics", "/version"})
 ROUTED_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 TENANT_PASSTHROUGH = frozenset({"/v1/models"})
@@ -238,7 +236,7 @@ class _ResponseRecorder:
         #: whether the refusal judge reads this response (`judge_sample_rate`); if not, its text is never kept
         self.judged = judged
         self.capture = ResponseCapture(streaming=streaming, strip_usage_event=strip_usage,
-                                       text_limit=JUDGED_TEXT_CHARS if judged else 0)
+                                       text_limit=TEXT_LIMIT if judged else 0)
         self.rename = ModelRename(decision.engine_model, client_model)
         self.streaming = streaming
         self._held_start = None  # non-streaming: the start waits for the body (its content-length changes)
@@ -250,22 +248,33 @@ class _ResponseRecorder:
 
     async def send(self, message):
         tick = time.perf_counter()
-        if message["type"] == "http.response.body" and self._held_start is None and not self.rename.active:
-            # the per-token path (a streamed event, nothing renamed): kept lean, every stream in flight waits on it
+        if message["type"] == "http.response.body":  # the per-token path: every stream in flight waits on it
             body = message.get("body", b"")
             out = self.capture.feed(body)
             if self.ttft is None and self.capture.first_content_seen:
                 self.ttft = tick - self.started
-            if message.get("more_body", False):
-                if out is not body:
-                    message = {**message, "body": out}
-                self.overhead += time.perf_counter() - tick
-                await self.downstream(message)
+            more = message.get("more_body", False)
+            if not more:
+                out += self.capture.finish()
+            if self.rename.active:
+                if self._held_start is not None:  # non-streaming: the whole body, renamed, after its start
+                    self._held_body.append(out)
+                    if more:
+                        self.overhead += time.perf_counter() - tick
+                        return
+                    out = self.rename.body(b"".join(self._held_body))
+                    start, self._held_start = self._held_start, None
+                    headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                    headers.append((b"content-length", str(len(out)).encode()))
+                    await self.downstream({**start, "headers": headers})
+                else:
+                    out = self.rename.events(out)
+            if not more:
+                await self._send_last(message, out, tick)
                 return
-            await self._send_last(message, out + self.capture.finish(), tick)
-            return
-        kind = message["type"]
-        if kind == "http.response.start":
+            if out is not body:  # forwarded as it came when nothing changed: no copy
+                message = {**message, "body": out}
+        elif message["type"] == "http.response.start":
             self.status = message.get("status", 200)
             headers = list(message.get("headers", []))
             d = self.decision
@@ -278,30 +287,6 @@ class _ResponseRecorder:
                 self._held_start = message
                 self.overhead += time.perf_counter() - tick
                 return
-        elif kind == "http.response.body":
-            more = message.get("more_body", False)
-            out = self.capture.feed(message.get("body", b""))
-            if self.ttft is None and self.capture.first_content_seen:
-                self.ttft = tick - self.started
-            if not more:
-                out += self.capture.finish()
-            if self._held_start is not None:
-                self._held_body.append(out)
-                if more:
-                    self.overhead += time.perf_counter() - tick
-                    return
-                out = self.rename.body(b"".join(self._held_body))
-                start, self._held_start = self._held_start, None
-                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-                headers.append((b"content-length", str(len(out)).encode()))
-                await self.downstream({**start, "headers": headers})
-            else:
-                out = self.rename.events(out)
-            if not more:
-                await self._send_last(message, out, tick)
-                return
-            if out is not message.get("body"):  # forwarded as it came when nothing changed: no copy
-                message = {**message, "body": out}
         self.overhead += time.perf_counter() - tick
         await self.downstream(message)
 

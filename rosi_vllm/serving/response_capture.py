@@ -56,6 +56,8 @@ def event_data(event: bytes) -> bytes:
     return b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
 
 
+#: characters of each choice's text kept for the refusal judge (it reads the first 160 after stripping)
+TEXT_LIMIT = 512
 #: content events decoded together: one ``json.loads`` per batch instead of one per token
 DECODE_BATCH = 32
 #: vLLM's closing event, byte for byte
@@ -86,7 +88,7 @@ class ResponseCapture:
                  "tokens_exact", "first_content_seen", "error_status", "_done_seen", "_buffer", "_pending",
                  "_content_events", "_saturated")
 
-    def __init__(self, streaming: bool, strip_usage_event: bool = False, text_limit: int = 512):
+    def __init__(self, streaming: bool, strip_usage_event: bool = False, text_limit: int = TEXT_LIMIT):
         self.streaming, self.strip_usage_event, self.text_limit = streaming, strip_usage_event, text_limit
         self._texts: dict[int, str] = {}
         self._completion_tokens = 0
@@ -178,12 +180,8 @@ class ResponseCapture:
             code = error.get("code")
             self.error_status = code if isinstance(code, int) and 400 <= code <= 599 else 500
             return True
-        usage = data.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self._completion_tokens, self.tokens_exact = usage["completion_tokens"], True
-            self.prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
-            if self.strip_usage_event and not data.get("choices"):
-                return False
+        if self._take_usage(data) and self.strip_usage_event and not data.get("choices"):
+            return False
         self._take_choices(data)
         return True
 
@@ -204,7 +202,7 @@ class ResponseCapture:
                 payloads.append(payload)
         if payloads:
             self._decode_json(payloads)
-        self._saturated = bool(self._texts) and min(map(len, self._texts.values())) >= self.text_limit
+        self._note_saturation()
 
     def _decode_json(self, payloads: list[bytes]) -> None:
         try:
@@ -225,6 +223,10 @@ class ResponseCapture:
             piece = _choice_text(choice)
             if piece:
                 self._add_text(choice.get("index", 0), piece)
+        self._note_saturation()
+
+    def _note_saturation(self) -> None:
+        """Every choice has all the text the judge reads: later content events are counted, not read."""
         self._saturated = bool(self._texts) and min(map(len, self._texts.values())) >= self.text_limit
 
     def _add_text(self, index, piece: str) -> None:
@@ -244,10 +246,16 @@ class ResponseCapture:
             piece = _choice_text(choice)
             if piece is not None:
                 self._texts[choice.get("index", 0)] = piece
+        self._take_usage(data)
+
+    def _take_usage(self, data: dict) -> bool:
+        """vLLM's token counts from a response or event that carries them; whether it did."""
         usage = data.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self._completion_tokens, self.tokens_exact = usage["completion_tokens"], True
-            self.prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
+        if not (isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int)):
+            return False
+        self._completion_tokens, self.tokens_exact = usage["completion_tokens"], True
+        self.prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
+        return True
 
 
 def vllm_choice_texts(event: bytes) -> list[tuple[int, str]]:
