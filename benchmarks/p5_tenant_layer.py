@@ -158,6 +158,46 @@ def in_process(n: int, concurrency: int, work: Path, reps: int = 5) -> dict:
             "cpu_us_added_sampled": cpu_us["rosi-sampled"] - cpu_us["passthrough"]}
 
 
+def in_process_subprocess(n: int, concurrency: int, work: Path, *, tree: str | None = None,
+                          multiprocess_metrics: bool = False) -> dict:
+    """`in_process` in a fresh interpreter: with another copy of ``rosi_vllm`` (`tree`, e.g. the baseline's),
+    or with prometheus-client in multiprocess mode (what ``vllm serve --api-server-count N`` switches it to).
+
+    The benchmark code is this one. `tree`: a folder holding just a link to the
+    tree's ``rosi_vllm`` goes first on the path. `multiprocess_metrics`:
+    ``PROMETHEUS_MULTIPROC_DIR`` is set before prometheus-client is imported
+    (it picks its value class at import), so every metric update writes to a
+    memory-mapped file as in vLLM's multi-API-server mode. Each run has its own
+    do-nothing control, so runs are compared on CPU *added*.
+    """
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    work.mkdir(parents=True, exist_ok=True)
+    path = [root]
+    env = dict(os.environ)
+    if tree:
+        shim = work / "package"
+        shim.mkdir(exist_ok=True)
+        if not (shim / "rosi_vllm").exists():
+            (shim / "rosi_vllm").symlink_to(Path(tree).resolve() / "rosi_vllm")
+        path.insert(0, str(shim))
+    if multiprocess_metrics:
+        (work / "prometheus").mkdir(exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(work / "prometheus")
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    code = ("import json, sys; from pathlib import Path; from benchmarks.p5_tenant_layer import in_process; "
+            "import rosi_vllm; print('RESULT' + json.dumps({**in_process(int(sys.argv[1]), int(sys.argv[2]), "
+            "Path(sys.argv[3])), 'package': str(Path(rosi_vllm.__file__).parent)}))")
+    # cwd is the work folder: ``python -c`` puts the cwd first on the path, which would shadow the shim
+    proc = subprocess.run([sys.executable, "-c", code, str(n), str(concurrency), str(work)],
+                          env=env, cwd=work, capture_output=True, text=True, check=True)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):])
+
+
 def _served_overhead_ms(url: str) -> float | None:
     """Mean of the middleware's own per-request time, from the live server's histogram."""
     import urllib.request
@@ -306,11 +346,18 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--served-requests", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--baseline-tree", help="folder with another rosi_vllm copy to serve as one more arm "
+    parser.add_argument("--baseline-tree", help="folder with another rosi_vllm copy to serve as one more arm and "
+                                                "to measure in-process beside this one "
                                                 "(e.g. from `git archive COMMIT rosi_vllm benchmarks`)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rosi-p5-"))
-    result = {"in_process": in_process(512 if args.smoke else args.requests, args.concurrency, work)}
+    n = 512 if args.smoke else args.requests
+    result = {"in_process": in_process(n, args.concurrency, work)}
+    if args.baseline_tree:
+        result["in_process_baseline"] = in_process_subprocess(n, args.concurrency, work / "baseline",
+                                                               tree=args.baseline_tree)
+    result["in_process_multiprocess_metrics"] = in_process_subprocess(n, args.concurrency, work / "multiprocess",
+                                                                      multiprocess_metrics=True)
     if not args.smoke:
         result["served"] = served(args.served_requests, args.concurrency, args.rounds, work, args.baseline_tree)
     name = "p5_tenant_layer_smoke" if args.smoke else "p5_tenant_layer"

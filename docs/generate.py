@@ -227,6 +227,14 @@ def layer_cost() -> str:
                  f"{ip['concurrency']} concurrent, process CPU time): do-nothing middleware {c['passthrough']:.0f} µs "
                  f"per request, rosi {c['rosi']:.0f} µs" + (f", rosi with judge sampling {c['rosi-sampled']:.0f} µs"
                                                            if "rosi-sampled" in c else "") + ".")
+        base = p5.get("in_process_baseline")
+        if base:
+            text += (f" The baseline tree measured the same way, right after: {base['cpu_us_added']:.0f} µs added "
+                     f"over its own do-nothing control, against {ip['cpu_us_added']:.0f} µs for this tree.")
+        multi = p5.get("in_process_multiprocess_metrics")
+        if multi:
+            text += (f" With prometheus-client in multiprocess mode (what `--api-server-count` above 1 switches "
+                     f"it to: every update writes a memory-mapped file) the layer adds {multi['cpu_us_added']:.0f} µs.")
     arms = prof["arms"]
     now = arms["this tree"]
     text += (f"\n\nProfile (`{prof['command']}`, py-spy on the API-server process, {prof['requests']} streamed "

@@ -235,9 +235,9 @@ class _ResponseRecorder:
         self.started, self.overhead = started, overhead
         #: whether the refusal judge reads this response (`judge_sample_rate`); if not, its text is never kept
         self.judged = judged
-        self.capture = ResponseCapture(streaming=streaming, strip_usage_event=strip_usage,
-                                       text_limit=TEXT_LIMIT if judged else 0)
         self.rename = ModelRename(decision.engine_model, client_model)
+        self.capture = ResponseCapture(streaming=streaming, strip_usage_event=strip_usage,
+                                       text_limit=TEXT_LIMIT if judged else 0, whole_events=self.rename.active)
         self.streaming = streaming
         self._held_start = None  # non-streaming: the start waits for the body (its content-length changes)
         self._held_body: list[bytes] = []

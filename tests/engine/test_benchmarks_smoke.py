@@ -59,8 +59,11 @@ def test_p4_extraction_smoke(tmp_path):
 
 def test_p5_tenant_layer_smoke(tmp_path):
     run_smoke("p5_tenant_layer", tmp_path)
-    data = load(tmp_path, "p5_tenant_layer_smoke")["in_process"]
+    result = load(tmp_path, "p5_tenant_layer_smoke")
+    data = result["in_process"]
     assert data["requests"] == 512 and data["overhead_p50_ms"] > 0
+    multi = result["in_process_multiprocess_metrics"]  # a subprocess with prometheus-client in multiprocess mode
+    assert multi["requests"] == 512 and multi["cpu_us_per_request"]["rosi"] > 0
     cpu = data["cpu_us_per_request"]  # the layer does strictly more than a do-nothing middleware
     assert cpu["rosi"] > cpu["passthrough"] > 0 and data["cpu_us_added"] == cpu["rosi"] - cpu["passthrough"]
 

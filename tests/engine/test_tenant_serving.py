@@ -20,7 +20,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from rosi_vllm.serving.response_capture import event_data, split_events, vllm_choice_texts
+from rosi_vllm.serving.response_capture import event_data, split_events, vllm_choice_texts, vllm_usage
 from rosi_vllm.serving.routing import assign_arm
 from rosi_vllm.serving.tenant_config import Experiment, key_digest
 from rosi_vllm.testing.serve_process import start_server, wait_until
@@ -264,19 +264,26 @@ def test_metric_counts_equal_requests_sent_streaming_and_not(stack):
             assert vllm_choice_texts(event) == expected, event
             pattern_read += bool(expected)
     assert pattern_read >= 6 * max_tokens
+    # ... and so is its usage event (asked for by the client, so forwarded): its counts are read by pattern too
+    r = complete(server, KEYS["gamma"], max_tokens=max_tokens, stream=True,
+                 extra={"ignore_eos": True, "stream_options": {"include_usage": True}})
+    usage_events = [e for e in split_events(r.text.encode())[0] if b'"usage"' in e and b'"choices":[]' in e]
+    assert len(usage_events) == 1, r.text
+    usage = json.loads(event_data(usage_events[0]))["usage"]
+    assert vllm_usage(usage_events[0]) == (usage["prompt_tokens"], usage["completion_tokens"])
     after = scrape(server)
 
     def delta(name, **labels):
         return total(after, name, tenant="gamma", **labels) - total(before, name, tenant="gamma", **labels)
 
-    assert delta("rosi_requests_total", status="200") == 12
-    assert delta("rosi_requests_total", endpoint="completions") == 7
+    assert delta("rosi_requests_total", status="200") == 13
+    assert delta("rosi_requests_total", endpoint="completions") == 8
     assert delta("rosi_requests_total", endpoint="chat") == 5
-    assert delta("rosi_judged_responses_total") == 12
-    assert delta("rosi_generated_tokens_total") == 12 * max_tokens
-    assert delta("rosi_e2e_seconds_count") == 12
-    assert delta("rosi_ttft_seconds_count") == 6  # streaming requests only
-    assert delta("rosi_requests_total", variant="standard", arm="none") == 12
+    assert delta("rosi_judged_responses_total") == 13
+    assert delta("rosi_generated_tokens_total") == 13 * max_tokens
+    assert delta("rosi_e2e_seconds_count") == 13
+    assert delta("rosi_ttft_seconds_count") == 7  # streaming requests only
+    assert delta("rosi_requests_total", variant="standard", arm="none") == 13
     info = [dict(ls) for (n, ls), v in after.items() if n == "rosi_direction_info" and v == 1]
     assert len(info) == 1 and info[0]["baked_alpha"] == "8" and len(info[0]["direction_id"]) == 12
     assert info[0]["read"] == "mean" and info[0]["window"] == ""  # a v1 direction: every layer, w̄

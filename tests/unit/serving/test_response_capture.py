@@ -88,27 +88,33 @@ def _stream(texts, usage: bool, error: bool) -> list[bytes]:
     return events + [b"data: [DONE]\n\n"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(texts=st.lists(st.text(max_size=12), max_size=8), usage=st.booleans(), error=st.booleans(),
-       strip=st.booleans(), cuts=st.lists(st.integers(0, 4000), max_size=6))
-def test_any_chunking_of_a_stream_gives_the_same_result(texts, usage, error, strip, cuts):
+       strip=st.booleans(), renamed=st.booleans(), cuts=st.lists(st.integers(0, 4000), max_size=6))
+def test_any_chunking_of_a_stream_gives_the_same_result(texts, usage, error, strip, renamed, cuts):
+    # as the middleware uses it: whole events when it renames the model; raw chunks kept as they came otherwise
     events = _stream(texts, usage, error)
     whole = b"".join(events)
 
     def run(chunks):
-        capture, rename = ResponseCapture(streaming=True, strip_usage_event=strip), ModelRename("rosi-alpha-8", "x")
+        rename = ModelRename("rosi-alpha-8", "x" if renamed else "rosi-alpha-8")
+        capture = ResponseCapture(streaming=True, strip_usage_event=strip, whole_events=rename.active)
         out = b"".join(rename.events(capture.feed(c)) for c in chunks) + rename.events(capture.finish())
         return out, capture.texts, capture.completion_tokens, capture.prompt_tokens, capture.error_status, \
-            capture.done_seen
+            capture.done_seen, capture.first_content_seen
 
     per_event = run(events)  # vLLM's way: one whole event per message (the fast path)
     points = sorted({min(c, len(whole)) for c in cuts})
     arbitrary = run([whole[a:b] for a, b in zip([0, *points], [*points, len(whole)], strict=True)])
     assert per_event == arbitrary
     out = per_event[0]
-    assert b"rosi-alpha" not in out and out.endswith(b"data: [DONE]\n\n")
+    assert out.endswith(b"data: [DONE]\n\n") and not (renamed and b"rosi-alpha" in out)
     assert (b'"usage"' in out) == (usage and not strip)
+    if not (strip and usage) and not renamed:
+        assert out == whole  # nothing to remove or rewrite: the client gets the bytes as they came
     assert per_event[4] == (500 if error else None) and per_event[5]
+    assert per_event[1] == ({0: "".join(texts)} if "".join(texts) else {})
+    assert per_event[6] == any(texts)
 
 
 # ---- vLLM's own event shapes are read by pattern, not decoded: the text must equal what JSON decoding gives ------
@@ -151,3 +157,50 @@ def test_a_bad_event_does_not_hide_the_others_text():
         capture.feed(event)
     capture.finish()
     assert capture.texts == {0: "I cannot do that"} and capture.done_seen
+
+
+def test_events_that_carry_usage_and_text_give_both():
+    # vLLM's continuous_usage_stats: every content event carries the running usage too
+    capture = ResponseCapture(streaming=True, strip_usage_event=False)
+    for i, piece in enumerate(["I can", "not", " help"], start=1):
+        capture.feed(_vllm_event({"choices": [{"index": 0, "text": piece}],
+                                  "usage": {"prompt_tokens": 4, "completion_tokens": i}}))
+    capture.feed(b"data: [DONE]\n\n")
+    capture.finish()
+    assert capture.texts == {0: "I cannot help"} and capture.completion_tokens == 3 and capture.prompt_tokens == 4
+    assert capture.tokens_exact and capture.done_seen and capture.error_status is None
+
+
+# ---- property: reading a batch of raw chunks at once gives what reading its events one by one gives ------------
+
+_USAGE_EVENT = st.tuples(st.integers(0, 50), st.integers(0, 50)).map(lambda c: _vllm_event(
+    {"id": "c", "object": "text_completion", "model": "m", "choices": [],
+     "usage": {"prompt_tokens": c[0], "total_tokens": c[0] + c[1], "completion_tokens": c[1]}}))
+_ODD_EVENTS = st.sampled_from([
+    b'data: {"error":{"message":"engine dead","type":"InternalServerError","code":500}}\n\n',
+    b'data: {"choices": [{"index": 0, "text": "spaced"}]}\n\n',  # not vLLM's compact shape
+    b'data: {"choices":[{"text":"no index"}]}\n\n',
+    b'data: {"choices":[{"index":0,"text":"both"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n',
+    b"data:[DONE]\n\n", b": keep-alive\n\n", b"data: {not json\n\n"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(st.tuples(st.integers(0, 2), st.text(max_size=10), st.booleans()), max_size=10),
+       usage=st.one_of(st.none(), _USAGE_EVENT), odd=st.lists(_ODD_EVENTS, max_size=2), where=st.integers(0, 12),
+       limit=st.sampled_from([0, 8, 512]))
+def test_batch_reading_equals_event_by_event_reading(pieces, usage, odd, where, limit):
+    events = [_vllm_event({"id": "c", "model": "m", "choices": [
+        {"index": i, "delta": {"content": t}, "finish_reason": None} if chat else
+        {"index": i, "text": t, "logprobs": None, "finish_reason": None}]}) for i, t, chat in pieces]
+    events[min(where, len(events)):min(where, len(events))] = odd
+    events += ([usage] if usage else []) + [b"data: [DONE]\n\n"]
+
+    def read(whole_events: bool):
+        capture = ResponseCapture(streaming=True, text_limit=limit, whole_events=whole_events)
+        for event in events:
+            assert capture.feed(event) == event
+        capture.finish()
+        return (capture.texts, capture.completion_tokens, capture.prompt_tokens, capture.tokens_exact,
+                capture.error_status, capture.done_seen, capture.first_content_seen)
+
+    assert read(whole_events=False) == read(whole_events=True)
