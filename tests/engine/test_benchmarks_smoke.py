@@ -93,3 +93,12 @@ def test_percentile_and_median_interpolate_like_numpy():
     assert percentile(values, 0.5) == median(values) == 2.5
     assert percentile(values, 0.99) == pytest.approx(3.97) and percentile(values, 0.0) == 1.0
     assert percentile([], 0.99) is None and median(iter([])) is None
+
+
+def test_validation_alphas_smoke(tmp_path):
+    run_smoke("validation_alphas", tmp_path)
+    result = load(tmp_path, "validation_alphas_smoke")
+    rows = result["candidates"]
+    assert [r["alpha"] for r in rows] == [2.0, 8.0] and result["best"]["alpha"] in (2.0, 8.0)
+    assert all(0 <= r["harmful_refusal"] <= 1 and r["kl_upper"] >= r["kl"] >= 0 for r in rows)
+    assert rows[0]["jailbreak_success"] is not None  # the wrapped validation goals were attacked
