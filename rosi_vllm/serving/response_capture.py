@@ -114,48 +114,42 @@ class ResponseCapture:
         self._content_events = 0
         self._saturated = text_limit <= 0  # text_limit 0: keep no text at all (the judge skips this response)
 
-    # What was read so far; each decodes the events still kept first.
+    # What was read so far: each reading first reads what is still kept (`_read`).
     @property
     def texts(self) -> dict[int, str]:
         """Generated text per choice index, up to `text_limit` characters each."""
-        if self._pending:
-            self._decode_pending()
-        return self._texts
+        return self._read()._texts
 
     @property
     def completion_tokens(self) -> int:
         """vLLM's usage count when the response had one (`tokens_exact`), else the content events seen."""
-        if self._pending:
-            self._decode_pending()
-        return self._completion_tokens if self._tokens_exact else self._content_events
+        read = self._read()
+        return read._completion_tokens if read._tokens_exact else read._content_events
 
     @property
     def prompt_tokens(self) -> int:
         """vLLM's usage count of prompt tokens (0 without a usage event)."""
-        if self._pending:
-            self._decode_pending()
-        return self._prompt_tokens
+        return self._read()._prompt_tokens
 
     @property
     def tokens_exact(self) -> bool:
         """Whether the counts are vLLM's own (a usage event or body), not counted content events."""
-        if self._pending:
-            self._decode_pending()
-        return self._tokens_exact
+        return self._read()._tokens_exact
 
     @property
     def error_status(self) -> int | None:
         """The stream's HTTP-like status when it carried an error event (vLLM's: ``{"error": {"code": 500, ...}}``)."""
-        if self._pending:
-            self._decode_pending()
-        return self._error_status
+        return self._read()._error_status
 
     @property
     def done_seen(self) -> bool:
         """Streaming: the closing ``data: [DONE]`` arrived (a stream without it was cut short)."""
+        return self._read()._done_seen
+
+    def _read(self) -> ResponseCapture:
         if self._pending:
             self._decode_pending()
-        return self._done_seen
+        return self
 
     def feed(self, chunk: bytes) -> bytes:
         """Consume a body chunk; return the bytes to forward to the client now (`chunk` itself if unchanged)."""
