@@ -70,7 +70,8 @@ DONE_EVENT = b"data: [DONE]\n\n"
 #: the keys that find the usage event (token counts, maybe stripped) and vLLM's error event (inside a JSON
 #: string every ``"`` is escaped, so generated text never contains them)
 _USAGE_KEY, _ERROR_KEY = b'"usage"', b'"error"'
-#: an event carrying non-empty generated text: the first one is time to first token
+#: a non-empty generated text value: the first one is time to first token; past the judge's text limit, content
+#: is counted by these matches (the same count as reading it: one per non-empty piece), not read
 _CONTENT = re.compile(rb'"(?:text|content)"\s*:\s*"(?!")')
 #: a choice's text as vLLM writes it (compact JSON): completions ``"index":0,"text":"…"``, chat
 #: ``"index":0,"delta":{"content":"…"`` (the first chat event also names the role). Keys cannot occur inside
@@ -205,7 +206,11 @@ class ResponseCapture:
             if self._pending:  # keep the text in stream order
                 self._decode_pending()
             data = _decoded(event_data(event))
-            return data is None or not (self._take_decoded(data) and not data.get("choices"))
+            if data is None:
+                return True
+            usage_only = self._take_decoded(data) and not data.get("choices")
+            self._note_saturation()
+            return not usage_only
         if not self.first_content_seen and _CONTENT.search(event):
             self.first_content_seen = True
         pending = self._pending
@@ -259,7 +264,7 @@ class ResponseCapture:
                 return False
             body = body[:start] + body[stop:]
         if self._saturated:  # enough text for the judge: count the content events, do not read them
-            self._content_events += (b"\n\n" + body).count(b"\n\ndata:") - done
+            self._content_events += len(_CONTENT.findall(body))
         else:
             found = _CHOICE_TEXT.findall(body)
             if len(found) != body.count(b'"text"') + body.count(b'"content"'):
@@ -269,6 +274,7 @@ class ResponseCapture:
         if usage is not None:
             self._take_usage(usage)
         self._done_seen = self._done_seen or done > 0
+        self._note_saturation()
         return True
 
     def _read_events(self, events: list[bytes]) -> None:
@@ -284,7 +290,7 @@ class ResponseCapture:
             found = None
             if _USAGE_KEY not in event and _ERROR_KEY not in event:
                 if self._saturated:  # enough text for the judge: count, do not read
-                    self._content_events += event.startswith(b"data:")
+                    self._content_events += len(_CONTENT.findall(event))
                     continue
                 found = _CHOICE_TEXT.findall(event)
             if found:
@@ -306,6 +312,7 @@ class ResponseCapture:
             self._add_raw(raw)
         if payloads:
             self._decode_json(payloads)
+        self._note_saturation()
 
     def _add_raw(self, raw: dict[int, list[bytes]]) -> None:
         """Pattern-read text pieces (JSON string contents, escapes kept), joined and decoded once per choice."""
@@ -317,7 +324,6 @@ class ResponseCapture:
             text = joined.decode("utf-8", "replace") if b"\\" not in joined else json.loads(b'"' + joined + b'"')
             self._texts[index] = (self._texts.get(index, "") + text)[: self.text_limit]
             self.first_content_seen = True
-        self._note_saturation()
 
     def _decode_json(self, payloads: list[bytes]) -> None:
         try:
@@ -343,11 +349,14 @@ class ResponseCapture:
             piece = _choice_text(choice)
             if piece:
                 self._add_text(choice.get("index", 0), piece)
-        self._note_saturation()
         return usage
 
     def _note_saturation(self) -> None:
-        """Every choice has all the text the judge reads: later content events are counted, not read."""
+        """Every choice has all the text the judge reads: later content events are counted, not read.
+
+        Decided once per batch read (not event by event), so reading a batch at once and reading it event by
+        event keep the same text.
+        """
         self._saturated = bool(self._texts) and min(map(len, self._texts.values())) >= self.text_limit
 
     def _add_text(self, index, piece: str) -> None:
