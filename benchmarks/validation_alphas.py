@@ -32,21 +32,15 @@ from ._setup import direction_for, resolve_model
 def replay(model: Path, direction: Path, alphas: list[float], val_n: int, wrapped: bool,
            max_new_tokens: int = 32, batch_size: int = 16) -> dict:
     from rosi_vllm.direction_file import load_direction
-    from rosi_vllm.extraction import prompts
     from rosi_vllm.extraction.extract import load_hf_model
-    from rosi_vllm.extraction.gated import GatedCandidate, score_gated
+    from rosi_vllm.extraction.gated import GatedCandidate, score_gated, validation_sets
     from rosi_vllm.extraction.hf_eval import next_token_logprobs
     from rosi_vllm.fingerprint import fingerprint_checkpoint
     from rosi_vllm.injection_plan import build_plan
 
     loaded = load_hf_model(str(model))
     found, fingerprint = load_direction(direction), fingerprint_checkpoint(model)
-    sets = {"harmful": list(prompts.harmful("validation"))[:val_n],
-            "benign": list(prompts.harmless("validation"))[:val_n],
-            "borderline": list(prompts.borderline("validation"))[:val_n]}
-    if wrapped:  # as `extract_gated` builds it for --wrapped-goals
-        wrappers = len(prompts.FIT_WRAPPER_TEMPLATES)
-        sets["jailbreak"] = list(prompts.fit_wrapped(prompts.harmful("validation")[:max(1, val_n // wrappers)]))
+    sets = validation_sets(val_n, wrapped=wrapped)  # the prompts `extract_gated` selects on
     base_lp = next_token_logprobs(loaded, sets["benign"], batch_size=batch_size)
     plans = [build_plan(found, loaded.shape, alpha=a, checkpoint_fingerprint=fingerprint) for a in alphas]
     base, *scored = score_gated(loaded, [None, *plans], sets, base_logprobs=base_lp, max_new_tokens=max_new_tokens,

@@ -458,6 +458,20 @@ def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_
     return scores
 
 
+def validation_sets(val_n: int, *, wrapped: bool) -> dict[str, list[str]]:
+    """The prompts the gated selection scores on: the first `val_n` of each validation set and, when it also
+    fitted on wrapped requests, validation goals under every fit-only wrapper as the attack set."""
+    from . import prompts
+
+    sets = {"harmful": list(prompts.harmful("validation"))[:val_n],
+            "benign": list(prompts.harmless("validation"))[:val_n],
+            "borderline": list(prompts.borderline("validation"))[:val_n]}
+    if wrapped:
+        wrappers = len(prompts.FIT_WRAPPER_TEMPLATES)
+        sets["jailbreak"] = list(prompts.fit_wrapped(prompts.harmful("validation")[:max(1, val_n // wrappers)]))
+    return sets
+
+
 DEFAULT_SETTINGS = (("nullspace", 0.7, 1.0), ("nullspace", 0.5, 1.0), ("nullspace", 0.7, 0.1), ("meandiff", 0.0, 0.0))
 
 
@@ -525,10 +539,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         print(f"gate: {len(writers)} writers, best fit {fit.settings()} (mean held-out AUROC {fit.mean_auroc:.3f}) "
               f"in {fit_seconds:.0f} s")
 
-    sets = {"harmful": list(prompts.harmful("validation"))[:val_n], "benign": list(prompts.harmless("validation"))[:val_n],
-            "borderline": list(prompts.borderline("validation"))[:val_n]}
-    if wrapped_goals:
-        sets["jailbreak"] = list(prompts.fit_wrapped(prompts.harmful("validation")[:max(1, val_n // wrappers)]))
+    sets = validation_sets(val_n, wrapped=bool(wrapped_goals))
     short = {k: v[:stage1_n] for k, v in sets.items()}
     base_lp = next_token_logprobs(loaded, sets["benign"], batch_size=batch_size)
     candidates_spec = [(w, t, a) for w, t in windows_from_gates(fit, min_auroc=min_auroc) for a in alphas]

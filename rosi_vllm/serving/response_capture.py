@@ -257,9 +257,7 @@ class ResponseCapture:
             event = body[start:stop]
             if b'"choices":[]' not in event or body.find(_USAGE_KEY, stop) >= 0:
                 return False
-            counts = vllm_usage(event)
-            usage = ({"usage": {"prompt_tokens": counts[0], "completion_tokens": counts[1]}} if counts
-                     else _decoded(event_data(event)))
+            usage = vllm_usage(event) or _usage_counts(_decoded(event_data(event)))
             if usage is None:
                 return False
             body = body[:start] + body[stop:]
@@ -272,7 +270,8 @@ class ResponseCapture:
             if found:
                 self._add_raw(_by_choice(found))
         if usage is not None:
-            self._take_usage(usage)
+            self._prompt_tokens, self._completion_tokens = usage
+            self._tokens_exact = True
         self._done_seen = self._done_seen or done > 0
         self._note_saturation()
         return True
@@ -320,8 +319,7 @@ class ResponseCapture:
             self._content_events += len(pieces)
             if self._saturated:
                 continue
-            joined = b"".join(pieces)
-            text = joined.decode("utf-8", "replace") if b"\\" not in joined else json.loads(b'"' + joined + b'"')
+            text = _raw_text(b"".join(pieces))
             self._texts[index] = (self._texts.get(index, "") + text)[: self.text_limit]
             self.first_content_seen = True
 
@@ -380,18 +378,21 @@ class ResponseCapture:
 
     def _take_usage(self, data: dict) -> bool:
         """vLLM's token counts from a response or event that carries them; whether it did."""
-        usage = data.get("usage")
-        if not (isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int)):
+        usage = _usage_counts(data)
+        if usage is None:
             return False
-        self._completion_tokens, self._tokens_exact = usage["completion_tokens"], True
-        self._prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
+        (self._prompt_tokens, self._completion_tokens), self._tokens_exact = usage, True
         return True
 
 
 def vllm_choice_texts(event: bytes) -> list[tuple[int, str]]:
     """(index, text) of each choice of one event in vLLM's own shape, read by pattern; [] for any other shape."""
-    return [(int(index), raw.decode("utf-8", "replace") if b"\\" not in raw else json.loads(b'"' + raw + b'"'))
-            for index, raw in _CHOICE_TEXT.findall(event)]
+    return [(int(index), _raw_text(raw)) for index, raw in _CHOICE_TEXT.findall(event)]
+
+
+def _raw_text(raw: bytes) -> str:
+    """A JSON string's contents as the pattern found them (escapes kept), decoded."""
+    return raw.decode("utf-8", "replace") if b"\\" not in raw else json.loads(b'"' + raw + b'"')
 
 
 def vllm_usage(event: bytes) -> tuple[int, int] | None:
@@ -410,6 +411,14 @@ def _by_choice(found: list[tuple[bytes, bytes]]) -> dict[int, list[bytes]]:
         if piece:
             grouped.setdefault(int(index), []).append(piece)
     return grouped
+
+
+def _usage_counts(data: dict | None) -> tuple[int, int] | None:
+    """(prompt tokens, completion tokens) of a decoded response or event with a usage object (prompt 0 if absent)."""
+    usage = data.get("usage") if data is not None else None
+    if not (isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int)):
+        return None
+    return (usage["prompt_tokens"] if isinstance(usage.get("prompt_tokens"), int) else 0), usage["completion_tokens"]
 
 
 def _decoded(payload: bytes) -> dict | None:
