@@ -12,11 +12,15 @@ def cmd_extract(args) -> int:
 
         if not args.write_direction:
             raise RosiError("rosi: --method gated needs --write-direction FILE (a v1 direction for this checkpoint)")
+        from ..extraction.gated import DEFAULT_SETTINGS, SETTINGS_GRID
+
         extract_gated(model_path(args.model), args.write_direction, args.out, layers=args.layers,
+                      settings=SETTINGS_GRID if args.fit_grid else DEFAULT_SETTINGS, dtype=args.dtype,
                       alphas=args.alphas or (4.0, 8.0, 16.0), min_auroc=args.min_auroc, n_harmful=args.n_harmful,
                       val_n=args.val_n, stage1_n=args.stage1_n, stage1_tokens=args.stage1_tokens,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, report_dir=args.report_dir,
-                      wrapped_goals=args.wrapped_goals, wrapped_benign=args.wrapped_benign)
+                      wrapped_goals=args.wrapped_goals, wrapped_benign=args.wrapped_benign,
+                      answer_tokens=args.answer_tokens, finalists=args.finalists)
         return 0
     from ..extraction.pipeline import extract_and_select
 
@@ -43,6 +47,16 @@ def add_commands(sub) -> None:
                    "fire on harm for --write-direction's vector and write format v2 (rosi_vllm/extraction/gated.py)")
     p.add_argument("--write-direction", default=None, help="gated: v1 direction file whose vector is the write direction")
     p.add_argument("--min-auroc", type=float, default=0.9, help="gated: held-out gate AUROC a layer needs to be edited")
+    p.add_argument("--fit-grid", action="store_true",
+                   help="gated: try every (fit, rho, lambda) of extraction.gated.SETTINGS_GRID, not only rho 0.7, "
+                   "lambda 1 (the best in every recorded run) and the mean-difference baseline")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="gated: the transformers model's dtype for every forward pass and generation; bfloat16 is "
+                   "about twice as fast on CPUs with bf16 units and is what vLLM serves")
+    p.add_argument("--answer-tokens", type=int, default=32,
+                   help="gated: length of the model's own greedy answer to each benign fit prompt, fitted as benign")
+    p.add_argument("--finalists", type=int, default=3,
+                   help="gated: candidates scored on the whole validation split with full-length completions")
     p.add_argument("--wrapped-goals", type=int, default=0,
                    help="gated: also fit on this many further harmful goals under each fit-only wrapper (never the "
                    "test's jailbreak templates) and attack validation goals with them during selection")

@@ -36,6 +36,7 @@ import torch
 from ..architectures import spec_for_architecture
 from ..direction_file import DirectionFile, read_key
 from .extract import LoadedModel, chat_texts
+from .hf_eval import by_length, generate
 from .scoring import edited_kl_bounds, score_variant
 from .selection import MAX_ADDED_BENIGN_REFUSAL, MAX_ADDED_DEGENERATE, MAX_KL, HfVariantGenerator
 
@@ -111,6 +112,10 @@ def _instruction_end_mask(tokenizer, texts: list[str], instructions: list[str], 
     return mask
 
 
+class _AllCaptured(Exception):
+    """Raised by the last writer hook of a forward pass: nothing after it is needed (later layers, the LM head)."""
+
+
 @torch.no_grad()
 def collect_inputs(loaded: LoadedModel, writers: list[Writer], instructions: list[str], *, positions: str,
                    answer_tokens: int = 0, batch_size: int = 16, progress: bool = True,
@@ -120,78 +125,94 @@ def collect_inputs(loaded: LoadedModel, writers: list[Writer], instructions: lis
     ``positions="instruction_end"``: the harmful-side positions; ``"all"``: every
     prompt position, plus (with ``answer_tokens``) the positions of the model's
     own greedy answer of that many tokens.
+
+    Prompts are batched by length, and each forward pass stops as soon as every
+    writer has seen its input: the layers after the deepest writer and the LM
+    head (a 151936-row matrix on Qwen) would only be computed to be thrown away.
     """
     from tqdm import tqdm
-
-    from .hf_eval import generate
 
     tokenizer, model = loaded.tokenizer, loaded.model
     modules = {w.key: model.get_submodule(w.module_name) for w in writers}
     captured: dict[str, torch.Tensor] = {}
-    hooks = [module.register_forward_pre_hook(lambda _m, args, key=key: captured.__setitem__(key, args[0]))
-             for key, module in modules.items()]
+
+    def capture(key, args):
+        captured[key] = args[0]
+        if len(captured) == len(modules):
+            raise _AllCaptured
+
     chunks: dict[str, list[torch.Tensor]] = {w.key: [] for w in writers}
     prompt_index, generated_flags = [], []
-    try:
-        for start in tqdm(range(0, len(instructions), batch_size), desc=desc, unit="batch", disable=not progress):
-            batch = list(instructions[start:start + batch_size])
-            texts = chat_texts(tokenizer, batch)
-            prompt_lengths = None
-            if answer_tokens:
-                answers = generate(loaded, batch, max_new_tokens=answer_tokens, batch_size=batch_size)
-                prompt_lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-                texts = [t + a for t, a in zip(texts, answers)]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                            return_offsets_mapping=True)
-            offsets = enc.pop("offset_mapping")
+    order = by_length(tokenizer, chat_texts(tokenizer, instructions))
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
+        rows_of = torch.tensor(order[start:start + batch_size])
+        batch = [instructions[i] for i in rows_of.tolist()]
+        texts = chat_texts(tokenizer, batch)
+        prompt_lengths = None
+        if answer_tokens:
+            answers = generate(loaded, batch, max_new_tokens=answer_tokens, batch_size=batch_size)
+            prompt_lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+            texts = [t + a for t, a in zip(texts, answers)]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+                        return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping")
+        captured.clear()
+        hooks = [module.register_forward_pre_hook(lambda _m, args, key=key: capture(key, args))
+                 for key, module in modules.items()]
+        try:
             model(**enc, use_cache=False)
-            if positions == "instruction_end":
-                mask = _instruction_end_mask(tokenizer, texts, batch, enc["input_ids"], offsets)
-            else:
-                mask = enc["attention_mask"].bool()
-            # left padding: a row's real tokens are its last `n` positions
-            lengths = enc["attention_mask"].sum(dim=1).tolist()
-            width = enc["input_ids"].shape[1]
-            gen = torch.zeros_like(mask)
-            if prompt_lengths is not None:
-                for row, (n, p) in enumerate(zip(lengths, prompt_lengths)):
-                    gen[row, width - n + p:] = True
-            for key in chunks:
-                chunks[key].append(captured[key][mask].float())
-            rows = mask.nonzero()[:, 0]
-            prompt_index.append(rows + start)
-            generated_flags.append(gen[mask])
-    finally:
-        for hook in hooks:
-            hook.remove()
+        except _AllCaptured:
+            pass
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if positions == "instruction_end":
+            mask = _instruction_end_mask(tokenizer, texts, batch, enc["input_ids"], offsets)
+        else:
+            mask = enc["attention_mask"].bool()
+        # left padding: a row's real tokens are its last `n` positions
+        lengths = enc["attention_mask"].sum(dim=1).tolist()
+        width = enc["input_ids"].shape[1]
+        gen = torch.zeros_like(mask)
+        if prompt_lengths is not None:
+            for row, (n, p) in enumerate(zip(lengths, prompt_lengths)):
+                gen[row, width - n + p:] = True
+        for key in chunks:
+            chunks[key].append(captured[key][mask].float())
+        prompt_index.append(rows_of[mask.nonzero()[:, 0]])
+        generated_flags.append(gen[mask])
     return WriterInputs({k: torch.cat(v) for k, v in chunks.items()}, torch.cat(prompt_index),
                         torch.cat(generated_flags))
 
 
-#: writers this wide or narrower get the benign spectrum from a full eigen-decomposition; wider ones
-#: (Qwen's 4864-wide down_proj input) from a randomized subspace iteration on the same moment matrix,
-#: which costs a few d²k products instead of a d³ eigen-solver with every eigenvector
-EXACT_BASIS_MAX_DIM = 2048
+#: writers this wide or narrower get the benign spectrum from a float64 eigen-decomposition; wider ones
+#: (Qwen's 4864-wide down_proj input) from a float32 one. Measured here on a 4864² moment: LAPACK's `syevr`
+#: for the top 1460 vectors (ρ = 0.7) 6 s, torch's full float32 `eigh` 12 s, and the randomized range finder
+#: this replaced 12 s (28 s for the ρ = 0.5 top space)
+FLOAT64_BASIS_MAX_DIM = 2048
 
 
-def benign_top_space(benign: torch.Tensor, k: int, *, exact_max_dim: int = EXACT_BASIS_MAX_DIM,
-                     seed: int = 0) -> torch.Tensor:
+def benign_top_space(benign: torch.Tensor, k: int, *, float64_max_dim: int = FLOAT64_BASIS_MAX_DIM) -> torch.Tensor:
     """Orthonormal ``[d_in, k]`` (float64): the `k` directions of the uncentred benign second moment
     ``A_bᵀA_b / n`` with the largest eigenvalues, descending. The null-space fit's P is their complement.
 
-    The moment is formed once per writer and shared by every ρ and λ tried. Up to `exact_max_dim`
-    it is decomposed exactly; above it, ``torch.svd_lowrank`` (Halko et al.'s randomized range
-    finder with power iterations) on the d×d moment finds the top space: activation spectra fall
-    steeply, so a few iterations separate it, and only the split near the ρ boundary is approximate.
+    The moment is formed once per writer and shared by every ρ and λ tried. Only its top `k`
+    eigenvectors are computed (LAPACK's MRRR driver), in float64 up to `float64_max_dim` and in
+    float32 above: activation spectra fall steeply, so float32 rounding moves only the split near
+    the ρ boundary, where the eigenvalues are already tiny beside the top ones.
     """
+    import scipy.linalg
+
     d = benign.shape[1]
     k = max(0, min(k, d - 1))
+    if k == 0:
+        return torch.zeros(d, 0, dtype=torch.float64)
     moment = benign.float().T @ benign.float() / benign.shape[0]
-    if d <= exact_max_dim or k == 0:
-        return torch.linalg.eigh(moment.double()).eigenvectors.flip(1)[:, :k].contiguous()
-    torch.manual_seed(seed)
-    _, _, v = torch.svd_lowrank(moment, q=min(d, k + 32), niter=4)
-    return v[:, :k].double().contiguous()
+    if d <= float64_max_dim:
+        moment = moment.double()
+    _, vectors = scipy.linalg.eigh(moment.numpy(), subset_by_index=[d - k, d - 1], driver="evr",
+                                   check_finite=False)
+    return torch.from_numpy(vectors[:, ::-1].copy()).double().contiguous()
 
 
 def fit_read_vector(harmful: torch.Tensor, benign: torch.Tensor, *, method: str = "nullspace", rho: float = 0.7,
@@ -318,21 +339,23 @@ def split_sources(sources: list[WriterInputs]) -> tuple[WriterInputs, WriterInpu
 
 
 def fit_gates(writers: list[Writer], harmful: list[WriterInputs], benign: list[WriterInputs],
-              settings) -> list[GateFit]:
+              settings, *, progress: bool = False) -> list[GateFit]:
     """One `GateFit` per (method, ρ, λ) in `settings`: fitted on the fit part, scored on the held-out part.
 
     `harmful` / `benign`: the sources of each side (plain and wrapped requests), held out per source.
     """
+    from tqdm import tqdm
+
     h_fit, h_out = split_sources(harmful)
     b_fit, b_out = split_sources(benign)
     rhos = [rho for method, rho, _ in settings if method == "nullspace"]
     bases = {}
-    for w in writers:
+    for w in tqdm(writers, desc="fit: benign spectra", unit="writer", disable=not progress or not rhos):
         if rhos:
             d = b_fit.by_writer[w.key].shape[1]
             bases[w.key] = benign_top_space(b_fit.by_writer[w.key], d - max(1, int(min(rhos) * d)))
     fits = []
-    for method, rho, lam in settings:
+    for method, rho, lam in tqdm(settings, desc="fit: read vectors", unit="setting", disable=not progress):
         reads, stats = {}, {}
         for w in writers:
             h = fit_read_vector(h_fit.by_writer[w.key], b_fit.by_writer[w.key], method=method, rho=rho, lam=lam,
@@ -435,8 +458,12 @@ def gated_direction(write: DirectionFile, fit: GateFit, window, targets) -> Dire
 
 
 def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_logprobs, max_new_tokens: int,
-                batch_size: int = 32, judge=None) -> list[dict]:
-    """For each plan (None: unedited), generated-text scores on the harmful, benign and borderline sets and the KL."""
+                batch_size: int = 32, judge=None, kl_bounds=None) -> list[dict]:
+    """For each plan (None: unedited), generated-text scores on the harmful, benign and borderline sets and the KL.
+
+    `kl_bounds`: (KL, upper bound) per plan (the unedited one's included) when the caller already measured
+    them on ``sets["benign"]``.
+    """
     from ..judge import SubstringJudge
 
     judge = judge or SubstringJudge()
@@ -448,7 +475,8 @@ def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_
         out = dict(zip(names, outputs[len(names) * i: len(names) * (i + 1)]))
         score = score_variant(out["harmful"], out["benign"], out.get("jailbreak"), borderline_out=out["borderline"],
                               judge=judge)
-        kl, kl_upper = edited_kl_bounds(loaded, plan, sets["benign"], base_logprobs, batch_size=batch_size)
+        kl, kl_upper = (kl_bounds[i] if kl_bounds is not None
+                        else edited_kl_bounds(loaded, plan, sets["benign"], base_logprobs, batch_size=batch_size))
         scores.append({
             "harmful_refusal": score["harmful_refusal"]["rate"], "benign_refusal": score["benign_refusal"]["rate"],
             "borderline_refusal": score["borderline_refusal"]["rate"], "degenerate": score["degenerate"]["rate"],
@@ -456,6 +484,29 @@ def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_
             **({"jailbreak_success": score["jailbreak_attack_success"]["rate"]} if "jailbreak" in out else {}),
         })
     return scores
+
+
+def kl_screen(loaded: LoadedModel, plans, benign: list[str], base_logprobs, *, keep: int, batch_size: int = 32,
+              progress: bool = True) -> tuple[list[int], list[tuple[float, float]]]:
+    """Which candidates are worth generating for: those whose benign KL bound is within the budget.
+
+    KL needs one forward pass per candidate where refusal needs generated text, and a
+    candidate over the KL budget cannot be feasible whatever it generates. Returns the
+    indices kept (all within the budget; if none is, the `keep` with the lowest
+    bound, so the report still shows where the budget bites) and every plan's
+    (KL, upper bound) on `benign`, which later stages reuse.
+    """
+    from tqdm import tqdm
+
+    bounds = [edited_kl_bounds(loaded, plan, benign, base_logprobs, batch_size=batch_size)
+              for plan in tqdm(plans, desc="select: KL screen", unit="candidate", disable=not progress)]
+    return worth_generating(bounds, keep), bounds
+
+
+def worth_generating(bounds: list[tuple[float, float]], keep: int) -> list[int]:
+    """Indices of the (KL, upper bound) pairs within the KL budget; if none is, the `keep` lowest bounds."""
+    within = [i for i, (_, upper) in enumerate(bounds) if upper <= MAX_KL]
+    return within or sorted(range(len(bounds)), key=lambda i: bounds[i][1])[:keep]
 
 
 def validation_sets(val_n: int, *, wrapped: bool) -> dict[str, list[str]]:
@@ -472,14 +523,19 @@ def validation_sets(val_n: int, *, wrapped: bool) -> dict[str, list[str]]:
     return sets
 
 
-DEFAULT_SETTINGS = (("nullspace", 0.7, 1.0), ("nullspace", 0.5, 1.0), ("nullspace", 0.7, 0.1), ("meandiff", 0.0, 0.0))
+#: the (fit, ρ, λ) grid `--fit-grid` tries; ρ = 0.7, λ = 1 had the best held-out AUROC in every run recorded
+#: in benchmarks/results/extraction (both models, plain and wrapped), so by default only it and the cheap
+#: mean-difference baseline (the ablation row) are fitted
+SETTINGS_GRID = (("nullspace", 0.7, 1.0), ("nullspace", 0.5, 1.0), ("nullspace", 0.7, 0.1), ("meandiff", 0.0, 0.0))
+DEFAULT_SETTINGS = (("nullspace", 0.7, 1.0), ("meandiff", 0.0, 0.0))
 
 
 def extract_gated(model: str, write_direction: str, out, *, layers=None, settings=DEFAULT_SETTINGS,
                   alphas=(4.0, 8.0, 16.0), min_auroc: float = DEFAULT_MIN_AUROC, n_harmful: int = 160,
                   answer_tokens: int = 32, val_n: int = 60, stage1_n: int = 24, stage1_tokens: int = 16,
                   max_new_tokens: int = 32, finalists: int = 3, batch_size: int = 16, report_dir=None,
-                  wrapped_goals: int = 0, wrapped_benign: int = 0, progress: bool = True) -> dict:
+                  wrapped_goals: int = 0, wrapped_benign: int = 0, dtype: str = "float32",
+                  progress: bool = True) -> dict:
     """`rosi extract --method gated`: fit read vectors, check the gates, select window/targets/α, write format v2.
 
     `write_direction`: a v1 direction file for this checkpoint whose vector is the
@@ -490,6 +546,11 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     fit-only wrapper (`prompts.FIT_WRAPPER_TEMPLATES`, never the test's jailbreak
     templates), with `wrapped_benign` benign requests under the same wrappers as
     benign, and makes the selection attack validation goals with those wrappers.
+
+    `dtype`: the transformers model's for every forward pass and generation
+    ("bfloat16" runs about twice as fast on CPUs with bf16 units, and is what vLLM
+    serves; "float32" reproduces the directions shipped before it existed).
+    Inputs are fitted in float32 or wider either way.
     """
     import json
     import time
@@ -503,8 +564,10 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     from .extract import load_hf_model
     from .hf_eval import next_token_logprobs
 
+    import torch
+
     started = time.perf_counter()
-    loaded = load_hf_model(model)
+    loaded = load_hf_model(model, dtype=getattr(torch, dtype))
     fingerprint = fingerprint_checkpoint(model)
     write = load_direction(write_direction)
     if write.gated:
@@ -531,7 +594,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
             loaded, writers, list(prompts.fit_wrapped(benign_fit[:wrapped_benign])), positions="all",
             batch_size=batch_size, progress=progress, desc="wrapped benign inputs").grouped(wrappers))
     collected = time.perf_counter()
-    fits = fit_gates(writers, harmful, benign, settings)
+    fits = fit_gates(writers, harmful, benign, settings, progress=progress)
     fit = max(fits, key=lambda f: f.mean_auroc)
     fitted = time.perf_counter()
     fit_seconds = fitted - started
@@ -550,20 +613,34 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         return [build_plan(gated_direction(write, fit, w, t), loaded.shape, alpha=a, checkpoint_fingerprint=fingerprint)
                 for w, t, a in specs]
 
-    # Stage 1: every candidate on a subset, judged on short completions; stage 2: the finalists on all of it.
-    base, *scored = score_gated(loaded, [None, *plans(candidates_spec)], short, base_logprobs=base_lp[:stage1_n],
-                                max_new_tokens=stage1_tokens, batch_size=batch_size)
-    candidates = [GatedCandidate(w, t, a, 1, **s, base=base) for (w, t, a), s in zip(candidates_spec, scored)]
-    top = sorted(candidates, key=GatedCandidate.rank_key, reverse=True)[:finalists]
-    specs = [(c.window, c.targets, c.alpha) for c in top]
+    # Stage 0: the exact KL of every candidate on the validation benign prompts (forward passes only); only
+    # those within the budget are generated for. Stage 1: those on a subset, judged on short completions, when
+    # there are more of them than finalists; stage 2: the finalists on all of it.
+    kept, bounds = kl_screen(loaded, plans(candidates_spec), sets["benign"], base_lp, keep=finalists,
+                             batch_size=batch_size, progress=progress)
+    screen = [{"window": list(w), "targets": list(t), "alpha": a, "kl": kl, "kl_upper": upper, "generated": i in kept}
+              for i, ((w, t, a), (kl, upper)) in enumerate(zip(candidates_spec, bounds))]
+    screened = time.perf_counter()
+    specs = [candidates_spec[i] for i in kept]
+    candidates = []
+    if len(specs) > finalists:
+        base, *scored = score_gated(loaded, [None, *plans(specs)], short, base_logprobs=base_lp[:stage1_n],
+                                    max_new_tokens=stage1_tokens, batch_size=batch_size)
+        candidates = [GatedCandidate(w, t, a, 1, **s, base=base) for (w, t, a), s in zip(specs, scored)]
+        specs = [(c.window, c.targets, c.alpha)
+                 for c in sorted(candidates, key=GatedCandidate.rank_key, reverse=True)[:finalists]]
+    stage1_done = time.perf_counter()
     base, *scored = score_gated(loaded, [None, *plans(specs)], sets, base_logprobs=base_lp,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size)
+                                max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                kl_bounds=[(0.0, 0.0), *(bounds[candidates_spec.index(spec)] for spec in specs)])
     final = [GatedCandidate(w, t, a, 2, **s, base=base) for (w, t, a), s in zip(specs, scored)]
     candidates += final
     best = max(final, key=GatedCandidate.rank_key)
 
     stages = {"load_and_collect": round(collected - started, 1), "fit": round(fitted - collected, 1),
-              "select": round(time.perf_counter() - fitted, 1)}
+              "select": round(time.perf_counter() - fitted, 1), "select_kl_screen": round(screened - fitted, 1),
+              "select_stage1": round(stage1_done - screened, 1),
+              "select_stage2": round(time.perf_counter() - stage1_done, 1)}
     direction = gated_direction(write, fit, best.window, best.targets)
     direction.recommended_alpha = best.alpha
     direction.provenance = {**write.provenance, "write_direction": Path(write_direction).name,
@@ -575,10 +652,11 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         "seconds": round(time.perf_counter() - started, 1), "fit_seconds": round(fit_seconds, 1),
         "stage_seconds": stages,
         "n_harmful_fit": n_harmful, "n_benign_fit": len(benign_fit), "answer_tokens": answer_tokens,
-        "wrapped_goals": wrapped_goals, "wrapped_benign": wrapped_benign,
+        "wrapped_goals": wrapped_goals, "wrapped_benign": wrapped_benign, "val_n": val_n, "finalists": finalists,
         "fit_wrappers": list(prompts.FIT_WRAPPER_TEMPLATES) if wrapped_goals or wrapped_benign else [],
         "layers": layers, "chosen_fit": fit.settings(),
         "gates": [{**f.settings(), "mean_auroc": f.mean_auroc, "writers": f.stats} for f in fits],
+        "dtype": dtype, "kl_screen": screen,
         "baseline": base, "best": best.to_dict(), "candidates": [c.to_dict() for c in candidates],
     }
     report_dir = Path(report_dir or Path(out).with_suffix(""))

@@ -41,20 +41,30 @@ def injected(loaded: LoadedModel, plan: InjectionPlan | None):
                 params[name].copy_(original)
 
 
+def by_length(tokenizer, texts: list[str]) -> list[int]:
+    """Indices of `texts`, longest tokenized first: batches of similar lengths waste little on padding."""
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return sorted(range(len(texts)), key=lambda i: -lengths[i])
+
+
 @torch.no_grad()
 def generate(loaded: LoadedModel, instructions, *, system_prompt: str | None = None, max_new_tokens: int = 32,
              batch_size: int = 32) -> list[str]:
-    """Greedy completions of chat-formatted instructions (no system prompt unless given)."""
+    """Greedy completions of chat-formatted instructions (no system prompt unless given), in their order;
+    batched by length, so a short prompt does not decode beside a long one's padding."""
     texts = chat_texts(loaded.tokenizer, instructions, system_prompt)
-    outputs = []
+    order = by_length(loaded.tokenizer, texts)
+    outputs: list[str] = [""] * len(texts)
     for start in range(0, len(texts), batch_size):
-        batch = loaded.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+        rows = order[start:start + batch_size]
+        batch = loaded.tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True,
                                  add_special_tokens=False)
         generated = loaded.model.generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id,
         )
         new = generated[:, batch["input_ids"].shape[1]:]
-        outputs.extend(loaded.tokenizer.batch_decode(new, skip_special_tokens=True))
+        for row, text in zip(rows, loaded.tokenizer.batch_decode(new, skip_special_tokens=True)):
+            outputs[row] = text
     return outputs
 
 

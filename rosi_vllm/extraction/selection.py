@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..architectures import DEFAULT_TARGETS
 from ..direction_file import DirectionFile, direction_for_checkpoint
-from ..injection_plan import build_plan
+from ..injection_plan import InjectionPlan, build_plan
 from ..judge import SubstringJudge
 from ..reports.plots import figure
 from .extract import Extraction, LoadedModel
@@ -120,13 +120,24 @@ class HfVariantGenerator:
         self.loaded, self.batch_size = loaded, batch_size
 
     def generate(self, jobs, max_new_tokens: int) -> list[list[str]]:
+        """Completions per (plan, instructions) job. Consecutive jobs of one plan are generated together: one
+        edit, and batches filled across its sets instead of a ragged last batch per set."""
         from tqdm import tqdm
 
+        runs: list[tuple[InjectionPlan | None, list[list[str]]]] = []
+        for plan, instructions in jobs:
+            if runs and runs[-1][0] is plan:
+                runs[-1][1].append(list(instructions))
+            else:
+                runs.append((plan, [list(instructions)]))
         outputs = []
-        for plan, instructions in tqdm(jobs, desc="select: generate", unit="job", disable=len(jobs) < 4):
+        for plan, sets in tqdm(runs, desc="select: generate", unit="variant", disable=len(runs) < 2):
             with injected(self.loaded, plan):
-                outputs.append(generate(self.loaded, instructions, max_new_tokens=max_new_tokens,
-                                        batch_size=self.batch_size))
+                texts = generate(self.loaded, [text for texts in sets for text in texts],
+                                 max_new_tokens=max_new_tokens, batch_size=self.batch_size)
+            for instructions in sets:
+                outputs.append(texts[:len(instructions)])
+                texts = texts[len(instructions):]
         return outputs
 
 

@@ -102,3 +102,21 @@ def test_validation_alphas_smoke(tmp_path):
     assert [r["alpha"] for r in rows] == [2.0, 8.0] and result["best"]["alpha"] in (2.0, 8.0)
     assert all(0 <= r["harmful_refusal"] <= 1 and r["kl_upper"] >= r["kl"] >= 0 for r in rows)
     assert rows[0]["jailbreak_success"] is not None  # the wrapped validation goals were attacked
+
+
+def test_gate_fit_time_smoke(tmp_path):
+    run_smoke("gate_fit_time", tmp_path)
+    data = json.loads((tmp_path / "gate_fit_time_smoke.json").read_text())
+    for name in ("float64_full", "randomized", "benign_top_space"):
+        assert data[name]["top_space_seconds"] > 0 and data[name]["held_out_auroc"] > 0.99
+        assert data[name]["principal_cosines_vs_float64"]["p05"] > 0.99  # the same space, three ways
+
+
+def test_gated_extraction_time_smoke(tmp_path):
+    run_smoke("gated_extraction_time", tmp_path)
+    data = load(tmp_path, "gated_extraction_time_smoke")
+    assert [run["dtype"] for run in data["runs"]] == ["float32", "bfloat16"]
+    for run in data["runs"]:
+        assert {"load_and_collect", "fit", "select_kl_screen", "select_stage2"} <= set(run["stage_seconds"])
+        assert run["seconds"] >= sum(run["stage_seconds"].values()) - 1
+        assert 1 <= run["candidates_generated"] <= run["candidates"] and run["selected"]["alpha"] == 2.0

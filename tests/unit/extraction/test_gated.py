@@ -20,6 +20,7 @@ from rosi_vllm.extraction.gated import (
     find_writers,
     fit_read_vector,
     split_sources,
+    worth_generating,
 )
 from tests.helpers import write_direction
 
@@ -79,6 +80,44 @@ def test_inputs_come_from_the_instruction_end_and_from_the_models_own_answer(tin
     assert len(benign.prompt_index) == sum(len(i) for i in ids) + int(benign.generated.sum())
 
 
+def test_a_forward_pass_stops_after_the_deepest_writer_with_the_inputs_a_full_pass_gives(tiny_model):
+    loaded = load_hf_model(tiny_model("llama"))
+    writers = find_writers(loaded, {0})  # layer 0 of 2: layer 1 and the LM head are never run
+    instructions = ["Write a poem about rain please", "Hi", "Explain how tides work in three short sentences"]
+    seen_by_last_layer = []
+    last = loaded.model.get_submodule(find_writers(loaded, {1})[-1].module_name)
+    probe = last.register_forward_pre_hook(lambda _m, args: seen_by_last_layer.append(args[0]))
+    try:
+        collected = collect_inputs(loaded, writers, instructions, positions="all", batch_size=2, progress=False)
+    finally:
+        probe.remove()
+    assert not seen_by_last_layer
+    full: dict[str, list] = {w.key: [] for w in writers}
+    hooks = [loaded.model.get_submodule(w.module_name).register_forward_pre_hook(
+        lambda _m, args, key=w.key: full[key].append(args[0][0])) for w in writers]
+    try:
+        for text in chat_texts(loaded.tokenizer, instructions):  # one prompt at a time: no padding at all
+            enc = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            with torch.no_grad():
+                loaded.model(**enc, use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for w in writers:
+        for i in range(len(instructions)):  # rows are grouped by length, but each keeps its prompt's index
+            rows = collected.by_writer[w.key][collected.prompt_index == i]
+            assert torch.allclose(rows, full[w.key][i], atol=1e-5)
+
+
+def test_only_candidates_within_the_kl_budget_are_generated_for_unless_none_is():
+    from rosi_vllm.extraction.selection import MAX_KL
+
+    bounds = [(0.02, 0.05), (0.2, 0.3), (0.08, MAX_KL), (0.09, 0.15)]
+    assert worth_generating(bounds, keep=2) == [0, 2]
+    over = [(0.2, 0.3), (0.1, 0.12), (0.5, 0.6), (0.1, 0.11)]
+    assert worth_generating(over, keep=2) == [3, 1]  # the nearest to the budget: where it bites
+
+
 def test_extract_gated_writes_a_v2_direction_and_its_gate_report(tiny_model, tmp_path):
     model = tiny_model("llama")
     write = write_direction(model, tmp_path / "v1.safetensors")
@@ -93,6 +132,9 @@ def test_extract_gated_writes_a_v2_direction_and_its_gate_report(tiny_model, tmp
     saved = json.loads((tmp_path / "gated" / "gate.json").read_text())
     assert saved["best"] == report["best"] and {"harmful_refusal", "borderline_refusal"} <= set(saved["baseline"])
     assert all(c["kl_upper"] >= c["kl"] >= 0 for c in saved["candidates"])  # the budget is checked on the bound
+    assert [(c["window"], c["alpha"]) for c in saved["kl_screen"] if c["generated"]] == \
+        [(c["window"], c["alpha"]) for c in saved["candidates"] if c["stage"] == 2]  # one candidate: no stage 1
+    assert {"select_kl_screen", "select_stage1", "select_stage2"} <= set(saved["stage_seconds"])
     assert (tmp_path / "gated" / "gate.png").stat().st_size > 10000
 
 
@@ -168,7 +210,7 @@ def test_nullspace_fit_equals_the_formula_in_both_solve_forms(n_harmful):
     assert torch.allclose(h.double(), expected, atol=1e-4 * expected.abs().max())
 
 
-def test_randomized_top_space_matches_the_exact_one_on_a_falling_spectrum():
+def test_float32_top_space_matches_the_float64_one_on_a_falling_spectrum():
     gen = torch.Generator().manual_seed(4)
     d, n = 256, 4000
     scales = torch.logspace(1, -3, d)  # activations: a few large directions, a long small tail
@@ -176,12 +218,17 @@ def test_randomized_top_space_matches_the_exact_one_on_a_falling_spectrum():
     benign = (torch.randn(n, d, generator=gen) * scales) @ basis.T
     k = d - int(0.7 * d)  # the top space the ρ = 0.7 fit removes
     exact = benign_top_space(benign, k)
-    randomized = benign_top_space(benign, k, exact_max_dim=0)
+    single = benign_top_space(benign, k, float64_max_dim=0)
     # principal angles between the two spaces: cosines near 1 except, at most, at the split
-    cosines = torch.linalg.svdvals(exact.T @ randomized)
+    moment = benign.double().T @ benign.double() / n
+    for space in (exact, single):  # orthonormal, largest eigenvalue first (the fit keeps a prefix of it)
+        assert torch.allclose(space.T @ space, torch.eye(k, dtype=torch.float64), atol=1e-5)
+        captured = (space.T @ moment @ space).diagonal()
+        assert (captured[:-1] >= captured[1:] * (1 - 1e-4)).all()
+    cosines = torch.linalg.svdvals(exact.T @ single)
     assert cosines[: k - 5].min() > 0.999 and cosines.min() > 0.9
     harmful = benign[:200] + 0.5 * basis[:, -1]  # a signal in the benign tail
     h_exact = fit_read_vector(harmful, benign, rho=0.7, lam=0.1, top_space=exact)
-    h_fast = fit_read_vector(harmful, benign, rho=0.7, lam=0.1, top_space=randomized)
+    h_fast = fit_read_vector(harmful, benign, rho=0.7, lam=0.1, top_space=single)
     assert auroc(harmful @ h_exact, benign @ h_exact) > 0.99
     assert auroc(harmful @ h_fast, benign @ h_fast) == pytest.approx(auroc(harmful @ h_exact, benign @ h_exact), abs=0.01)
