@@ -186,9 +186,8 @@ def collect_inputs(loaded: LoadedModel, writers: list[Writer], instructions: lis
 
 
 #: writers this wide or narrower get the benign spectrum from a float64 eigen-decomposition; wider ones
-#: (Qwen's 4864-wide down_proj input) from a float32 one. Measured here on a 4864² moment: LAPACK's `syevr`
-#: for the top 1460 vectors (ρ = 0.7) 6 s, torch's full float32 `eigh` 12 s, and the randomized range finder
-#: this replaced 12 s (28 s for the ρ = 0.5 top space)
+#: (Qwen's 4864-wide down_proj input) from a float32 one (`python -m benchmarks.gate_fit_time` times it
+#: beside a full float64 decomposition and the randomized range finder it replaced)
 FLOAT64_BASIS_MAX_DIM = 2048
 
 
