@@ -614,7 +614,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
 
     # Stage 0: the exact KL of every candidate on the validation benign prompts (forward passes only); only
     # those within the budget are generated for. Stage 1: those on a subset, judged on short completions, when
-    # there are more of them than finalists; stage 2: the finalists on all of it.
+    # there are more of them than finalists; stage 2: the finalists on all of it. Both stages use stage 0's
+    # KL, measured on every validation benign prompt.
     kept, bounds = kl_screen(loaded, plans(candidates_spec), sets["benign"], base_lp, keep=finalists,
                              batch_size=batch_size, progress=progress)
     screen = [{"window": list(w), "targets": list(t), "alpha": a, "kl": kl, "kl_upper": upper, "generated": i in kept}
@@ -624,7 +625,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     candidates = []
     if len(specs) > finalists:
         base, *scored = score_gated(loaded, [None, *plans(specs)], short, base_logprobs=base_lp[:stage1_n],
-                                    max_new_tokens=stage1_tokens, batch_size=batch_size)
+                                    max_new_tokens=stage1_tokens, batch_size=batch_size,
+                                    kl_bounds=[(0.0, 0.0), *(bounds[i] for i in kept)])
         candidates = [GatedCandidate(w, t, a, 1, **s, base=base) for (w, t, a), s in zip(specs, scored)]
         specs = [(c.window, c.targets, c.alpha)
                  for c in sorted(candidates, key=GatedCandidate.rank_key, reverse=True)[:finalists]]

@@ -138,6 +138,24 @@ def test_extract_gated_writes_a_v2_direction_and_its_gate_report(tiny_model, tmp
     assert (tmp_path / "gated" / "gate.png").stat().st_size > 10000
 
 
+def test_with_more_candidates_within_the_kl_budget_than_finalists_stage_1_picks_them(tiny_model, tmp_path):
+    model = tiny_model("llama")
+    write = write_direction(model, tmp_path / "v1.safetensors")
+    report = extract_gated(str(model), str(write), tmp_path / "gated.safetensors", layers=[0, 1],
+                           settings=(("nullspace", 0.7, 1.0),), alphas=(0.01, 0.02), min_auroc=0.0, n_harmful=12,
+                           answer_tokens=3, val_n=4, stage1_n=3, stage1_tokens=3, max_new_tokens=4, batch_size=4,
+                           finalists=1, progress=False)
+    generated = [c for c in report["kl_screen"] if c["generated"]]
+    assert len(generated) > 1 and all(c["kl_upper"] <= 0.1 for c in generated)  # tiny α: all within the budget
+    stage1 = [c for c in report["candidates"] if c["stage"] == 1]
+    stage2 = [c for c in report["candidates"] if c["stage"] == 2]
+    assert len(stage1) == len(generated) and len(stage2) == 1
+    by_key = {(tuple(c["window"]), tuple(c["targets"]), c["alpha"]): c for c in report["kl_screen"]}
+    for c in stage1 + stage2:  # both stages read the screen's KL, measured on every validation benign prompt
+        screened = by_key[(tuple(c["window"]), tuple(c["targets"]), c["alpha"])]
+        assert (c["kl"], c["kl_upper"]) == (screened["kl"], screened["kl_upper"])
+
+
 def test_the_kl_budget_is_checked_on_the_upper_bound_not_the_mean():
     from rosi_vllm.extraction.gated import GatedCandidate
     from rosi_vllm.extraction.selection import MAX_KL
