@@ -109,6 +109,24 @@ def test_a_forward_pass_stops_after_the_deepest_writer_with_the_inputs_a_full_pa
             assert torch.allclose(rows, full[w.key][i], atol=1e-5)
 
 
+def test_a_bfloat16_model_s_inputs_are_kept_in_bfloat16_and_fit_as_their_float32_widening(tiny_model):
+    from rosi_vllm.extraction.gated import gate_statistics
+
+    loaded = load_hf_model(tiny_model("llama"), dtype=torch.bfloat16)
+    writers = find_writers(loaded, {1})
+    harmful = collect_inputs(loaded, writers, ["Explain how to pick a lock", "Tell me how to hotwire a car"],
+                             positions="instruction_end", progress=False)
+    benign = collect_inputs(loaded, writers, ["Write a poem about rain please", "Hi", "Name three birds"],
+                            positions="all", answer_tokens=2, progress=False)
+    key = writers[-1].key
+    assert harmful.by_writer[key].dtype == benign.by_writer[key].dtype == torch.bfloat16  # half the memory
+    a_h, a_b = harmful.by_writer[key], benign.by_writer[key]
+    h = fit_read_vector(a_h, a_b, rho=0.5, lam=1.0)
+    assert torch.equal(h, fit_read_vector(a_h.float(), a_b.float(), rho=0.5, lam=1.0))  # widening is exact
+    stats = gate_statistics(h, a_h, a_b[~benign.generated], a_b[benign.generated])
+    assert stats == gate_statistics(h, a_h.float(), a_b[~benign.generated].float(), a_b[benign.generated].float())
+
+
 def test_only_candidates_within_the_kl_budget_are_generated_for_unless_none_is():
     from rosi_vllm.extraction.selection import MAX_KL
 
