@@ -34,6 +34,8 @@ def summarise(path: Path) -> dict:
     if "select_stage2" in stages:  # the parts are given: the total would count them twice in the plot
         stages.pop("select")
     best = report["best"]
+    # runs from before the KL screen generated text for every candidate of their stage 1
+    screen = report.get("kl_screen") or [{"generated": True} for c in report["candidates"] if c["stage"] == 1]
     return {
         "report": str(path), "seconds": report["seconds"], "stage_seconds": stages,
         "dtype": report.get("dtype", "float32"), "layers": report["layers"],
@@ -42,10 +44,7 @@ def summarise(path: Path) -> dict:
         "answer_tokens": report["answer_tokens"], "wrapped_goals": report["wrapped_goals"],
         "wrapped_benign": report["wrapped_benign"],
         "val_n": report.get("val_n"), "finalists": report.get("finalists"),
-        "candidates": len(report["kl_screen"]) if "kl_screen" in report else
-        sum(1 for c in report["candidates"] if c["stage"] == 1),
-        "candidates_generated": (sum(1 for c in report["kl_screen"] if c["generated"]) if "kl_screen" in report
-                                 else sum(1 for c in report["candidates"] if c["stage"] == 1)),
+        "candidates": len(screen), "candidates_generated": sum(1 for c in screen if c["generated"]),
         "selected": {key: best[key] for key in ("window", "targets", "alpha", "harmful_refusal", "jailbreak_success",
                                                 "benign_refusal", "borderline_refusal", "kl", "kl_upper",
                                                 "feasible")},

@@ -145,11 +145,12 @@ def collect_inputs(loaded: LoadedModel, writers: list[Writer], instructions: lis
 
     chunks: dict[str, list[torch.Tensor]] = {w.key: [] for w in writers}
     prompt_index, generated_flags = [], []
-    order = by_length(tokenizer, chat_texts(tokenizer, instructions))
+    all_texts = chat_texts(tokenizer, instructions)
+    order = by_length(tokenizer, all_texts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
         rows_of = torch.tensor(order[start:start + batch_size])
         batch = [instructions[i] for i in rows_of.tolist()]
-        texts = chat_texts(tokenizer, batch)
+        texts = [all_texts[i] for i in rows_of.tolist()]
         prompt_lengths = None
         if answer_tokens:
             answers = generate(loaded, batch, max_new_tokens=answer_tokens, batch_size=batch_size)
@@ -213,7 +214,7 @@ def benign_top_space(benign: torch.Tensor, k: int, *, float64_max_dim: int = FLO
         moment = moment.double()
     _, vectors = scipy.linalg.eigh(moment.numpy(), subset_by_index=[d - k, d - 1], driver="evr",
                                    check_finite=False)
-    return torch.from_numpy(vectors[:, ::-1].copy()).double().contiguous()
+    return torch.from_numpy(vectors[:, ::-1].copy()).double()
 
 
 def fit_read_vector(harmful: torch.Tensor, benign: torch.Tensor, *, method: str = "nullspace", rho: float = 0.7,
@@ -462,8 +463,8 @@ def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_
                 batch_size: int = 32, judge=None, kl_bounds=None) -> list[dict]:
     """For each plan (None: unedited), generated-text scores on the harmful, benign and borderline sets and the KL.
 
-    `kl_bounds`: (KL, upper bound) per plan (the unedited one's included) when the caller already measured
-    them on ``sets["benign"]``.
+    `kl_bounds`: (KL, upper bound) of each edited plan, in order, when the caller already measured them on
+    ``sets["benign"]`` (the unedited plan's is 0, as `edited_kl_bounds` gives it).
     """
     from ..judge import SubstringJudge
 
@@ -471,12 +472,13 @@ def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_
     generator = HfVariantGenerator(loaded, batch_size)
     names = ("harmful", "benign", "borderline") + (("jailbreak",) if sets.get("jailbreak") else ())
     outputs = generator.generate([(plan, sets[name]) for plan in plans for name in names], max_new_tokens)
+    given = iter(kl_bounds) if kl_bounds is not None else None
     scores = []
     for i, plan in enumerate(plans):
         out = dict(zip(names, outputs[len(names) * i: len(names) * (i + 1)]))
         score = score_variant(out["harmful"], out["benign"], out.get("jailbreak"), borderline_out=out["borderline"],
                               judge=judge)
-        kl, kl_upper = (kl_bounds[i] if kl_bounds is not None
+        kl, kl_upper = ((0.0, 0.0) if plan is None else next(given) if given is not None
                         else edited_kl_bounds(loaded, plan, sets["benign"], base_logprobs, batch_size=batch_size))
         scores.append({
             "harmful_refusal": score["harmful_refusal"]["rate"], "benign_refusal": score["benign_refusal"]["rate"],
@@ -565,8 +567,6 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     from .extract import load_hf_model
     from .hf_eval import next_token_logprobs
 
-    import torch
-
     started = time.perf_counter()
     loaded = load_hf_model(model, dtype=getattr(torch, dtype))
     fingerprint = fingerprint_checkpoint(model)
@@ -623,19 +623,20 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     screen = [{"window": list(w), "targets": list(t), "alpha": a, "kl": kl, "kl_upper": upper, "generated": i in kept}
               for i, ((w, t, a), (kl, upper)) in enumerate(zip(candidates_spec, bounds))]
     screened = time.perf_counter()
+    bound_of = dict(zip(candidates_spec, bounds))
     specs = [candidates_spec[i] for i in kept]
     candidates = []
     if len(specs) > finalists:
         base, *scored = score_gated(loaded, [None, *plans(specs)], short, base_logprobs=base_lp[:stage1_n],
                                     max_new_tokens=stage1_tokens, batch_size=batch_size,
-                                    kl_bounds=[(0.0, 0.0), *(bounds[i] for i in kept)])
+                                    kl_bounds=[bound_of[spec] for spec in specs])
         candidates = [GatedCandidate(w, t, a, 1, **s, base=base) for (w, t, a), s in zip(specs, scored)]
         specs = [(c.window, c.targets, c.alpha)
                  for c in sorted(candidates, key=GatedCandidate.rank_key, reverse=True)[:finalists]]
     stage1_done = time.perf_counter()
     base, *scored = score_gated(loaded, [None, *plans(specs)], sets, base_logprobs=base_lp,
                                 max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                kl_bounds=[(0.0, 0.0), *(bounds[candidates_spec.index(spec)] for spec in specs)])
+                                kl_bounds=[bound_of[spec] for spec in specs])
     final = [GatedCandidate(w, t, a, 2, **s, base=base) for (w, t, a), s in zip(specs, scored)]
     candidates += final
     best = max(final, key=GatedCandidate.rank_key)
