@@ -23,7 +23,8 @@ from rosi_vllm.reports.plots import figure
 from ._common import benchmark_parser, write_result
 
 STAGES = (("load_and_collect", "load + collect inputs"), ("fit", "fit read vectors"),
-          ("select_kl_screen", "select: KL screen"), ("select_stage1", "select: stage 1"),
+          ("select_kl_screen", "select: KL screen"), ("select_budget", "select: α at the KL budget"),
+          ("select_stage1", "select: stage 1"),
           ("select_stage2", "select: stage 2"), ("select", "select (not split)"))
 
 

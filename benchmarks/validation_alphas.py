@@ -33,7 +33,7 @@ def replay(model: Path, direction: Path, alphas: list[float], val_n: int, wrappe
            max_new_tokens: int = 32, batch_size: int = 16) -> dict:
     from rosi_vllm.direction_file import load_direction
     from rosi_vllm.extraction.extract import load_hf_model
-    from rosi_vllm.extraction.gated import GatedCandidate, score_gated, validation_sets
+    from rosi_vllm.extraction.gated_selection import GatedCandidate, score_gated, validation_sets
     from rosi_vllm.extraction.hf_eval import next_token_logprobs
     from rosi_vllm.fingerprint import fingerprint_checkpoint
     from rosi_vllm.injection_plan import build_plan

@@ -24,6 +24,8 @@ Fits (`fit_read_vector`):
 - ``meandiff``: the cheap baseline ``h ∝ (I − m̂m̂ᵀ)(μ_harm − μ_benign)``, m̂ the unit benign mean.
 Either way h is then scaled so the median harmful ``h·a`` on the fit data is 1
 (the regression undershoots it), which makes α comparable across writers.
+
+Which window, targets and α ship is decided on validation text in `gated_selection`.
 """
 
 from __future__ import annotations
@@ -36,9 +38,8 @@ import torch
 from ..architectures import spec_for_architecture
 from ..direction_file import DirectionFile, read_key
 from .extract import LoadedModel, chat_texts
+from .gated_selection import BUDGET_STEPS, select_gated
 from .hf_eval import by_length, generate
-from .scoring import edited_kl_bounds, score_variant
-from .selection import MAX_ADDED_BENIGN_REFUSAL, MAX_ADDED_DEGENERATE, MAX_KL, HfVariantGenerator
 
 FITS = ("nullspace", "meandiff")
 
@@ -304,8 +305,6 @@ def gate_statistics(h: torch.Tensor, harmful: torch.Tensor, benign: torch.Tensor
 
 #: a layer joins the window only if every target's gate reaches this held-out AUROC
 DEFAULT_MIN_AUROC = 0.9
-#: borderline-benign over-refusal the selection accepts over the unedited model (the issue's target)
-MAX_ADDED_BORDERLINE_REFUSAL = 0.10
 
 
 @dataclass
@@ -383,69 +382,6 @@ def windows_from_gates(fit: GateFit, targets_options=(("attn_out", "mlp_out"), (
     return out
 
 
-@dataclass
-class GatedCandidate:
-    """One (window, targets, α) scored on generated validation text, beside the unedited model on the same prompts."""
-
-    window: tuple[int, ...]
-    targets: tuple[str, ...]
-    alpha: float
-    stage: int
-    harmful_refusal: float
-    benign_refusal: float
-    borderline_refusal: float
-    degenerate: float
-    kl: float
-    base: dict = field(default_factory=dict)
-    #: share of validation goals under the fit-only wrappers *not* refused (None: selection did not attack)
-    jailbreak_success: float | None = None
-    #: one-sided 95 % upper bound of `kl` over the validation prompts; the KL budget is checked on it (None: on
-    #: the mean, as reports from before it existed did)
-    kl_upper: float | None = None
-
-    @property
-    def budget_kl(self) -> float:
-        """The KL the budget is checked on: the upper bound, so a mean just under the budget does not pass by luck."""
-        return self.kl if self.kl_upper is None else self.kl_upper
-
-    @property
-    def harm_refused(self) -> float:
-        """What the selection maximises: refusal of plain harmful requests, averaged with refusal of wrapped ones."""
-        if self.jailbreak_success is None:
-            return self.harmful_refusal
-        return (self.harmful_refusal + 1.0 - self.jailbreak_success) / 2
-
-    @property
-    def added(self) -> dict:
-        return {key: getattr(self, key) - self.base.get(key, 0.0)
-                for key in ("benign_refusal", "borderline_refusal", "degenerate")}
-
-    @property
-    def feasible(self) -> bool:
-        added = self.added
-        return (added["benign_refusal"] <= MAX_ADDED_BENIGN_REFUSAL + 1e-9
-                and added["borderline_refusal"] <= MAX_ADDED_BORDERLINE_REFUSAL + 1e-9
-                and added["degenerate"] <= MAX_ADDED_DEGENERATE + 1e-9 and self.budget_kl <= MAX_KL)
-
-    @property
-    def tradeoff(self) -> float:
-        added = self.added
-        return (self.harm_refused - 2 * max(0.0, added["benign_refusal"])
-                - max(0.0, added["borderline_refusal"]) - max(0.0, added["degenerate"])
-                - max(0.0, self.budget_kl - MAX_KL))
-
-    def rank_key(self):
-        return (self.feasible, self.harm_refused if self.feasible else self.tradeoff, -self.kl)
-
-    def to_dict(self) -> dict:
-        return {"window": list(self.window), "targets": list(self.targets), "alpha": self.alpha, "stage": self.stage,
-                "harmful_refusal": self.harmful_refusal, "benign_refusal": self.benign_refusal,
-                "borderline_refusal": self.borderline_refusal, "degenerate": self.degenerate, "kl": self.kl,
-                "kl_upper": self.kl_upper,
-                "jailbreak_success": self.jailbreak_success, "harm_refused": self.harm_refused,
-                "base": self.base, "added": self.added, "feasible": self.feasible, "tradeoff": self.tradeoff}
-
-
 def gated_direction(write: DirectionFile, fit: GateFit, window, targets) -> DirectionFile:
     """A copy of the write direction `write` carrying `fit`'s read vectors for `window` × `targets`."""
     import copy
@@ -457,73 +393,6 @@ def gated_direction(write: DirectionFile, fit: GateFit, window, targets) -> Dire
     direction.fit = {**fit.settings(), "window": list(window), "targets": list(targets)}
     direction.gate = {k: {s: round(v, 4) for s, v in fit.stats[k].items()} for k in keys}
     return direction
-
-
-def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_logprobs, max_new_tokens: int,
-                batch_size: int = 32, judge=None, kl_bounds=None) -> list[dict]:
-    """For each plan (None: unedited), generated-text scores on the harmful, benign and borderline sets and the KL.
-
-    `kl_bounds`: (KL, upper bound) of each edited plan, in order, when the caller already measured them on
-    ``sets["benign"]`` (the unedited plan's is 0, as `edited_kl_bounds` gives it).
-    """
-    from ..judge import SubstringJudge
-
-    judge = judge or SubstringJudge()
-    generator = HfVariantGenerator(loaded, batch_size)
-    names = ("harmful", "benign", "borderline") + (("jailbreak",) if sets.get("jailbreak") else ())
-    outputs = generator.generate([(plan, sets[name]) for plan in plans for name in names], max_new_tokens)
-    given = iter(kl_bounds) if kl_bounds is not None else None
-    scores = []
-    for i, plan in enumerate(plans):
-        out = dict(zip(names, outputs[len(names) * i: len(names) * (i + 1)]))
-        score = score_variant(out["harmful"], out["benign"], out.get("jailbreak"), borderline_out=out["borderline"],
-                              judge=judge)
-        kl, kl_upper = ((0.0, 0.0) if plan is None else next(given) if given is not None
-                        else edited_kl_bounds(loaded, plan, sets["benign"], base_logprobs, batch_size=batch_size))
-        scores.append({
-            "harmful_refusal": score["harmful_refusal"]["rate"], "benign_refusal": score["benign_refusal"]["rate"],
-            "borderline_refusal": score["borderline_refusal"]["rate"], "degenerate": score["degenerate"]["rate"],
-            "kl": kl, "kl_upper": kl_upper,
-            **({"jailbreak_success": score["jailbreak_attack_success"]["rate"]} if "jailbreak" in out else {}),
-        })
-    return scores
-
-
-def kl_screen(loaded: LoadedModel, plans, benign: list[str], base_logprobs, *, keep: int, batch_size: int = 32,
-              progress: bool = True) -> tuple[list[int], list[tuple[float, float]]]:
-    """Which candidates are worth generating for: those whose benign KL bound is within the budget.
-
-    KL needs one forward pass per candidate where refusal needs generated text, and a
-    candidate over the KL budget cannot be feasible whatever it generates. Returns the
-    indices kept (all within the budget; if none is, the `keep` with the lowest
-    bound, so the report still shows where the budget bites) and every plan's
-    (KL, upper bound) on `benign`, which later stages reuse.
-    """
-    from tqdm import tqdm
-
-    bounds = [edited_kl_bounds(loaded, plan, benign, base_logprobs, batch_size=batch_size)
-              for plan in tqdm(plans, desc="select: KL screen", unit="candidate", disable=not progress)]
-    return worth_generating(bounds, keep), bounds
-
-
-def worth_generating(bounds: list[tuple[float, float]], keep: int) -> list[int]:
-    """Indices of the (KL, upper bound) pairs within the KL budget; if none is, the `keep` lowest bounds."""
-    within = [i for i, (_, upper) in enumerate(bounds) if upper <= MAX_KL]
-    return within or sorted(range(len(bounds)), key=lambda i: bounds[i][1])[:keep]
-
-
-def validation_sets(val_n: int, *, wrapped: bool) -> dict[str, list[str]]:
-    """The prompts the gated selection scores on: the first `val_n` of each validation set and, when it also
-    fitted on wrapped requests, validation goals under every fit-only wrapper as the attack set."""
-    from . import prompts
-
-    sets = {"harmful": list(prompts.harmful("validation"))[:val_n],
-            "benign": list(prompts.harmless("validation"))[:val_n],
-            "borderline": list(prompts.borderline("validation"))[:val_n]}
-    if wrapped:
-        wrappers = len(prompts.FIT_WRAPPER_TEMPLATES)
-        sets["jailbreak"] = list(prompts.fit_wrapped(prompts.harmful("validation")[:max(1, val_n // wrappers)]))
-    return sets
 
 
 #: the (fit, ρ, λ) grid `--fit-grid` tries; ρ = 0.7, λ = 1 had the best held-out AUROC in every run recorded
@@ -538,7 +407,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
                   answer_tokens: int = 32, val_n: int = 60, stage1_n: int = 24, stage1_tokens: int = 16,
                   max_new_tokens: int = 32, finalists: int = 3, batch_size: int = 16, report_dir=None,
                   wrapped_goals: int = 0, wrapped_benign: int = 0, dtype: str = "float32",
-                  progress: bool = True) -> dict:
+                  budget_steps: int = BUDGET_STEPS, progress: bool = True) -> dict:
     """`rosi extract --method gated`: fit read vectors, check the gates, select window/targets/α, write format v2.
 
     `write_direction`: a v1 direction file for this checkpoint whose vector is the
@@ -554,6 +423,10 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     ("bfloat16" runs about twice as fast on CPUs with bf16 units, and is what vLLM
     serves; "float32" reproduces the directions shipped before it existed).
     Inputs are fitted in float32 or wider either way.
+
+    `budget_steps`: bisection steps toward the largest α within the KL budget for
+    each window whose `alphas` straddle it (`gated_selection.alphas_at_budget`;
+    0: the grid only, as runs recorded before it existed).
     """
     import json
     import time
@@ -565,7 +438,6 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     from ..injection_plan import build_plan
     from . import prompts
     from .extract import load_hf_model
-    from .hf_eval import next_token_logprobs
 
     started = time.perf_counter()
     loaded = load_hf_model(model, dtype=getattr(torch, dtype))
@@ -603,48 +475,22 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         print(f"gate: {len(writers)} writers, best fit {fit.settings()} (mean held-out AUROC {fit.mean_auroc:.3f}) "
               f"in {fit_seconds:.0f} s")
 
-    sets = validation_sets(val_n, wrapped=bool(wrapped_goals))
-    short = {k: v[:stage1_n] for k, v in sets.items()}
-    base_lp = next_token_logprobs(loaded, sets["benign"], batch_size=batch_size)
-    candidates_spec = [(w, t, a) for w, t in windows_from_gates(fit, min_auroc=min_auroc) for a in alphas]
-    if not candidates_spec:
+    windows = windows_from_gates(fit, min_auroc=min_auroc)
+    if not windows:
         raise RosiError(f"rosi: no layer's gate reached held-out AUROC {min_auroc}; lower --min-auroc or widen --layers")
 
-    def plans(specs):
-        return [build_plan(gated_direction(write, fit, w, t), loaded.shape, alpha=a, checkpoint_fingerprint=fingerprint)
-                for w, t, a in specs]
+    def plan_of(spec):
+        window, targets, alpha = spec
+        return build_plan(gated_direction(write, fit, window, targets), loaded.shape, alpha=alpha,
+                          checkpoint_fingerprint=fingerprint)
 
-    # Stage 0: the exact KL of every candidate on the validation benign prompts (forward passes only); only
-    # those within the budget are generated for. Stage 1: those on a subset, judged on short completions, when
-    # there are more of them than finalists; stage 2: the finalists on all of it. Both stages use stage 0's
-    # KL, measured on every validation benign prompt.
-    kept, bounds = kl_screen(loaded, plans(candidates_spec), sets["benign"], base_lp, keep=finalists,
-                             batch_size=batch_size, progress=progress)
-    screen = [{"window": list(w), "targets": list(t), "alpha": a, "kl": kl, "kl_upper": upper, "generated": i in kept}
-              for i, ((w, t, a), (kl, upper)) in enumerate(zip(candidates_spec, bounds))]
-    screened = time.perf_counter()
-    bound_of = dict(zip(candidates_spec, bounds))
-    specs = [candidates_spec[i] for i in kept]
-    candidates = []
-    if len(specs) > finalists:
-        base, *scored = score_gated(loaded, [None, *plans(specs)], short, base_logprobs=base_lp[:stage1_n],
-                                    max_new_tokens=stage1_tokens, batch_size=batch_size,
-                                    kl_bounds=[bound_of[spec] for spec in specs])
-        candidates = [GatedCandidate(w, t, a, 1, **s, base=base) for (w, t, a), s in zip(specs, scored)]
-        specs = [(c.window, c.targets, c.alpha)
-                 for c in sorted(candidates, key=GatedCandidate.rank_key, reverse=True)[:finalists]]
-    stage1_done = time.perf_counter()
-    base, *scored = score_gated(loaded, [None, *plans(specs)], sets, base_logprobs=base_lp,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                kl_bounds=[bound_of[spec] for spec in specs])
-    final = [GatedCandidate(w, t, a, 2, **s, base=base) for (w, t, a), s in zip(specs, scored)]
-    candidates += final
-    best = max(final, key=GatedCandidate.rank_key)
-
+    selection = select_gated(loaded, plan_of, windows, alphas, val_n=val_n, wrapped=bool(wrapped_goals),
+                             stage1_n=stage1_n, stage1_tokens=stage1_tokens, max_new_tokens=max_new_tokens,
+                             finalists=finalists, batch_size=batch_size, budget_steps=budget_steps,
+                             progress=progress)
+    best, base = selection.best, selection.baseline
     stages = {"load_and_collect": round(collected - started, 1), "fit": round(fitted - collected, 1),
-              "select": round(time.perf_counter() - fitted, 1), "select_kl_screen": round(screened - fitted, 1),
-              "select_stage1": round(stage1_done - screened, 1),
-              "select_stage2": round(time.perf_counter() - stage1_done, 1)}
+              "select": round(time.perf_counter() - fitted, 1), **selection.seconds}
     direction = gated_direction(write, fit, best.window, best.targets)
     direction.recommended_alpha = best.alpha
     direction.provenance = {**write.provenance, "write_direction": Path(write_direction).name,
@@ -660,8 +506,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         "fit_wrappers": list(prompts.FIT_WRAPPER_TEMPLATES) if wrapped_goals or wrapped_benign else [],
         "layers": layers, "chosen_fit": fit.settings(),
         "gates": [{**f.settings(), "mean_auroc": f.mean_auroc, "writers": f.stats} for f in fits],
-        "dtype": dtype, "kl_screen": screen,
-        "baseline": base, "best": best.to_dict(), "candidates": [c.to_dict() for c in candidates],
+        "dtype": dtype, "budget_steps": budget_steps, "kl_screen": selection.screen,
+        "baseline": base, "best": best.to_dict(), "candidates": [c.to_dict() for c in selection.candidates],
     }
     report_dir = Path(report_dir or Path(out).with_suffix(""))
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ from rosi_vllm.extraction.gated import (
     find_writers,
     fit_read_vector,
     split_sources,
-    worth_generating,
 )
 from tests.helpers import write_direction
 
@@ -127,15 +126,6 @@ def test_a_bfloat16_model_s_inputs_are_kept_in_bfloat16_and_fit_as_their_float32
     assert stats == gate_statistics(h, a_h.float(), a_b[~benign.generated].float(), a_b[benign.generated].float())
 
 
-def test_only_candidates_within_the_kl_budget_are_generated_for_unless_none_is():
-    from rosi_vllm.extraction.selection import MAX_KL
-
-    bounds = [(0.02, 0.05), (0.2, 0.3), (0.08, MAX_KL), (0.09, 0.15)]
-    assert worth_generating(bounds, keep=2) == [0, 2]
-    over = [(0.2, 0.3), (0.1, 0.12), (0.5, 0.6), (0.1, 0.11)]
-    assert worth_generating(over, keep=2) == [3, 1]  # the nearest to the budget: where it bites
-
-
 def test_extract_gated_writes_a_v2_direction_and_its_gate_report(tiny_model, tmp_path):
     model = tiny_model("llama")
     write = write_direction(model, tmp_path / "v1.safetensors")
@@ -168,26 +158,11 @@ def test_with_more_candidates_within_the_kl_budget_than_finalists_stage_1_picks_
     stage1 = [c for c in report["candidates"] if c["stage"] == 1]
     stage2 = [c for c in report["candidates"] if c["stage"] == 2]
     assert len(stage1) == len(generated) and len(stage2) == 1
+    assert {c["slack"] for c in stage1} == {1 / 3} and stage2[0]["slack"] == 0.0  # one prompt of stage 1's three
     by_key = {(tuple(c["window"]), tuple(c["targets"]), c["alpha"]): c for c in report["kl_screen"]}
     for c in stage1 + stage2:  # both stages read the screen's KL, measured on every validation benign prompt
         screened = by_key[(tuple(c["window"]), tuple(c["targets"]), c["alpha"])]
         assert (c["kl"], c["kl_upper"]) == (screened["kl"], screened["kl_upper"])
-
-
-def test_the_kl_budget_is_checked_on_the_upper_bound_not_the_mean():
-    from rosi_vllm.extraction.gated import GatedCandidate
-    from rosi_vllm.extraction.selection import MAX_KL
-
-    def candidate(kl, kl_upper):
-        return GatedCandidate((9,), ("mlp_out",), 16.0, 2, harmful_refusal=0.8, benign_refusal=0.0,
-                              borderline_refusal=0.0, degenerate=0.0, kl=kl, kl_upper=kl_upper,
-                              base={"benign_refusal": 0.0, "borderline_refusal": 0.0, "degenerate": 0.0})
-
-    lucky = candidate(MAX_KL * 0.94, MAX_KL * 1.3)  # a mean just inside, an interval well over the budget
-    safe = candidate(MAX_KL * 0.5, MAX_KL * 0.8)
-    assert not lucky.feasible and safe.feasible and max([lucky, safe], key=GatedCandidate.rank_key) is safe
-    assert candidate(MAX_KL * 0.94, None).feasible  # reports from before the bound: the mean, as then
-    assert lucky.to_dict()["kl_upper"] == MAX_KL * 1.3
 
 
 def test_fit_wrappers_are_not_the_test_jailbreak_templates():
