@@ -120,3 +120,14 @@ def test_gated_extraction_time_smoke(tmp_path):
         assert {"load_and_collect", "fit", "select_kl_screen", "select_stage2"} <= set(run["stage_seconds"])
         assert run["seconds"] >= sum(run["stage_seconds"].values()) - 1
         assert 1 <= run["candidates_generated"] <= run["candidates"] and run["selected"]["alpha"] == 2.0
+
+
+def test_jailbreak_gate_smoke(tmp_path):
+    run_smoke("jailbreak_gate", tmp_path)
+    result = load(tmp_path, "jailbreak_gate_smoke")
+    from rosi_vllm.extraction.prompts import JAILBREAK_TEMPLATES
+
+    assert set(result["sets"]) == {"plain", "benign", *JAILBREAK_TEMPLATES} and result["goals_split"] == "validation"
+    for row in result["sets"].values():
+        assert len(row["gate"]) == row["n"] == 3 and 0 <= row["refused_edited"] <= row["n"]
+        assert abs(row["mean_gate"] - sum(row["gate"]) / row["n"]) < 1e-9
