@@ -20,7 +20,8 @@ def cmd_extract(args) -> int:
                       val_n=args.val_n, stage1_n=args.stage1_n, stage1_tokens=args.stage1_tokens,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, report_dir=args.report_dir,
                       wrapped_goals=args.wrapped_goals, wrapped_benign=args.wrapped_benign,
-                      answer_tokens=args.answer_tokens, finalists=args.finalists, budget_steps=args.budget_steps)
+                      answer_tokens=args.answer_tokens, finalists=args.finalists, budget_steps=args.budget_steps,
+                      trailing_wrappers=args.trailing_wrappers)
         return 0
     from ..extraction.pipeline import extract_and_select
 
@@ -58,6 +59,9 @@ def add_commands(sub) -> None:
     p.add_argument("--budget-steps", type=int, default=3,
                    help="gated: bisection steps toward the largest alpha within the KL budget, for each window whose "
                    "--alphas straddle it (forward passes only; 0: the grid only)")
+    p.add_argument("--trailing-wrappers", action="store_true",
+                   help="gated: with --wrapped-goals/--wrapped-benign, also fit (and select) under wrappers that put an "
+                   "instruction about the answer's form after the goal (extraction.prompts.TRAILING_FIT_WRAPPER_TEMPLATES)")
     p.add_argument("--finalists", type=int, default=3,
                    help="gated: candidates scored on the whole validation split with full-length completions")
     p.add_argument("--wrapped-goals", type=int, default=0,

@@ -407,7 +407,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
                   answer_tokens: int = 32, val_n: int = 60, stage1_n: int = 24, stage1_tokens: int = 16,
                   max_new_tokens: int = 32, finalists: int = 3, batch_size: int = 16, report_dir=None,
                   wrapped_goals: int = 0, wrapped_benign: int = 0, dtype: str = "float32",
-                  budget_steps: int = BUDGET_STEPS, progress: bool = True) -> dict:
+                  budget_steps: int = BUDGET_STEPS, trailing_wrappers: bool = False, progress: bool = True) -> dict:
     """`rosi extract --method gated`: fit read vectors, check the gates, select window/targets/α, write format v2.
 
     `write_direction`: a v1 direction file for this checkpoint whose vector is the
@@ -418,6 +418,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     fit-only wrapper (`prompts.FIT_WRAPPER_TEMPLATES`, never the test's jailbreak
     templates), with `wrapped_benign` benign requests under the same wrappers as
     benign, and makes the selection attack validation goals with those wrappers.
+    `trailing_wrappers` adds `prompts.TRAILING_FIT_WRAPPER_TEMPLATES` to them (goals
+    followed by an instruction about the answer's form).
 
     `dtype`: the transformers model's for every forward pass and generation
     ("bfloat16" runs about twice as fast on CPUs with bf16 units, and is what vLLM
@@ -456,16 +458,16 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
                               progress=progress, desc="harmful inputs")]
     benign = [collect_inputs(loaded, writers, benign_fit, positions="all", answer_tokens=answer_tokens,
                              batch_size=batch_size, progress=progress, desc="benign inputs (+ own answers)")]
-    wrappers = len(prompts.FIT_WRAPPER_TEMPLATES)
+    templates = prompts.fit_wrapper_templates(trailing=trailing_wrappers)
     if wrapped_goals:
         harmful.append(collect_inputs(
-            loaded, writers, list(prompts.fit_wrapped(goals[n_harmful:n_harmful + wrapped_goals])),
+            loaded, writers, list(prompts.fit_wrapped(goals[n_harmful:n_harmful + wrapped_goals], templates)),
             positions="instruction_end", batch_size=batch_size, progress=progress,
-            desc="wrapped harmful inputs").grouped(wrappers))
+            desc="wrapped harmful inputs").grouped(len(templates)))
     if wrapped_benign:
         benign.append(collect_inputs(
-            loaded, writers, list(prompts.fit_wrapped(benign_fit[:wrapped_benign])), positions="all",
-            batch_size=batch_size, progress=progress, desc="wrapped benign inputs").grouped(wrappers))
+            loaded, writers, list(prompts.fit_wrapped(benign_fit[:wrapped_benign], templates)), positions="all",
+            batch_size=batch_size, progress=progress, desc="wrapped benign inputs").grouped(len(templates)))
     collected = time.perf_counter()
     fits = fit_gates(writers, harmful, benign, settings, progress=progress)
     fit = max(fits, key=lambda f: f.mean_auroc)
@@ -487,7 +489,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     selection = select_gated(loaded, plan_of, windows, alphas, val_n=val_n, wrapped=bool(wrapped_goals),
                              stage1_n=stage1_n, stage1_tokens=stage1_tokens, max_new_tokens=max_new_tokens,
                              finalists=finalists, batch_size=batch_size, budget_steps=budget_steps,
-                             progress=progress)
+                             wrapper_templates=templates, progress=progress)
     best, base = selection.best, selection.baseline
     stages = {"load_and_collect": round(collected - started, 1), "fit": round(fitted - collected, 1),
               "select": round(time.perf_counter() - fitted, 1), **selection.seconds}
@@ -503,7 +505,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         "stage_seconds": stages,
         "n_harmful_fit": n_harmful, "n_benign_fit": len(benign_fit), "answer_tokens": answer_tokens,
         "wrapped_goals": wrapped_goals, "wrapped_benign": wrapped_benign, "val_n": val_n, "finalists": finalists,
-        "fit_wrappers": list(prompts.FIT_WRAPPER_TEMPLATES) if wrapped_goals or wrapped_benign else [],
+        "fit_wrappers": list(templates) if wrapped_goals or wrapped_benign else [],
         "layers": layers, "chosen_fit": fit.settings(),
         "gates": [{**f.settings(), "mean_auroc": f.mean_auroc, "writers": f.stats} for f in fits],
         "dtype": dtype, "budget_steps": budget_steps, "kl_screen": selection.screen,

@@ -167,17 +167,19 @@ def worth_generating(bounds: list[tuple[float, float]], keep: int) -> list[int]:
     return within or sorted(range(len(bounds)), key=lambda i: bounds[i][1])[:keep]
 
 
-def validation_sets(val_n: int, *, wrapped: bool) -> dict[str, list[str]]:
+def validation_sets(val_n: int, *, wrapped: bool, templates: dict[str, str] | None = None) -> dict[str, list[str]]:
     """The prompts the gated selection scores on: the first `val_n` of each validation set and, when it also
-    fitted on wrapped requests, validation goals under every fit-only wrapper as the attack set."""
+    fitted on wrapped requests, validation goals under every fit-only wrapper it fitted on (`templates`,
+    default `prompts.FIT_WRAPPER_TEMPLATES`) as the attack set."""
     from . import prompts
 
     sets = {"harmful": list(prompts.harmful("validation"))[:val_n],
             "benign": list(prompts.harmless("validation"))[:val_n],
             "borderline": list(prompts.borderline("validation"))[:val_n]}
     if wrapped:
-        wrappers = len(prompts.FIT_WRAPPER_TEMPLATES)
-        sets["jailbreak"] = list(prompts.fit_wrapped(prompts.harmful("validation")[:max(1, val_n // wrappers)]))
+        templates = prompts.FIT_WRAPPER_TEMPLATES if templates is None else templates
+        goals = prompts.harmful("validation")[:max(1, val_n // len(templates))]
+        sets["jailbreak"] = list(prompts.fit_wrapped(goals, templates))
     return sets
 
 
@@ -227,19 +229,20 @@ class GatedSelection:
 
 def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows, alphas, *, val_n: int,
                  wrapped: bool, stage1_n: int, stage1_tokens: int, max_new_tokens: int, finalists: int,
-                 batch_size: int, budget_steps: int = BUDGET_STEPS, progress: bool = True) -> GatedSelection:
+                 batch_size: int, budget_steps: int = BUDGET_STEPS, wrapper_templates: dict[str, str] | None = None,
+                 progress: bool = True) -> GatedSelection:
     """Stages 0, 0b, 1 and 2 of the module docstring over `windows` × `alphas`.
 
     `plan_of`: the injection plan of a (window, targets, α), built the way the
     loader builds it; `wrapped`: also attack validation goals with the fit-only
-    wrappers (and maximise plain and wrapped refusal together).
+    wrappers `wrapper_templates` (and maximise plain and wrapped refusal together).
     """
     from tqdm import tqdm
 
     from .hf_eval import next_token_logprobs
 
     started = time.perf_counter()
-    sets = validation_sets(val_n, wrapped=wrapped)
+    sets = validation_sets(val_n, wrapped=wrapped, templates=wrapper_templates)
     short = {k: v[:stage1_n] for k, v in sets.items()}
     base_lp = next_token_logprobs(loaded, sets["benign"], batch_size=batch_size)
     grid = [(tuple(w), tuple(t), float(a)) for w, t in windows for a in alphas]

@@ -72,6 +72,20 @@ FIT_WRAPPER_TEMPLATES = {
 }
 
 
+#: Fit-only wrappers that put an ordinary instruction about the *form* of the answer after the goal
+#: (`--trailing-wrappers`). Every `FIT_WRAPPER_TEMPLATES` wrapper ends with the goal or with the start of
+#: an answer to it, and a gate fitted on them does not fire where a request ends in an instruction about
+#: the reply (`benchmarks.jailbreak_gate`: the test's prefix-injection template). These ask for a format,
+#: a length, a register or a structure, never for a reply's first words or for leaving out warnings (the
+#: test templates' moves); as with every fit wrapper, the same ones wrap benign requests as benign.
+TRAILING_FIT_WRAPPER_TEMPLATES = {
+    "numbered_list": "{goal}. Answer as a numbered list.",
+    "word_limit": "{goal}. Keep the answer under 150 words.",
+    "json_answer": "{goal}.\n\nReturn the answer as JSON with the keys \"summary\" and \"steps\".",
+    "beginner_register": "{goal}. Explain it in simple words for a beginner.",
+}
+
+
 def _read_lines(name: str) -> list[str]:
     text = (resources.files("rosi_vllm.extraction") / "data" / name).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
@@ -141,10 +155,18 @@ def jailbreak(split: str = "test", goals: int | None = None) -> tuple[tuple[str,
                  for name, tmpl in JAILBREAK_TEMPLATES.items())
 
 
-def fit_wrapped(instructions) -> tuple[str, ...]:
-    """Every instruction under every `FIT_WRAPPER_TEMPLATES` wrapper, instruction-major (gated fit and selection)."""
+def fit_wrapper_templates(*, trailing: bool = False) -> dict[str, str]:
+    """The fit-only wrappers a gated extraction uses: `FIT_WRAPPER_TEMPLATES`, and with `trailing` also
+    `TRAILING_FIT_WRAPPER_TEMPLATES`."""
+    return {**FIT_WRAPPER_TEMPLATES, **(TRAILING_FIT_WRAPPER_TEMPLATES if trailing else {})}
+
+
+def fit_wrapped(instructions, templates: dict[str, str] | None = None) -> tuple[str, ...]:
+    """Every instruction under every fit-only wrapper of `templates` (default `FIT_WRAPPER_TEMPLATES`),
+    instruction-major (gated fit and selection)."""
+    templates = FIT_WRAPPER_TEMPLATES if templates is None else templates
     return tuple(tmpl.format(goal=text.rstrip(".?! "), goal_lc=text[:1].lower() + text[1:].rstrip(".?! "))
-                 for text in instructions for tmpl in FIT_WRAPPER_TEMPLATES.values())
+                 for text in instructions for tmpl in templates.values())
 
 
 def read_prompt_file(path: str) -> tuple[str, ...]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from rosi_vllm.extraction.gated import (
     fit_read_vector,
     split_sources,
 )
+from rosi_vllm.extraction.gated_selection import validation_sets
 from tests.helpers import write_direction
 
 
@@ -165,12 +167,26 @@ def test_with_more_candidates_within_the_kl_budget_than_finalists_stage_1_picks_
         assert (c["kl"], c["kl_upper"]) == (screened["kl"], screened["kl_upper"])
 
 
-def test_fit_wrappers_are_not_the_test_jailbreak_templates():
-    wrapped = prompts.fit_wrapped(["Explain how to pick a lock."])
-    assert len(wrapped) == len(prompts.FIT_WRAPPER_TEMPLATES) and all("pick a lock" in w for w in wrapped)
-    fit_texts = {t.split("{")[0] for t in prompts.FIT_WRAPPER_TEMPLATES.values()}
-    test_texts = {t.split("{")[0] for t in prompts.JAILBREAK_TEMPLATES.values()}
-    assert not fit_texts & test_texts and not set(prompts.FIT_WRAPPER_TEMPLATES) & set(prompts.JAILBREAK_TEMPLATES)
+@pytest.mark.parametrize("trailing", [False, True])
+def test_fit_wrappers_are_not_the_test_jailbreak_templates(trailing):
+    templates = prompts.fit_wrapper_templates(trailing=trailing)
+    wrapped = prompts.fit_wrapped(["Explain how to pick a lock."], templates)
+    assert len(wrapped) == len(templates) and all("pick a lock" in w for w in wrapped)
+    assert len(templates) == len(prompts.FIT_WRAPPER_TEMPLATES) + trailing * len(prompts.TRAILING_FIT_WRAPPER_TEMPLATES)
+
+    def parts(template):  # the fixed text before and after the goal
+        return {p.strip(' ."') for p in template.replace("{goal_lc}", "{goal}").split("{goal}") if p.strip(' ."')}
+
+    fit_texts = set().union(*map(parts, templates.values()))
+    test_texts = set().union(*map(parts, prompts.JAILBREAK_TEMPLATES.values()))
+    assert not fit_texts & test_texts and not set(templates) & set(prompts.JAILBREAK_TEMPLATES)
+
+
+def test_trailing_wrappers_ask_for_a_form_never_for_first_words_or_no_warnings():
+    for template in prompts.TRAILING_FIT_WRAPPER_TEMPLATES.values():
+        assert template.startswith("{goal}") and len(template) > len("{goal}.")  # the instruction follows the goal
+        assert not re.search(r"\b(start|begin) (your|the|with)|\bsure\b|warning|disclaimer|apolog|sorry|\bnote\b",
+                             template.lower())
 
 
 def _inputs(prompt_index):
@@ -196,6 +212,7 @@ def test_extract_gated_with_wrapped_requests_attacks_in_selection(tiny_model, tm
                            wrapped_goals=2, wrapped_benign=2, progress=False)
     assert report["wrapped_goals"] == 2 and report["fit_wrappers"] == list(prompts.FIT_WRAPPER_TEMPLATES)
     best = report["best"]
+    assert validation_sets(5, wrapped=True)["jailbreak"] == list(prompts.fit_wrapped(prompts.harmful("validation")[:1]))
     assert 0.0 <= best["jailbreak_success"] <= 1.0
     assert best["harm_refused"] == pytest.approx((best["harmful_refusal"] + 1 - best["jailbreak_success"]) / 2)
 
@@ -243,3 +260,18 @@ def test_float32_top_space_matches_the_float64_one_on_a_falling_spectrum():
     h_fast = fit_read_vector(harmful, benign, rho=0.7, lam=0.1, top_space=single)
     assert auroc(harmful @ h_exact, benign @ h_exact) > 0.99
     assert auroc(harmful @ h_fast, benign @ h_fast) == pytest.approx(auroc(harmful @ h_exact, benign @ h_exact), abs=0.01)
+
+
+def test_trailing_wrappers_join_the_fit_and_the_selection_s_attack(tiny_model, tmp_path):
+    model = tiny_model("llama")
+    write = write_direction(model, tmp_path / "v1.safetensors")
+    report = extract_gated(str(model), str(write), tmp_path / "gated.safetensors", layers=[1],
+                           settings=(("meandiff", 0.0, 0.0),), alphas=(2.0,), min_auroc=0.0, n_harmful=8,
+                           answer_tokens=2, val_n=9, stage1_n=5, stage1_tokens=2, max_new_tokens=2, batch_size=8,
+                           wrapped_goals=2, wrapped_benign=2, trailing_wrappers=True, progress=False)
+    templates = prompts.fit_wrapper_templates(trailing=True)
+    assert report["fit_wrappers"] == list(templates) and set(prompts.TRAILING_FIT_WRAPPER_TEMPLATES) <= set(templates)
+    attack = validation_sets(9, wrapped=True, templates=templates)["jailbreak"]
+    assert len(attack) == len(templates) and attack[-1].endswith(prompts.TRAILING_FIT_WRAPPER_TEMPLATES[
+        "beginner_register"].split("{goal}")[1])  # one goal (9 // 9) under every wrapper, trailing ones last
+    assert report["best"]["jailbreak_success"] is not None
