@@ -203,16 +203,21 @@ def test_sources_are_held_out_each_in_proportion_and_wrapped_goals_never_straddl
     assert sorted(held_out.by_writer["0.mlp_out"][:, 0].tolist()) == [6.0, 7.0] + [float(r) for r in range(30, 40)]
 
 
-def test_extract_gated_with_wrapped_requests_attacks_in_selection(tiny_model, tmp_path):
+@pytest.mark.parametrize("trailing", [False, True])
+def test_extract_gated_with_wrapped_requests_attacks_in_selection(tiny_model, tmp_path, trailing):
     model = tiny_model("llama")
     write = write_direction(model, tmp_path / "v1.safetensors")
+    templates = prompts.fit_wrapper_templates(trailing=trailing)
+    val_n = len(templates)  # one validation goal under every wrapper
     report = extract_gated(str(model), str(write), tmp_path / "gated.safetensors", layers=[1],
                            settings=(("meandiff", 0.0, 0.0),), alphas=(2.0,), min_auroc=0.0, n_harmful=8,
-                           answer_tokens=2, val_n=5, stage1_n=5, stage1_tokens=2, max_new_tokens=2, batch_size=8,
-                           wrapped_goals=2, wrapped_benign=2, progress=False)
-    assert report["wrapped_goals"] == 2 and report["fit_wrappers"] == list(prompts.FIT_WRAPPER_TEMPLATES)
+                           answer_tokens=2, val_n=val_n, stage1_n=5, stage1_tokens=2, max_new_tokens=2, batch_size=8,
+                           wrapped_goals=2, wrapped_benign=2, trailing_wrappers=trailing, progress=False)
+    assert report["wrapped_goals"] == 2 and report["fit_wrappers"] == list(templates)
+    attack = validation_sets(val_n, wrapped=True, templates=templates)["jailbreak"]
+    assert attack == list(prompts.fit_wrapped(prompts.harmful("validation")[:1], templates))
+    assert attack[-1].endswith(list(templates.values())[-1].split("{goal}")[1])  # the last wrapper's own ending
     best = report["best"]
-    assert validation_sets(5, wrapped=True)["jailbreak"] == list(prompts.fit_wrapped(prompts.harmful("validation")[:1]))
     assert 0.0 <= best["jailbreak_success"] <= 1.0
     assert best["harm_refused"] == pytest.approx((best["harmful_refusal"] + 1 - best["jailbreak_success"]) / 2)
 
@@ -260,18 +265,3 @@ def test_float32_top_space_matches_the_float64_one_on_a_falling_spectrum():
     h_fast = fit_read_vector(harmful, benign, rho=0.7, lam=0.1, top_space=single)
     assert auroc(harmful @ h_exact, benign @ h_exact) > 0.99
     assert auroc(harmful @ h_fast, benign @ h_fast) == pytest.approx(auroc(harmful @ h_exact, benign @ h_exact), abs=0.01)
-
-
-def test_trailing_wrappers_join_the_fit_and_the_selection_s_attack(tiny_model, tmp_path):
-    model = tiny_model("llama")
-    write = write_direction(model, tmp_path / "v1.safetensors")
-    report = extract_gated(str(model), str(write), tmp_path / "gated.safetensors", layers=[1],
-                           settings=(("meandiff", 0.0, 0.0),), alphas=(2.0,), min_auroc=0.0, n_harmful=8,
-                           answer_tokens=2, val_n=9, stage1_n=5, stage1_tokens=2, max_new_tokens=2, batch_size=8,
-                           wrapped_goals=2, wrapped_benign=2, trailing_wrappers=True, progress=False)
-    templates = prompts.fit_wrapper_templates(trailing=True)
-    assert report["fit_wrappers"] == list(templates) and set(prompts.TRAILING_FIT_WRAPPER_TEMPLATES) <= set(templates)
-    attack = validation_sets(9, wrapped=True, templates=templates)["jailbreak"]
-    assert len(attack) == len(templates) and attack[-1].endswith(prompts.TRAILING_FIT_WRAPPER_TEMPLATES[
-        "beginner_register"].split("{goal}")[1])  # one goal (9 // 9) under every wrapper, trailing ones last
-    assert report["best"]["jailbreak_success"] is not None
