@@ -32,21 +32,23 @@ from ._setup import direction_for, resolve_model
 def replay(model: Path, direction: Path, alphas: list[float], val_n: int, wrapped: bool,
            max_new_tokens: int = 32, batch_size: int = 16) -> dict:
     from rosi_vllm.direction_file import load_direction
+    from rosi_vllm.extraction import prompts
     from rosi_vllm.extraction.extract import load_hf_model
-    from rosi_vllm.extraction.gated_selection import GatedCandidate, score_gated, validation_sets
+    from rosi_vllm.extraction.gated_selection import GatedCandidate, score_candidates, validation_sets
     from rosi_vllm.extraction.hf_eval import next_token_logprobs
     from rosi_vllm.fingerprint import fingerprint_checkpoint
     from rosi_vllm.injection_plan import build_plan
 
     loaded = load_hf_model(str(model))
     found, fingerprint = load_direction(direction), fingerprint_checkpoint(model)
-    sets = validation_sets(val_n, wrapped=wrapped)  # the prompts `extract_gated` selects on
+    # the prompts `extract_gated` selects on
+    sets = validation_sets(val_n, templates=prompts.FIT_WRAPPER_TEMPLATES if wrapped else None)
     base_lp = next_token_logprobs(loaded, sets["benign"], batch_size=batch_size)
-    plans = [build_plan(found, loaded.shape, alpha=a, checkpoint_fingerprint=fingerprint) for a in alphas]
-    base, *scored = score_gated(loaded, [None, *plans], sets, base_logprobs=base_lp, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size)
     window, targets = (found.window, found.default_targets) if found.gated else ((), ())
-    candidates = [GatedCandidate(window, targets, a, 2, **s, base=base) for a, s in zip(alphas, scored, strict=True)]
+    base, candidates = score_candidates(
+        loaded, [(window, targets, a) for a in alphas],
+        lambda spec: build_plan(found, loaded.shape, alpha=spec[2], checkpoint_fingerprint=fingerprint), sets,
+        stage=2, base_logprobs=base_lp, max_new_tokens=max_new_tokens, batch_size=batch_size)
     best = max(candidates, key=GatedCandidate.rank_key)
     for c in candidates:
         print(f"α={c.alpha:g}: harmful {c.harmful_refusal:.0%}, benign {c.benign_refusal:.0%}, borderline "

@@ -21,7 +21,7 @@ def cmd_extract(args) -> int:
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, report_dir=args.report_dir,
                       wrapped_goals=args.wrapped_goals, wrapped_benign=args.wrapped_benign,
                       answer_tokens=args.answer_tokens, finalists=args.finalists, budget_steps=args.budget_steps,
-                      trailing_wrappers=args.trailing_wrappers)
+                      trailing_wrappers=args.trailing_wrappers, harmful_answer_tokens=args.harmful_answer_tokens)
         return 0
     from ..extraction.pipeline import extract_and_select
 
@@ -56,6 +56,9 @@ def add_commands(sub) -> None:
                    "about twice as fast on CPUs with bf16 units and is what vLLM serves")
     p.add_argument("--answer-tokens", type=int, default=32,
                    help="gated: length of the model's own greedy answer to each benign fit prompt, fitted as benign")
+    p.add_argument("--harmful-answer-tokens", type=int, default=0,
+                   help="gated: also fit the positions of the model's own greedy answer of this many tokens to each "
+                   "plain harmful goal as harmful, so the gate keeps firing once a reply has started (0: prompt only)")
     p.add_argument("--budget-steps", type=int, default=3,
                    help="gated: bisection steps toward the largest alpha within the KL budget, for each window whose "
                    "--alphas straddle it (forward passes only; 0: the grid only)")

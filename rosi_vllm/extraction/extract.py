@@ -71,13 +71,15 @@ def resolve_system_prompt(choice: str | None) -> str | None:
     return Path(choice).read_text(encoding="utf-8").strip()
 
 
-def chat_texts(tokenizer, instructions, system_prompt: str | None = None) -> list[str]:
+def chat_texts(tokenizer, instructions, system_prompt: str | None = None, prefill: str = "") -> list[str]:
+    """Each instruction as one user turn, ready for the assistant's reply; `prefill`: the reply's first words,
+    already written (an assistant-prefill request, as a client that continues the final message sends it)."""
     texts = []
     for instruction in instructions:
         messages = [{"role": "user", "content": instruction}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
-        texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill)
     return texts
 
 

@@ -104,11 +104,14 @@ class WriterInputs:
                             torch.cat(indices), torch.cat(generated))
 
 
-def _instruction_end_mask(tokenizer, texts: list[str], instructions: list[str], input_ids, offsets) -> torch.Tensor:
-    """Positions from the token holding the instruction's last character to the end of the text."""
+def _instruction_end_mask(prompts: list[str], instructions: list[str], input_ids, offsets) -> torch.Tensor:
+    """Positions from the token holding the instruction's last character to the end of the text.
+
+    The instruction is found in the chat-formatted prompt, not in the text after it, so an answer
+    that repeats the instruction does not move the start."""
     mask = torch.zeros(input_ids.shape, dtype=torch.bool)
-    for row, (text, instruction) in enumerate(zip(texts, instructions)):
-        end = text.rfind(instruction) + len(instruction)
+    for row, (prompt, instruction) in enumerate(zip(prompts, instructions)):
+        end = prompt.rfind(instruction) + len(instruction)
         for pos, (start, stop) in enumerate(offsets[row].tolist()):
             if stop > start and stop >= end:
                 mask[row, pos] = True
@@ -122,12 +125,14 @@ class _AllCaptured(Exception):
 @torch.no_grad()
 def collect_inputs(loaded: LoadedModel, writers: list[Writer], instructions: list[str], *, positions: str,
                    answer_tokens: int = 0, batch_size: int = 16, progress: bool = True,
-                   desc: str = "inputs") -> WriterInputs:
+                   desc: str = "inputs", prefill: str = "") -> WriterInputs:
     """Run the model over chat-formatted `instructions` and keep every writer's inputs at the chosen positions.
 
-    ``positions="instruction_end"``: the harmful-side positions; ``"all"``: every
-    prompt position, plus (with ``answer_tokens``) the positions of the model's
-    own greedy answer of that many tokens.
+    ``positions="instruction_end"``: the harmful-side positions, from the last
+    instruction token to the end of the text; ``"all"``: every position. With
+    ``answer_tokens``, the text goes on with the model's own greedy answer of that
+    many tokens (its positions are flagged `generated`); with `prefill`, the
+    answer starts with those words (an assistant-prefill request).
 
     Prompts are batched by length, and each forward pass stops as soon as every
     writer has seen its input: the layers after the deepest writer and the LM
@@ -146,17 +151,17 @@ def collect_inputs(loaded: LoadedModel, writers: list[Writer], instructions: lis
 
     chunks: dict[str, list[torch.Tensor]] = {w.key: [] for w in writers}
     prompt_index, generated_flags = [], []
-    all_texts = chat_texts(tokenizer, instructions)
+    all_texts = chat_texts(tokenizer, instructions, prefill=prefill)
     order = by_length(tokenizer, all_texts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
         rows_of = torch.tensor(order[start:start + batch_size])
         batch = [instructions[i] for i in rows_of.tolist()]
-        texts = [all_texts[i] for i in rows_of.tolist()]
+        prompts = texts = [all_texts[i] for i in rows_of.tolist()]
         prompt_lengths = None
         if answer_tokens:
-            answers = generate(loaded, batch, max_new_tokens=answer_tokens, batch_size=batch_size)
-            prompt_lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-            texts = [t + a for t, a in zip(texts, answers)]
+            answers = generate(loaded, batch, max_new_tokens=answer_tokens, batch_size=batch_size, prefill=prefill)
+            prompt_lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in prompts]
+            texts = [t + a for t, a in zip(prompts, answers)]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
                         return_offsets_mapping=True)
         offsets = enc.pop("offset_mapping")
@@ -171,7 +176,7 @@ def collect_inputs(loaded: LoadedModel, writers: list[Writer], instructions: lis
             for hook in hooks:
                 hook.remove()
         if positions == "instruction_end":
-            mask = _instruction_end_mask(tokenizer, texts, batch, enc["input_ids"], offsets)
+            mask = _instruction_end_mask(prompts, batch, enc["input_ids"], offsets)
         else:
             mask = enc["attention_mask"].bool()
         # left padding: a row's real tokens are its last `n` positions
@@ -407,7 +412,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
                   answer_tokens: int = 32, val_n: int = 60, stage1_n: int = 24, stage1_tokens: int = 16,
                   max_new_tokens: int = 32, finalists: int = 3, batch_size: int = 16, report_dir=None,
                   wrapped_goals: int = 0, wrapped_benign: int = 0, dtype: str = "float32",
-                  budget_steps: int = BUDGET_STEPS, trailing_wrappers: bool = False, progress: bool = True) -> dict:
+                  budget_steps: int = BUDGET_STEPS, trailing_wrappers: bool = False, harmful_answer_tokens: int = 0,
+                  progress: bool = True) -> dict:
     """`rosi extract --method gated`: fit read vectors, check the gates, select window/targets/α, write format v2.
 
     `write_direction`: a v1 direction file for this checkpoint whose vector is the
@@ -425,6 +431,14 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     ("bfloat16" runs about twice as fast on CPUs with bf16 units, and is what vLLM
     serves; "float32" reproduces the directions shipped before it existed).
     Inputs are fitted in float32 or wider either way.
+
+    `harmful_answer_tokens` > 0 also fits, on the harmful side, the positions of
+    the model's own greedy answer of that many tokens to each plain harmful goal:
+    refused or not, the reply to a harmful request is still harmful context, and a
+    gate that fires only until the reply starts is silent once a request has made
+    the model begin complying (an instruction on the reply's first words, an
+    assistant prefill). Alignment that stops after the first tokens is "shallow"
+    in the sense of Qi et al. (arXiv 2406.05946).
 
     `budget_steps`: bisection steps toward the largest α within the KL budget for
     each window whose `alphas` straddle it (`gated_selection.alphas_at_budget`;
@@ -454,8 +468,9 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     writers = find_writers(loaded, set(layers))
     benign_fit = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
     goals = list(prompts.harmful("extraction"))
-    harmful = [collect_inputs(loaded, writers, goals[:n_harmful], positions="instruction_end", batch_size=batch_size,
-                              progress=progress, desc="harmful inputs")]
+    harmful = [collect_inputs(loaded, writers, goals[:n_harmful], positions="instruction_end",
+                              answer_tokens=harmful_answer_tokens, batch_size=batch_size, progress=progress,
+                              desc="harmful inputs" + (" (+ own answers)" if harmful_answer_tokens else ""))]
     benign = [collect_inputs(loaded, writers, benign_fit, positions="all", answer_tokens=answer_tokens,
                              batch_size=batch_size, progress=progress, desc="benign inputs (+ own answers)")]
     templates = prompts.fit_wrapper_templates(trailing=trailing_wrappers)
@@ -486,10 +501,10 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         return build_plan(gated_direction(write, fit, window, targets), loaded.shape, alpha=alpha,
                           checkpoint_fingerprint=fingerprint)
 
-    selection = select_gated(loaded, plan_of, windows, alphas, val_n=val_n, wrapped=bool(wrapped_goals),
-                             stage1_n=stage1_n, stage1_tokens=stage1_tokens, max_new_tokens=max_new_tokens,
-                             finalists=finalists, batch_size=batch_size, budget_steps=budget_steps,
-                             wrapper_templates=templates, progress=progress)
+    selection = select_gated(loaded, plan_of, windows, alphas, val_n=val_n, stage1_n=stage1_n,
+                             stage1_tokens=stage1_tokens, max_new_tokens=max_new_tokens, finalists=finalists,
+                             batch_size=batch_size, budget_steps=budget_steps,
+                             wrapper_templates=templates if wrapped_goals else None, progress=progress)
     best, base = selection.best, selection.baseline
     stages = {"load_and_collect": round(collected - started, 1), "fit": round(fitted - collected, 1),
               "select": round(time.perf_counter() - fitted, 1), **selection.seconds}
@@ -504,6 +519,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         "seconds": round(time.perf_counter() - started, 1), "fit_seconds": round(fit_seconds, 1),
         "stage_seconds": stages,
         "n_harmful_fit": n_harmful, "n_benign_fit": len(benign_fit), "answer_tokens": answer_tokens,
+        "harmful_answer_tokens": harmful_answer_tokens,
         "wrapped_goals": wrapped_goals, "wrapped_benign": wrapped_benign, "val_n": val_n, "finalists": finalists,
         "fit_wrappers": list(templates) if wrapped_goals or wrapped_benign else [],
         "layers": layers, "chosen_fit": fit.settings(),

@@ -167,20 +167,29 @@ def worth_generating(bounds: list[tuple[float, float]], keep: int) -> list[int]:
     return within or sorted(range(len(bounds)), key=lambda i: bounds[i][1])[:keep]
 
 
-def validation_sets(val_n: int, *, wrapped: bool, templates: dict[str, str] | None = None) -> dict[str, list[str]]:
+def validation_sets(val_n: int, *, templates: dict[str, str] | None = None) -> dict[str, list[str]]:
     """The prompts the gated selection scores on: the first `val_n` of each validation set and, when it also
-    fitted on wrapped requests, validation goals under every fit-only wrapper it fitted on (`templates`,
-    default `prompts.FIT_WRAPPER_TEMPLATES`) as the attack set."""
+    fitted on wrapped requests, validation goals under every fit-only wrapper it fitted on (`templates`;
+    None: no attack set) as the attack set."""
     from . import prompts
 
     sets = {"harmful": list(prompts.harmful("validation"))[:val_n],
             "benign": list(prompts.harmless("validation"))[:val_n],
             "borderline": list(prompts.borderline("validation"))[:val_n]}
-    if wrapped:
-        templates = prompts.FIT_WRAPPER_TEMPLATES if templates is None else templates
+    if templates:
         goals = prompts.harmful("validation")[:max(1, val_n // len(templates))]
         sets["jailbreak"] = list(prompts.fit_wrapped(goals, templates))
     return sets
+
+
+def score_candidates(loaded: LoadedModel, specs: list[Spec], plan_of: Callable[[Spec], object],
+                     sets: dict[str, list[str]], *, stage: int, base_logprobs, max_new_tokens: int, batch_size: int,
+                     kl_bounds=None, slack: float = 0.0) -> tuple[dict, list[GatedCandidate]]:
+    """The unedited model's scores and one `GatedCandidate` per spec, all on `sets` (`score_gated`)."""
+    base, *scored = score_gated(loaded, [None, *map(plan_of, specs)], sets, base_logprobs=base_logprobs,
+                                max_new_tokens=max_new_tokens, batch_size=batch_size, kl_bounds=kl_bounds)
+    return base, [GatedCandidate(w, t, a, stage, **s, base=base, slack=slack)
+                  for (w, t, a), s in zip(specs, scored, strict=True)]
 
 
 def alphas_at_budget(specs: list[Spec], bounds: list[tuple[float, float]],
@@ -228,21 +237,21 @@ class GatedSelection:
 
 
 def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows, alphas, *, val_n: int,
-                 wrapped: bool, stage1_n: int, stage1_tokens: int, max_new_tokens: int, finalists: int,
-                 batch_size: int, budget_steps: int = BUDGET_STEPS, wrapper_templates: dict[str, str] | None = None,
+                 stage1_n: int, stage1_tokens: int, max_new_tokens: int, finalists: int, batch_size: int,
+                 budget_steps: int = BUDGET_STEPS, wrapper_templates: dict[str, str] | None = None,
                  progress: bool = True) -> GatedSelection:
     """Stages 0, 0b, 1 and 2 of the module docstring over `windows` × `alphas`.
 
     `plan_of`: the injection plan of a (window, targets, α), built the way the
-    loader builds it; `wrapped`: also attack validation goals with the fit-only
-    wrappers `wrapper_templates` (and maximise plain and wrapped refusal together).
+    loader builds it; `wrapper_templates`: also attack validation goals with these
+    fit-only wrappers (and maximise plain and wrapped refusal together).
     """
     from tqdm import tqdm
 
     from .hf_eval import next_token_logprobs
 
     started = time.perf_counter()
-    sets = validation_sets(val_n, wrapped=wrapped, templates=wrapper_templates)
+    sets = validation_sets(val_n, templates=wrapper_templates)
     short = {k: v[:stage1_n] for k, v in sets.items()}
     base_lp = next_token_logprobs(loaded, sets["benign"], batch_size=batch_size)
     grid = [(tuple(w), tuple(t), float(a)) for w, t in windows for a in alphas]
@@ -269,17 +278,15 @@ def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows
 
     candidates = []
     if len(kept) > finalists:
-        base, *scored = score_gated(loaded, [None, *map(plan_of, kept)], short, base_logprobs=base_lp[:stage1_n],
-                                    max_new_tokens=stage1_tokens, batch_size=batch_size,
-                                    kl_bounds=[bound_of[spec] for spec in kept])
         slack = 1 / min(len(short["benign"]), len(short["borderline"]))
-        candidates = [GatedCandidate(w, t, a, 1, **s, base=base, slack=slack) for (w, t, a), s in zip(kept, scored)]
+        _, candidates = score_candidates(loaded, kept, plan_of, short, stage=1, base_logprobs=base_lp[:stage1_n],
+                                         max_new_tokens=stage1_tokens, batch_size=batch_size,
+                                         kl_bounds=[bound_of[spec] for spec in kept], slack=slack)
         kept = [(c.window, c.targets, c.alpha) for c in pick_finalists(candidates, finalists)]
     stage1_done = time.perf_counter()
-    base, *scored = score_gated(loaded, [None, *map(plan_of, kept)], sets, base_logprobs=base_lp,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                kl_bounds=[bound_of[spec] for spec in kept])
-    final = [GatedCandidate(w, t, a, 2, **s, base=base) for (w, t, a), s in zip(kept, scored)]
+    base, final = score_candidates(loaded, kept, plan_of, sets, stage=2, base_logprobs=base_lp,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   kl_bounds=[bound_of[spec] for spec in kept])
     seconds = {"select_kl_screen": round(screened - started, 1), "select_budget": round(budgeted - screened, 1),
                "select_stage1": round(stage1_done - budgeted, 1),
                "select_stage2": round(time.perf_counter() - stage1_done, 1)}

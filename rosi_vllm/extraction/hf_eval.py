@@ -49,10 +49,11 @@ def by_length(tokenizer, texts: list[str]) -> list[int]:
 
 @torch.no_grad()
 def generate(loaded: LoadedModel, instructions, *, system_prompt: str | None = None, max_new_tokens: int = 32,
-             batch_size: int = 32) -> list[str]:
+             batch_size: int = 32, prefill: str = "") -> list[str]:
     """Greedy completions of chat-formatted instructions (no system prompt unless given), in their order;
-    batched by length, so a short prompt does not decode beside a long one's padding."""
-    texts = chat_texts(loaded.tokenizer, instructions, system_prompt)
+    batched by length, so a short prompt does not decode beside a long one's padding. With `prefill`, the
+    reply starts with it and the completion returned is what follows it."""
+    texts = chat_texts(loaded.tokenizer, instructions, system_prompt, prefill)
     order = by_length(loaded.tokenizer, texts)
     outputs: list[str] = [""] * len(texts)
     for start in range(0, len(texts), batch_size):

@@ -125,9 +125,16 @@ def test_gated_extraction_time_smoke(tmp_path):
 def test_jailbreak_gate_smoke(tmp_path):
     run_smoke("jailbreak_gate", tmp_path)
     result = load(tmp_path, "jailbreak_gate_smoke")
-    from rosi_vllm.extraction.prompts import JAILBREAK_TEMPLATES
+    from rosi_vllm.extraction.prompts import JAILBREAK_TEMPLATES, PREFILL_ATTACKS
 
-    assert set(result["sets"]) == {"plain", "benign", *JAILBREAK_TEMPLATES} and result["goals_split"] == "validation"
-    for row in result["sets"].values():
+    assert set(result["sets"]) == {"plain", "benign", *JAILBREAK_TEMPLATES, *PREFILL_ATTACKS}
+    assert result["goals_split"] == "validation"
+    for name, row in result["sets"].items():
         assert len(row["gate"]) == row["n"] == 3 and 0 <= row["refused_edited"] <= row["n"]
         assert abs(row["mean_gate"] - sum(row["gate"]) / row["n"]) < 1e-9
+        assert row["prefill"] == PREFILL_ATTACKS.get(name, "")
+        assert all(text.startswith(row["prefill"]) for text in row["edited_openings"])  # judged with the prefill
+    assert [row["alpha"] for row in result["frontier"]] == [1.0, 4.0]
+    for row in result["frontier"]:
+        assert row["kl_upper"] >= row["kl"] >= 0 and set(row["refused"]) == set(result["sets"])
+        assert all(0 <= row["refused"][name] <= result["sets"][name]["n"] for name in row["refused"])
