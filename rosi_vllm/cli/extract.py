@@ -42,9 +42,11 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--harmful", help="file, one instruction per line (default: packaged extraction split)")
     p.add_argument("--harmless", help="file, one instruction per line (default: packaged extraction split)")
-    p.add_argument("--method", default="mean-diff", choices=["mean-diff", "refusal-contrast", "gated"],
+    p.add_argument("--method", default="mean-diff",
+                   choices=["mean-diff", "refusal-contrast", "refusal-contrast-reply", "gated"],
                    help="mean-diff: harmful - harmless (the paper); refusal-contrast: harmful the model refused - "
-                   "harmful it complied with (see rosi_vllm/extraction/extract.py); gated: fit read vectors that "
+                   "harmful it complied with, at the last prompt token; refusal-contrast-reply: the same, averaged "
+                   "over the model's own reply tokens (see rosi_vllm/extraction/extract.py); gated: fit read vectors that "
                    "fire on harm for --write-direction's vector and write format v2 (rosi_vllm/extraction/gated.py)")
     p.add_argument("--write-direction", default=None, help="gated: v1 direction file whose vector is the write direction")
     p.add_argument("--min-auroc", type=float, default=0.9, help="gated: held-out gate AUROC a layer needs to be edited")
@@ -75,7 +77,7 @@ def add_commands(sub) -> None:
                    "as harm)")
     p.add_argument("--n-pairs", type=int, default=50, help="mean-diff: prompts per set")
     p.add_argument("--n-harmful", type=int, default=200,
-                   help="refusal-contrast: harmful prompts to answer and split; gated: harmful prompts to fit on")
+                   help="refusal-contrast(-reply): harmful prompts to answer and split; gated: harmful prompts to fit on")
     p.add_argument("--layer", type=int, default=None, help="fix the layer (default: select)")
     p.add_argument("--alpha", type=float, default=None, help="fix alpha (default: select)")
     p.add_argument("--layers", type=ints, default=None, help="candidate layers, comma list (gated: writers' layers)")

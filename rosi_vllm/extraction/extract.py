@@ -17,6 +17,12 @@ Two methods (``rosi extract --method``):
   SmolLM2-135M (benchmarks/results/extraction/README.md), the mean-diff vector
   mostly encodes "harmful topic" and does not induce refusal at any α, while the
   refusal-contrast vector does.
+* ``refusal-contrast-reply``: the same two groups, with each answer's residuals
+  averaged over the positions of the answer itself instead of taken at the last
+  prompt token. The prompt-end contrast is the state in which the model decides
+  before it replies; this one is the state a reply is in while it refuses, which
+  is what a push has to reach once a reply has begun (Qwen2.5-Coder: the two are
+  nearly orthogonal at layer 12; benchmarks/results/extraction/README.md).
 
 Deterministic: float32, eval mode, fixed batch composition, left padding so the
 last prompt token is always at position −1.
@@ -99,6 +105,29 @@ def last_token_residuals(loaded: LoadedModel, texts: list[str], batch_size: int 
     return torch.cat(chunks, dim=1)
 
 
+@torch.no_grad()
+def reply_residuals(loaded: LoadedModel, prompts: list[str], answers: list[str], batch_size: int = 16,
+                    desc: str = "activations", progress: bool = True) -> torch.Tensor:
+    """float32 ``[num_layers, len(prompts), hidden]``: residual at the input of each layer, averaged over the
+    positions of each answer appended to its chat-formatted prompt (the last prompt token if the answer is empty)."""
+    from tqdm import tqdm
+
+    chunks = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not progress):
+        batch, replies = prompts[start:start + batch_size], answers[start:start + batch_size]
+        enc = loaded.tokenizer([p + a for p, a in zip(batch, replies)], return_tensors="pt", padding=True,
+                               add_special_tokens=False)
+        hidden = loaded.model(**enc, output_hidden_states=True, use_cache=False).hidden_states[: loaded.num_layers]
+        stacked = torch.stack([h.float() for h in hidden])  # [layers, batch, positions, hidden]
+        width = enc["input_ids"].shape[1]
+        rows = []
+        for row, (prompt, n) in enumerate(zip(batch, enc["attention_mask"].sum(dim=1).tolist())):
+            first = width - n + len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])  # left padding
+            rows.append(stacked[:, row, min(first, width - 1):].mean(dim=1))
+        chunks.append(torch.stack(rows, dim=1))
+    return torch.cat(chunks, dim=1)
+
+
 @dataclass
 class Extraction:
     directions: torch.Tensor  # [num_layers, hidden], not normalised
@@ -115,6 +144,8 @@ class Extraction:
         described = {
             "mean-diff": "extract: difference of means (harmful - harmless), last prompt token, resid_pre",
             "refusal-contrast": "extract: refusal contrast (refused - complied harmful), last prompt token, resid_pre",
+            "refusal-contrast-reply": "extract: refusal contrast (refused - complied harmful), mean over the "
+                                      "model's own reply tokens, resid_pre",
         }[self.method]
         provenance = {
             "method": described,
@@ -123,7 +154,7 @@ class Extraction:
             "harmless_sha256": self.harmless_sha256,
             "system_prompt": self.system_prompt or "",
         }
-        if self.method == "refusal-contrast":
+        if self.n_refused is not None:
             provenance.update(n_refused=str(self.n_refused), n_complied=str(self.n_complied))
         return provenance
 
@@ -141,8 +172,9 @@ def extract_directions(loaded: LoadedModel, harmful, harmless, *, system_prompt:
 
 def extract_refusal_contrast(loaded: LoadedModel, harmful, *, system_prompt: str | None = None, judge=None,
                              max_new_tokens: int = 16, min_per_group: int = 8, batch_size: int = 16,
-                             progress: bool = True) -> Extraction:
-    """mean(refused) − mean(complied) over the model's own answers to harmful instructions.
+                             at_reply: bool = False, progress: bool = True) -> Extraction:
+    """mean(refused) − mean(complied) over the model's own answers to harmful instructions: residuals at the
+    last prompt token, or with `at_reply` averaged over each answer's own tokens (``refusal-contrast-reply``).
 
     Needs the model to refuse some and comply with some: an uncensored model
     usually needs ``system_prompt`` (extraction only) to refuse at all. Fewer
@@ -168,9 +200,15 @@ def extract_refusal_contrast(loaded: LoadedModel, harmful, *, system_prompt: str
             f"rosi: refusal-contrast needs at least {min_per_group} refused and {min_per_group} complied harmful "
             f"prompts; the model refused {len(refused)} of {len(harmful)}. Use more prompts, or (for a model "
             "that never refuses) --system-prompt safety")
-    r = last_token_residuals(loaded, chat_texts(loaded.tokenizer, refused, system_prompt), batch_size,
-                             "refused", progress)
-    c = last_token_residuals(loaded, chat_texts(loaded.tokenizer, complied, system_prompt), batch_size,
-                             "complied", progress)
+    texts = chat_texts(loaded.tokenizer, harmful, system_prompt)
+    if at_reply:
+        groups = [reply_residuals(loaded, [t for t, f in zip(texts, refused_flags) if f == flag],
+                                  [a for a, f in zip(answers, refused_flags) if f == flag], batch_size, name, progress)
+                  for flag, name in ((True, "refused"), (False, "complied"))]
+    else:
+        groups = [last_token_residuals(loaded, chat_texts(loaded.tokenizer, group, system_prompt), batch_size, name,
+                                       progress) for group, name in ((refused, "refused"), (complied, "complied"))]
+    r, c = groups
     return Extraction(r.mean(dim=1) - c.mean(dim=1), sha256_of(harmful), sha256_of([]), system_prompt,
-                      len(harmful), method="refusal-contrast", n_refused=len(refused), n_complied=len(complied))
+                      len(harmful), method="refusal-contrast-reply" if at_reply else "refusal-contrast",
+                      n_refused=len(refused), n_complied=len(complied))

@@ -32,9 +32,10 @@ def extract_and_select(model: str, out: str | Path, *, model_label: str, method:
     loaded = load_hf_model(model)
     fingerprint = fingerprint_checkpoint(model)
     started = time.perf_counter()
-    if method == "refusal-contrast":
+    if method in ("refusal-contrast", "refusal-contrast-reply"):
         harmful = harmful[:n_harmful]
-        extraction = extract_refusal_contrast(loaded, harmful, system_prompt=resolved_prompt, batch_size=batch_size)
+        extraction = extract_refusal_contrast(loaded, harmful, system_prompt=resolved_prompt, batch_size=batch_size,
+                                              at_reply=method == "refusal-contrast-reply")
         counted = f"{len(harmful)} harmful prompts ({extraction.n_refused} refused, {extraction.n_complied} complied)"
     else:
         harmful, harmless = harmful[:n_pairs], harmless[:n_pairs]

@@ -61,15 +61,46 @@ def test_refusal_contrast_is_refused_minus_complied(tiny_model):
     from rosi_vllm.extraction.extract import extract_refusal_contrast
 
     loaded = load_hf_model(tiny_model("llama"))
-    prompts = HARMFUL + HARMFUL[::-1]
+    prompts = HARMFUL + HARMLESS  # eight different prompts: the two groups differ
     ex = extract_refusal_contrast(loaded, prompts, judge=AlternatingJudge(), max_new_tokens=2, min_per_group=2,
                                   batch_size=3, progress=False)
     refused, complied = prompts[0::2], prompts[1::2]
     r = last_token_residuals(loaded, chat_texts(loaded.tokenizer, refused), progress=False).mean(dim=1)
     c = last_token_residuals(loaded, chat_texts(loaded.tokenizer, complied), progress=False).mean(dim=1)
-    assert torch.allclose(ex.directions, r - c, atol=1e-5)
+    assert (r - c).abs().max() > 1e-3 and torch.allclose(ex.directions, r - c, atol=1e-5)
     assert (ex.n_refused, ex.n_complied, ex.method) == (len(refused), len(complied), "refusal-contrast")
     assert ex.provenance()["method"].startswith("extract: refusal contrast")
+
+
+def test_reply_contrast_averages_each_group_over_its_answers_own_tokens(tiny_model):
+    from rosi_vllm.extraction.extract import extract_refusal_contrast
+    from rosi_vllm.extraction.hf_eval import generate
+
+    loaded = load_hf_model(tiny_model("llama"))
+    prompts = HARMFUL + HARMLESS  # eight different prompts: the two groups differ
+    ex = extract_refusal_contrast(loaded, prompts, judge=AlternatingJudge(), max_new_tokens=3, min_per_group=2,
+                                  batch_size=3, at_reply=True, progress=False)
+    answers = generate(loaded, prompts, max_new_tokens=3)
+
+    def reply_mean(group):  # one prompt at a time, no padding: the answer is everything after the prompt
+        rows = []
+        for i in group:
+            text = chat_texts(loaded.tokenizer, [prompts[i]])[0]
+            n_prompt = len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+            enc = loaded.tokenizer(text + answers[i], return_tensors="pt", add_special_tokens=False)
+            assert enc["input_ids"].shape[1] > n_prompt  # the answer has tokens of its own
+            with torch.no_grad():
+                hidden = loaded.model(**enc, output_hidden_states=True, use_cache=False).hidden_states
+            rows.append(torch.stack([h[0, n_prompt:].float().mean(dim=0) for h in hidden[: loaded.num_layers]]))
+        return torch.stack(rows).mean(dim=0)
+
+    expected = reply_mean(range(0, len(prompts), 2)) - reply_mean(range(1, len(prompts), 2))
+    assert expected.abs().max() > 1e-3 and torch.allclose(ex.directions, expected, atol=1e-4)
+    last = extract_refusal_contrast(loaded, prompts, judge=AlternatingJudge(), max_new_tokens=3, min_per_group=2,
+                                    batch_size=3, progress=False)
+    assert not torch.allclose(ex.directions, last.directions, atol=1e-3)  # not the prompt-end contrast
+    assert ex.method == "refusal-contrast-reply" and "reply tokens" in ex.provenance()["method"]
+    assert ex.provenance()["n_refused"] == str(len(prompts) // 2)
 
 
 def test_refusal_contrast_needs_both_groups(tiny_model):
