@@ -2,11 +2,12 @@
 
 For each instruction the chat template is applied (with the optional safety
 system prompt, extraction only) and the model is run once; we keep the
-residual stream at the last prompt token at the *input* of every decoder layer
-(``hidden_states[ℓ]`` in transformers, the "resid_pre" of Arditi et al. 2024).
-The direction for layer ℓ is mean(harmful) − mean(harmless) there.
+residual stream at the last prompt token (the reply contrast: averaged over the
+answer's tokens) at the *input* of every decoder layer (``hidden_states[ℓ]`` in
+transformers, the "resid_pre" of Arditi et al. 2024). The direction for layer ℓ
+is a difference of two groups' means there.
 
-Two methods (``rosi extract --method``):
+Three methods (``rosi extract --method``):
 
 * ``mean-diff`` (the paper): mean(harmful) − mean(harmless).
 * ``refusal-contrast``: the model is asked the harmful instructions (under the
@@ -200,8 +201,8 @@ def extract_refusal_contrast(loaded: LoadedModel, harmful, *, system_prompt: str
             f"rosi: refusal-contrast needs at least {min_per_group} refused and {min_per_group} complied harmful "
             f"prompts; the model refused {len(refused)} of {len(harmful)}. Use more prompts, or (for a model "
             "that never refuses) --system-prompt safety")
-    texts = chat_texts(loaded.tokenizer, harmful, system_prompt)
     if at_reply:
+        texts = chat_texts(loaded.tokenizer, harmful, system_prompt)
         groups = [reply_residuals(loaded, [t for t, f in zip(texts, refused_flags) if f == flag],
                                   [a for a, f in zip(answers, refused_flags) if f == flag], batch_size, name, progress)
                   for flag, name in ((True, "refused"), (False, "complied"))]
