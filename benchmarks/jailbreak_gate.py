@@ -95,8 +95,9 @@ def measure(model: Path, direction: Path, alpha: float | None, goals: int, dtype
         benign = list(prompts.harmless("validation"))[:FRONTIER_KL_PROMPTS]
         base_lp = next_token_logprobs(loaded, benign, batch_size=batch_size)
     for a in frontier_alphas:
-        kl, kl_upper = edited_kl_bounds(loaded, plan_at(a), benign, base_lp, batch_size=batch_size)
-        out = {name: replies(instructions, prefill, plan_at(a)) for name, (instructions, prefill) in sets.items()}
+        plan_a = plan_at(a)
+        kl, kl_upper = edited_kl_bounds(loaded, plan_a, benign, base_lp, batch_size=batch_size)
+        out = {name: replies(instructions, prefill, plan_a) for name, (instructions, prefill) in sets.items()}
         frontier.append({"alpha": a, "kl": kl, "kl_upper": kl_upper,
                          "refused": {name: sum(judge.judge(texts)) for name, texts in out.items()},
                          "degenerate": {name: sum(map(is_degenerate, texts)) for name, texts in out.items()}})
