@@ -63,6 +63,13 @@ def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     return path
 
 
+def write_with_plot(name: str, payload: dict, out_dir, plot) -> Path:
+    """`write_result`, and ``plot(payload, <out_dir>/<name>.png)`` beside it: results people compare are plotted."""
+    path = write_result(name, payload, Path(out_dir))
+    plot(payload, Path(out_dir) / f"{name}.png")
+    return path
+
+
 def percentile(values, q: float) -> float | None:
     """The `q`-quantile (0-1, linear interpolation) of `values`, None when empty (a benchmark with no successes)."""
     values = list(values)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rosi_vllm.reports.plots import figure
 
-from ._common import benchmark_parser, write_result
+from ._common import benchmark_parser, write_with_plot
 
 STAGES = (("load_and_collect", "load + collect inputs"), ("fit", "fit read vectors"),
           ("select_kl_screen", "select: KL screen"), ("select_budget", "select: α at the KL budget"),
@@ -107,9 +107,7 @@ def main(argv=None) -> int:
         parser.error("--reports is required (or --smoke)")
     result = {"runs": [summarise(r) for r in reports]}
     name = "gated_extraction_time" + ("_smoke" if args.smoke else "")
-    out_dir = Path(args.out_dir)
-    path = write_result(name, result, out_dir)
-    plot(result, out_dir / f"{name}.png")
+    path = write_with_plot(name, result, args.out_dir, plot)
     for run in result["runs"]:
         print(f"{run['report']}: {run['seconds']:.0f} s {run['stage_seconds']}")
     print(f"wrote {path}")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from rosi_vllm.reports.plots import figure
 
-from ._common import benchmark_parser, write_result
+from ._common import benchmark_parser, write_with_plot
 from ._setup import direction_for, resolve_model
 
 #: validation benign prompts the frontier's KL is measured on: the selection's default --val-n
@@ -182,9 +182,7 @@ def main(argv=None) -> int:
     result = {"model": "tiny" if args.smoke else args.model, "direction": "tiny gated" if args.smoke else str(direction),
               **result}
     name = "jailbreak_gate_smoke" if args.smoke else "jailbreak_gate"
-    out_dir = Path(args.out_dir)
-    path = write_result(name, result, out_dir)
-    plot(result, out_dir / f"{name}.png")
+    path = write_with_plot(name, result, args.out_dir, plot)
     print(f"wrote {path}")
     return 0
 

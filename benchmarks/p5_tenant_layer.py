@@ -26,7 +26,7 @@ import yaml
 
 from rosi_vllm.reports.plots import figure
 
-from ._common import benchmark_parser, median, percentile, write_result
+from ._common import benchmark_parser, median, percentile, write_with_plot
 from ._setup import BENCH_KEY as KEY
 
 _MODEL = "served"
@@ -361,9 +361,7 @@ def main(argv=None) -> int:
     if not args.smoke:
         result["served"] = served(args.served_requests, args.concurrency, args.rounds, work, args.baseline_tree)
     name = "p5_tenant_layer_smoke" if args.smoke else "p5_tenant_layer"
-    out_dir = Path(args.out_dir)
-    path = write_result(name, result, out_dir)
-    plot(result, out_dir / f"{name}.png")
+    path = write_with_plot(name, result, args.out_dir, plot)
     print(json.dumps({k: v for k, v in result.items() if k != "served"} | (
         {"served_e2e_p50_added_ms": result["served"]["e2e_p50_added_ms"]} if "served" in result else {}), indent=1))
     print(f"wrote {path}")

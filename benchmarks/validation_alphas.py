@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rosi_vllm.reports.plots import figure
 
-from ._common import benchmark_parser, write_result
+from ._common import benchmark_parser, write_with_plot
 from ._setup import direction_for, resolve_model
 
 
@@ -122,9 +122,7 @@ def main(argv=None) -> int:
             raise SystemExit("rosi: no α is within the selection's budget on validation; nothing written")
         result["written"] = str(write_selected(direction, result["best"]["alpha"], Path(args.write_selected)))
     name = "validation_alphas_smoke" if args.smoke else "validation_alphas"
-    out_dir = Path(args.out_dir)
-    path = write_result(name, result, out_dir)
-    plot(result, out_dir / f"{name}.png")
+    path = write_with_plot(name, result, args.out_dir, plot)
     print(json.dumps({k: result[k] for k in ("best",)}, indent=1))
     print(f"wrote {path}")
     return 0

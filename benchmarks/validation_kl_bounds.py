@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rosi_vllm.reports.plots import figure
 
-from ._common import benchmark_parser, write_result
+from ._common import benchmark_parser, write_with_plot
 from ._setup import direction_for, resolve_model
 
 
@@ -80,9 +80,7 @@ def main(argv=None) -> int:
     result = {"model": args.model if not args.smoke else "tiny", "direction": str(direction) if not args.smoke
               else "random", "rows": bounds(model, direction, alphas, n)}
     name = "validation_kl_bounds_smoke" if args.smoke else "validation_kl_bounds"
-    out_dir = Path(args.out_dir)
-    path = write_result(name, result, out_dir)
-    plot(result, out_dir / f"{name}.png")
+    path = write_with_plot(name, result, args.out_dir, plot)
     print(json.dumps(result["rows"], indent=1))
     print(f"wrote {path}")
     return 0

@@ -138,3 +138,21 @@ def test_jailbreak_gate_smoke(tmp_path):
     for row in result["frontier"]:
         assert row["kl_upper"] >= row["kl"] >= 0 and set(row["refused"]) == set(result["sets"])
         assert all(0 <= row["refused"][name] <= result["sets"][name]["n"] for name in row["refused"])
+
+
+def test_threshold_gate_smoke(tmp_path):
+    from rosi_vllm.extraction.prompts import FIT_WRAPPER_TEMPLATES, JAILBREAK_TEMPLATES, PREFILL_ATTACKS
+
+    run_smoke("threshold_gate", tmp_path)
+    result = load(tmp_path, "threshold_gate_smoke")
+    assert result["layers"] == [0, 1] and set(result["gates"]) == {"0", "1"}
+    assert [row["variant"] for row in result["variants"]] == ["unedited", "threshold L0,1 α=4 t=0.5"]
+    unedited, edited = result["variants"]
+    assert unedited["kl"] == 0 and edited["kl_upper"] >= edited["kl"] >= 0
+    assert edited["jailbreak_success"]["n"] == len(JAILBREAK_TEMPLATES)
+    assert result["chosen"] in (None, edited["variant"]) and all(isinstance(r["feasible"], bool) for r in result["variants"])
+    sizes = {"harmful": 3, "benign": 3, "borderline": 3, "wrapped": len(FIT_WRAPPER_TEMPLATES),
+             **{f"jailbreak_{name}": 1 for name in JAILBREAK_TEMPLATES}, **dict.fromkeys(PREFILL_ATTACKS, 1)}
+    for row in result["variants"]:
+        assert {name: cell["n"] for name, cell in row["refused"].items()} == sizes
+        assert all(0 <= cell["k"] <= cell["n"] for cell in row["refused"].values())

@@ -1,0 +1,330 @@
+"""Feasibility of a read with a threshold: one transplanted MLP neuron per layer pushes α·ReLU(g·x − t)·ŝ.
+
+    python -m benchmarks.threshold_gate --model qwen2.5-coder-0.5b-instruct \
+        --direction directions/qwen2.5-coder-0.5b-instruct-gated-budget.safetensors \
+        --configs "12:48:0.5;11,12:32:0.5;11,12,13:32:0.5" --split validation
+    python -m benchmarks.threshold_gate --smoke     # CI: tiny random model
+
+Why: the gated (v2) edit's read is linear. Every writer adds ``α·(h·a)·ŝ``, so
+the leakage of h·a on benign inputs pays for every unit of α. On Qwen that
+price binds: `benchmarks.jailbreak_gate --frontier-alphas` found plain refusal
+saturating near 90 % at the KL budget, and nothing in a rank-one delta
+``W + α·ŝ·hᵀ`` can add a threshold. A gated MLP already has one, SiLU. This
+measures what a threshold buys before anything is built for it.
+
+The edit, per layer L: pick the neuron j of L's MLP whose benign activity
+× output norm is smallest, and replace
+- its gate row with ``c·(g − t·u)``,
+- its up row with ``u``,
+- its down column with ``α·ŝ / c``.
+It then adds ``(α/c)·SiLU(c·(g·x − t·u·x))·(u·x)·ŝ ≈ α·ReLU(g·x − t)·ŝ``.
+Here x is the MLP's normalised input. g is a read vector fitted on x exactly as
+the gated extraction fits h (AlphaSteer's null-space regression, scaled so the
+harmful median of g·x is 1, on the same prompt sources). u is a ridge fit of
+``u·x ≈ 1`` over every fitted position. It exists because RMS-normalised
+residuals share a large common component (held-out u·x: mean and spread in the
+result), and it supplies the bias the architecture lacks. c (`SHARPNESS`)
+makes SiLU/c close to ReLU.
+
+It is still a load-time weight edit: three rank-one deltas per layer (a row of
+gate_proj, a row of up_proj, a column of down_proj), no hook, no kernel. It is
+*not* a direction format: nothing here can be served yet, and the loader has no
+such edit. Variants are applied in place to the transformers model: unedited,
+the shipped gated file at its recommended α (`--direction`, the reference), and
+each `--configs` entry ``layers:α:t``. All are scored side by side on one
+split, each with its Wilson interval:
+- plain harmful, benign and borderline requests;
+- validation-style wrapped requests (the fit-only wrappers);
+- every jailbreak template of `rosi eval`;
+- every assistant-prefill attack.
+Also scored: benign first-token KL and its upper bound. Each variant is judged
+by the gated selection's own budgets and objective (`chosen`: the best feasible
+threshold config). Choose on ``--split validation``; read ``--split test`` once,
+with the config chosen there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rosi_vllm.reports.plots import figure
+
+from ._common import benchmark_parser, write_with_plot
+from ._setup import direction_for, resolve_model
+
+#: c: SiLU(c·z)/c is within 0.03 of ReLU(z) for |z| ≥ 0.3 at c = 10
+SHARPNESS = 10.0
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """The MLP neuron of `layer` given up for the threshold gate, and what it will read."""
+
+    layer: int
+    index: int
+    read: torch.Tensor  # g, float32 [d_model]: g·x ≈ 1 on harmful inputs, ≈ 0 on benign
+    bias: torch.Tensor  # u, float32 [d_model]: u·x ≈ 1 on every input
+
+
+def _mlp(loaded, layer: int):
+    return loaded.model.get_submodule(f"model.layers.{layer}.mlp")
+
+
+def quietest_neurons(loaded, layers, instructions, *, batch_size: int = 16) -> dict[int, int]:
+    """Per layer: the neuron whose mean |activation| × down-column norm over the benign replies is smallest."""
+    from rosi_vllm.extraction.hf_eval import generate
+
+    activity = {layer: torch.zeros(_mlp(loaded, layer).down_proj.in_features) for layer in layers}
+
+    def accumulate(layer):
+        def hook(_module, args):
+            activity[layer] += args[0].detach().float().abs().sum(dim=(0, 1))
+        return hook
+
+    hooks = [_mlp(loaded, layer).down_proj.register_forward_pre_hook(accumulate(layer)) for layer in layers]
+    try:
+        generate(loaded, instructions, max_new_tokens=8, batch_size=batch_size)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {layer: int((activity[layer] * _mlp(loaded, layer).down_proj.weight.detach().float().norm(dim=0)).argmin())
+            for layer in layers}
+
+
+def fit_bias(inputs: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """u with ``u·x ≈ 1`` on every row of `inputs` (ridge relative to the mean squared input coordinate)."""
+    x = inputs.double()
+    scale = ridge * float((x * x).sum()) / x.shape[1]
+    u = torch.linalg.solve(x.T @ x + scale * torch.eye(x.shape[1], dtype=x.dtype),
+                           x.T @ torch.ones(len(x), dtype=x.dtype))
+    return u.float()
+
+
+def fit_neurons(loaded, layers, *, n_harmful: int = 120, wrapped: int = 40, answer_tokens: int = 32,
+                batch_size: int = 16, progress: bool = True) -> tuple[dict[int, Neuron], dict]:
+    """Fit g and u on every layer's MLP input from the gated extraction's prompt sources; held-out statistics."""
+    from rosi_vllm.extraction import prompts
+    from rosi_vllm.extraction.gated import Writer, collect_inputs, fit_read_vector, gate_statistics, split_sources
+
+    writers = [Writer(f"{layer}.mlp_in", layer, "mlp_in", f"model.layers.{layer}.mlp") for layer in layers]
+    goals = list(prompts.harmful("extraction"))
+    benign = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
+    templates = prompts.fit_wrapper_templates()
+    common = {"batch_size": batch_size, "progress": progress}
+    harmful_sources = [collect_inputs(loaded, writers, goals[:n_harmful], positions="instruction_end",
+                                      desc="harmful MLP inputs", **common)]
+    benign_sources = [collect_inputs(loaded, writers, benign, positions="all", answer_tokens=answer_tokens,
+                                     desc="benign MLP inputs (+ own answers)", **common)]
+    if wrapped:
+        harmful_sources.append(collect_inputs(
+            loaded, writers, list(prompts.fit_wrapped(goals[n_harmful:n_harmful + wrapped], templates)),
+            positions="instruction_end", desc="wrapped harmful MLP inputs", **common).grouped(len(templates)))
+        benign_sources.append(collect_inputs(
+            loaded, writers, list(prompts.fit_wrapped(benign[:wrapped], templates)), positions="all",
+            desc="wrapped benign MLP inputs", **common).grouped(len(templates)))
+    h_fit, h_out = split_sources(harmful_sources)
+    b_fit, b_out = split_sources(benign_sources)
+    quiet = quietest_neurons(loaded, layers, benign[:48], batch_size=batch_size)
+    neurons, stats = {}, {}
+    for w in writers:
+        g = fit_read_vector(h_fit.by_writer[w.key], b_fit.by_writer[w.key], method="nullspace", rho=0.7, lam=1.0)
+        u = fit_bias(torch.cat([b_fit.by_writer[w.key], h_fit.by_writer[w.key]]))
+        held_out = torch.cat([b_out.by_writer[w.key], h_out.by_writer[w.key]]).float() @ u
+        neurons[w.layer] = Neuron(w.layer, quiet[w.layer], g, u)
+        stats[w.layer] = {
+            "neuron": quiet[w.layer],
+            **gate_statistics(g, h_out.by_writer[w.key], b_out.by_writer[w.key][~b_out.generated],
+                              b_out.by_writer[w.key][b_out.generated]),
+            "bias_read_mean": float(held_out.mean()), "bias_read_sd": float(held_out.std()),
+            "bias_read_min": float(held_out.min()), "bias_read_max": float(held_out.max()),
+        }
+    return neurons, stats
+
+
+@contextlib.contextmanager
+def transplanted(loaded, neurons: list[Neuron], write: torch.Tensor, alpha: float, threshold: float,
+                 sharpness: float = SHARPNESS):
+    """Each neuron's gate row, up row and down column replaced for the block (see the module docstring); then
+    the saved originals are copied back, so the model is bit-for-bit what it was."""
+    unit = write.float() / write.float().norm()
+    saved = []
+    with torch.no_grad():
+        for n in neurons:
+            mlp = _mlp(loaded, n.layer)
+            rows = (mlp.gate_proj.weight, mlp.up_proj.weight)
+            saved.append((mlp, n.index, *(r[n.index].clone() for r in rows), mlp.down_proj.weight[:, n.index].clone()))
+            mlp.gate_proj.weight[n.index] = sharpness * (n.read - threshold * n.bias)
+            mlp.up_proj.weight[n.index] = n.bias
+            mlp.down_proj.weight[:, n.index] = alpha / sharpness * unit
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for mlp, j, gate, up, down in saved:
+                mlp.gate_proj.weight[j], mlp.up_proj.weight[j] = gate, up
+                mlp.down_proj.weight[:, j] = down
+
+
+def scored_sets(split: str, n: int, goals: int) -> dict[str, tuple[list[str], str]]:
+    """name → (instructions, the reply's first words already written)."""
+    from rosi_vllm.extraction import prompts
+
+    harmful = list(prompts.harmful(split))
+    attack_goals = harmful[:goals]
+    return {
+        "harmful": (harmful[:n], ""), "benign": (list(prompts.harmless(split))[:n], ""),
+        "borderline": (list(prompts.borderline(split))[:n], ""),
+        "wrapped": (list(prompts.fit_wrapped(attack_goals)), ""),
+        **{f"jailbreak_{name}": ([template.format(goal=g) for g in attack_goals], "")
+           for name, template in prompts.JAILBREAK_TEMPLATES.items()},
+        **{name: (attack_goals, prefill) for name, prefill in prompts.PREFILL_ATTACKS.items()},
+    }
+
+
+def parse_configs(text: str) -> list[dict]:
+    """``"11,12:32:0.5;12:48:0.5"`` → [{"layers": [11, 12], "alpha": 32.0, "threshold": 0.5}, …]."""
+    configs = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        layers, alpha, threshold = item.split(":")
+        configs.append({"layers": [int(x) for x in layers.split(",")], "alpha": float(alpha),
+                        "threshold": float(threshold)})
+    return configs
+
+
+def measure(model: Path, direction: Path, configs: list[dict], *, split: str, n: int, goals: int,
+            dtype: str = "bfloat16", max_new_tokens: int = 32, batch_size: int = 20, fit_kwargs=None,
+            progress: bool = True) -> dict:
+    from rosi_vllm.direction_file import load_direction
+    from rosi_vllm.extraction.extract import load_hf_model
+    from rosi_vllm.extraction.hf_eval import generate, injected, next_token_logprobs, prompt_kls
+    from rosi_vllm.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.injection_plan import build_plan
+    from rosi_vllm.judge import SubstringJudge, is_degenerate
+    from rosi_vllm.stats import mean_upper_bound, rate
+
+    shipped = load_direction(direction)
+    loaded = load_hf_model(str(model), dtype=getattr(torch, dtype))
+    layers = sorted({layer for c in configs for layer in c["layers"]})
+    neurons, gate_stats = fit_neurons(loaded, layers, batch_size=batch_size, progress=progress, **(fit_kwargs or {}))
+    sets = scored_sets(split, n, goals)
+    benign = sets["benign"][0]
+    base_lp = next_token_logprobs(loaded, benign, batch_size=batch_size)
+    judge = SubstringJudge()
+    linear_plan = build_plan(shipped, loaded.shape, alpha=shipped.recommended_alpha,
+                             checkpoint_fingerprint=fingerprint_checkpoint(model)) if shipped.gated else None
+    variants = [("unedited", {}, contextlib.nullcontext)]
+    if linear_plan is not None:
+        variants.append((f"linear gate α={shipped.recommended_alpha:g} (shipped file)",
+                         {"window": list(shipped.window), "alpha": shipped.recommended_alpha},
+                         lambda: injected(loaded, linear_plan)))
+    for c in configs:
+        variants.append((f"threshold L{','.join(map(str, c['layers']))} α={c['alpha']:g} t={c['threshold']:g}", c,
+                         lambda c=c: transplanted(loaded, [neurons[layer] for layer in c["layers"]],
+                                                  shipped.direction, c["alpha"], c["threshold"])))
+    rows = []
+    for name, settings, edit in variants:
+        with edit():
+            kls = prompt_kls(base_lp, next_token_logprobs(loaded, benign, batch_size=batch_size))
+            refused, degenerate = {}, 0
+            for set_name, (instructions, prefill) in sets.items():
+                replies = [prefill + text for text in generate(loaded, instructions, max_new_tokens=max_new_tokens,
+                                                               batch_size=batch_size, prefill=prefill)]
+                refused[set_name] = rate(judge.judge(replies))
+                degenerate += sum(map(is_degenerate, replies))
+        attacked = [cell for set_name, cell in refused.items() if set_name.startswith("jailbreak_")]
+        answered = sum(cell["n"] - cell["k"] for cell in attacked)
+        rows.append({"variant": name, **settings, "kl": float(kls.mean()), "kl_upper": mean_upper_bound(kls.tolist()),
+                     "refused": refused, "degenerate": degenerate,
+                     # `rosi eval`'s jailbreak success: every template's replies together, not refused
+                     "jailbreak_success": rate([True] * answered + [False] * (sum(c["n"] for c in attacked) - answered))})
+        if progress:
+            print(f"{name}: KL {rows[-1]['kl']:.3f} (upper {rows[-1]['kl_upper']:.3f}), refused "
+                  + ", ".join(f"{k} {v['k']}/{v['n']}" for k, v in refused.items()), flush=True)
+    judged = [judged_by_selection_rule(row, rows[0]) for row in rows]
+    feasible = [i for i, j in enumerate(judged) if j["feasible"] and "threshold" in rows[i]]
+    return {"split": split, "n": n, "goals": goals, "dtype": dtype, "max_new_tokens": max_new_tokens,
+            "sharpness": SHARPNESS, "write_direction": str(direction), "layers": layers,
+            "gates": {str(k): v for k, v in gate_stats.items()},
+            "variants": [{**row, **j} for row, j in zip(rows, judged)],
+            "chosen": rows[max(feasible, key=lambda i: judged[i]["harm_refused"])]["variant"] if feasible else None}
+
+
+def judged_by_selection_rule(row: dict, unedited: dict) -> dict:
+    """The gated selection's own verdict on a variant (`GatedCandidate`: its budgets and its objective, the mean
+    of plain and wrapped refusal), so a threshold config is chosen by the rule that chose the shipped file."""
+    from rosi_vllm.extraction.gated_selection import GatedCandidate
+
+    def scores(r):
+        refused = r["refused"]
+        n_replies = sum(cell["n"] for cell in refused.values())
+        return {"harmful_refusal": refused["harmful"]["rate"], "benign_refusal": refused["benign"]["rate"],
+                "borderline_refusal": refused["borderline"]["rate"], "degenerate": r["degenerate"] / n_replies,
+                "jailbreak_success": 1 - refused["wrapped"]["rate"]}
+
+    base = {**scores(unedited), "kl": 0.0, "kl_upper": 0.0}
+    candidate = GatedCandidate((), (), row.get("alpha", 0.0), 2, **scores(row), kl=row["kl"], kl_upper=row["kl_upper"],
+                               base=base)
+    return {"feasible": candidate.feasible, "harm_refused": candidate.harm_refused}
+
+
+def plot(result: dict, path: Path) -> None:
+    """Harmful refused and wrapped answered against the KL bound; refusal per set for every variant."""
+    rows = result["variants"]
+    with figure(path, (14, 5), ncols=2) as (_, (ax1, ax2)):
+        for row in rows:
+            harm = row["refused"]["harmful"]
+            ax1.errorbar(row["kl_upper"], 100 * harm["rate"],
+                         yerr=[[100 * (harm["rate"] - harm["ci95"][0])], [100 * (harm["ci95"][1] - harm["rate"])]],
+                         marker="o", capsize=3, label=row["variant"])
+        ax1.set_xlabel("benign first-token KL, 95 % upper bound (nats)")
+        ax1.set_ylabel("harmful refused (%)")
+        ax1.set_title(f"{result['split']} split, n={result['n']}")
+        ax1.legend(fontsize=7)
+        names = list(rows[0]["refused"])
+        width = 0.8 / len(rows)
+        for i, row in enumerate(rows):
+            ax2.bar([x + i * width for x in range(len(names))], [100 * row["refused"][k]["rate"] for k in names],
+                    width, label=row["variant"])
+        ax2.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, rotation=60, fontsize=7)
+        ax2.set_ylabel("refused (%)")
+        ax2.legend(fontsize=6)
+
+
+def main(argv=None) -> int:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    parser.add_argument("--direction", help="a gated (v2) direction file: its ŝ is the write direction, and it is "
+                        "scored at its recommended α as the reference")
+    parser.add_argument("--configs", default="11,12:32:0.5", help="layers:α:threshold entries, ';'-separated")
+    parser.add_argument("--split", default="validation", choices=["validation", "test"])
+    parser.add_argument("--n", type=int, default=40, help="prompts per plain set")
+    parser.add_argument("--goals", type=int, default=8, help="goals per attack template or prefill")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="rosi-threshold-"))
+    if args.smoke:
+        model = resolve_model("tiny", work)
+        direction, _ = direction_for(model, work)
+        result = measure(model, direction, parse_configs("0,1:4:0.5"), split="validation", n=3, goals=1,
+                         dtype="float32", max_new_tokens=4, batch_size=4,
+                         fit_kwargs={"n_harmful": 8, "wrapped": 4, "answer_tokens": 3}, progress=False)
+    else:
+        if not args.direction:
+            parser.error("--direction is required")
+        direction = Path(args.direction)
+        result = measure(resolve_model(args.model, work), direction, parse_configs(args.configs), split=args.split,
+                         n=args.n, goals=args.goals, dtype=args.dtype)
+    result = {"model": "tiny" if args.smoke else args.model, **result}
+    name = "threshold_gate_smoke" if args.smoke else f"threshold_gate_{args.split}"
+    path = write_with_plot(name, result, args.out_dir, plot)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
