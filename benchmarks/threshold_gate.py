@@ -31,7 +31,8 @@ gate_proj, a row of up_proj, a column of down_proj), no hook, no kernel. It is
 *not* a direction format: nothing here can be served yet, and the loader has no
 such edit. Variants are applied in place to the transformers model: unedited,
 the shipped gated file at its recommended α (`--direction`, the reference), and
-each `--configs` entry ``layers:α:t``. All are scored side by side on one
+each `--configs` entry ``layers:α:t`` (``+A``: with the file's own linear gate at
+α=A added, both edits at once). All are scored side by side on one
 split, each with its Wilson interval:
 - plain harmful, benign and borderline requests;
 - validation-style wrapped requests (the fit-only wrappers);
@@ -187,12 +188,14 @@ def scored_sets(split: str, n: int, goals: int) -> dict[str, tuple[list[str], st
 
 
 def parse_configs(text: str) -> list[dict]:
-    """``"11,12:32:0.5;12:48:0.5"`` → [{"layers": [11, 12], "alpha": 32.0, "threshold": 0.5}, …]."""
+    """``"11,12:32:0.5;12:48:0.5+2"`` → [{"layers": [11, 12], "alpha": 32.0, "threshold": 0.5,
+    "linear_alpha": None}, …]; ``+A``: with the `--direction` file's own linear gate at α=A added."""
     configs = []
     for item in filter(None, (part.strip() for part in text.split(";"))):
+        item, _, linear = item.partition("+")
         layers, alpha, threshold = item.split(":")
         configs.append({"layers": [int(x) for x in layers.split(",")], "alpha": float(alpha),
-                        "threshold": float(threshold)})
+                        "threshold": float(threshold), "linear_alpha": float(linear) if linear else None})
     return configs
 
 
@@ -215,17 +218,32 @@ def measure(model: Path, direction: Path, configs: list[dict], *, split: str, n:
     benign = sets["benign"][0]
     base_lp = next_token_logprobs(loaded, benign, batch_size=batch_size)
     judge = SubstringJudge()
-    linear_plan = build_plan(shipped, loaded.shape, alpha=shipped.recommended_alpha,
-                             checkpoint_fingerprint=fingerprint_checkpoint(model)) if shipped.gated else None
+    fingerprint = fingerprint_checkpoint(model)
+
+    def linear_plan(alpha):
+        if not shipped.gated:
+            raise SystemExit("rosi: a '+α' config needs a gated (format v2) --direction")
+        return build_plan(shipped, loaded.shape, alpha=alpha, checkpoint_fingerprint=fingerprint)
+
+    @contextlib.contextmanager
+    def threshold_edit(c):
+        with contextlib.ExitStack() as stack:
+            if c["linear_alpha"] is not None:
+                stack.enter_context(injected(loaded, linear_plan(c["linear_alpha"])))
+            stack.enter_context(transplanted(loaded, [neurons[layer] for layer in c["layers"]], shipped.direction,
+                                             c["alpha"], c["threshold"]))
+            yield
+
     variants = [("unedited", {}, contextlib.nullcontext)]
-    if linear_plan is not None:
+    if shipped.gated:
         variants.append((f"linear gate α={shipped.recommended_alpha:g} (shipped file)",
                          {"window": list(shipped.window), "alpha": shipped.recommended_alpha},
-                         lambda: injected(loaded, linear_plan)))
+                         lambda: injected(loaded, linear_plan(shipped.recommended_alpha))))
     for c in configs:
-        variants.append((f"threshold L{','.join(map(str, c['layers']))} α={c['alpha']:g} t={c['threshold']:g}", c,
-                         lambda c=c: transplanted(loaded, [neurons[layer] for layer in c["layers"]],
-                                                  shipped.direction, c["alpha"], c["threshold"])))
+        name = f"threshold L{','.join(map(str, c['layers']))} α={c['alpha']:g} t={c['threshold']:g}"
+        if c["linear_alpha"] is not None:
+            name += f" + linear gate α={c['linear_alpha']:g}"
+        variants.append((name, c, lambda c=c: threshold_edit(c)))
     rows = []
     for name, settings, edit in variants:
         with edit():
@@ -308,9 +326,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rosi-threshold-"))
     if args.smoke:
+        from rosi_vllm.extraction.gated import extract_gated
+
         model = resolve_model("tiny", work)
-        direction, _ = direction_for(model, work)
-        result = measure(model, direction, parse_configs("0,1:4:0.5"), split="validation", n=3, goals=1,
+        write, _ = direction_for(model, work)
+        direction = work / "gated.safetensors"
+        extract_gated(str(model), str(write), direction, layers=[0, 1], alphas=(2.0,), min_auroc=0.0, n_harmful=12,
+                      answer_tokens=3, val_n=4, stage1_n=3, stage1_tokens=3, max_new_tokens=4, batch_size=4,
+                      progress=False)
+        result = measure(model, direction, parse_configs("0,1:4:0.5;0,1:4:0.5+1"), split="validation", n=3, goals=1,
                          dtype="float32", max_new_tokens=4, batch_size=4,
                          fit_kwargs={"n_harmful": 8, "wrapped": 4, "answer_tokens": 3}, progress=False)
     else:

@@ -146,11 +146,16 @@ def test_threshold_gate_smoke(tmp_path):
     run_smoke("threshold_gate", tmp_path)
     result = load(tmp_path, "threshold_gate_smoke")
     assert result["layers"] == [0, 1] and set(result["gates"]) == {"0", "1"}
-    assert [row["variant"] for row in result["variants"]] == ["unedited", "threshold L0,1 α=4 t=0.5"]
-    unedited, edited = result["variants"]
-    assert unedited["kl"] == 0 and edited["kl_upper"] >= edited["kl"] >= 0
-    assert edited["jailbreak_success"]["n"] == len(JAILBREAK_TEMPLATES)
-    assert result["chosen"] in (None, edited["variant"]) and all(isinstance(r["feasible"], bool) for r in result["variants"])
+    assert [row["variant"] for row in result["variants"]] == [
+        "unedited", "linear gate α=2 (shipped file)", "threshold L0,1 α=4 t=0.5",
+        "threshold L0,1 α=4 t=0.5 + linear gate α=1"]
+    unedited, *edited = result["variants"]
+    assert unedited["kl"] == 0
+    for row in edited:
+        assert row["kl_upper"] >= row["kl"] >= 0 and row["jailbreak_success"]["n"] == len(JAILBREAK_TEMPLATES)
+    assert edited[1]["kl"] != edited[2]["kl"]  # the linear gate was added
+    assert result["chosen"] in (None, *(row["variant"] for row in edited[1:]))
+    assert all(isinstance(row["feasible"], bool) for row in result["variants"])
     sizes = {"harmful": 3, "benign": 3, "borderline": 3, "wrapped": len(FIT_WRAPPER_TEMPLATES),
              **{f"jailbreak_{name}": 1 for name in JAILBREAK_TEMPLATES}, **dict.fromkeys(PREFILL_ATTACKS, 1)}
     for row in result["variants"]:

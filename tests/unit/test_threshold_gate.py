@@ -41,5 +41,6 @@ def test_bias_direction_reads_one_on_inputs_that_share_a_common_component():
 
 
 def test_configs_parse_layers_alpha_and_threshold():
-    assert parse_configs("11,12:32:0.5; 12:48:0.25;") == [
-        {"layers": [11, 12], "alpha": 32.0, "threshold": 0.5}, {"layers": [12], "alpha": 48.0, "threshold": 0.25}]
+    assert parse_configs("11,12:32:0.5; 12:48:0.25+2;") == [
+        {"layers": [11, 12], "alpha": 32.0, "threshold": 0.5, "linear_alpha": None},
+        {"layers": [12], "alpha": 48.0, "threshold": 0.25, "linear_alpha": 2.0}]
