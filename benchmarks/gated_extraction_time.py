@@ -79,18 +79,11 @@ def plot(result: dict, path: Path) -> None:
 
 def smoke_reports(work: Path) -> list[Path]:
     """Two tiny-model gated extractions, float32 and bfloat16, with their reports."""
-    from rosi_vllm.extraction.gated import extract_gated
+    from ._setup import tiny_gated_direction
 
-    from ._setup import direction_for, resolve_model
-
-    model = resolve_model("tiny", work)
-    write, _ = direction_for(model, work)
     reports = []
     for dtype in ("float32", "bfloat16"):
-        out = work / f"gated-{dtype}.safetensors"
-        extract_gated(str(model), str(write), out, layers=[0, 1], alphas=(2.0,), min_auroc=0.0, n_harmful=12,
-                      answer_tokens=3, val_n=4, stage1_n=3, stage1_tokens=3, max_new_tokens=4, batch_size=4,
-                      dtype=dtype, progress=False)
+        tiny_gated_direction(work, dtype)
         reports.append(work / f"gated-{dtype}" / "gate.json")
     return reports
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from rosi_vllm.reports.plots import figure
 
 from ._common import benchmark_parser, write_with_plot
-from ._setup import direction_for, resolve_model
+from ._setup import resolve_model, tiny_gated_direction
 
 #: validation benign prompts the frontier's KL is measured on: the selection's default --val-n
 FRONTIER_KL_PROMPTS = 40
@@ -163,14 +163,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rosi-jbgate-"))
     if args.smoke:
-        from rosi_vllm.extraction.gated import extract_gated
-
-        model = resolve_model("tiny", work)
-        write, _ = direction_for(model, work)
-        direction = work / "gated.safetensors"
-        extract_gated(str(model), str(write), direction, layers=[0, 1], alphas=(2.0,), min_auroc=0.0, n_harmful=12,
-                      answer_tokens=3, val_n=4, stage1_n=3, stage1_tokens=3, max_new_tokens=4, batch_size=4,
-                      progress=False)
+        model, direction = tiny_gated_direction(work)
         result = measure(model, direction, None, goals=3, dtype="float32", max_new_tokens=4, batch_size=4,
                          frontier_alphas=(1.0, 4.0))
     else:

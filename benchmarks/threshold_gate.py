@@ -56,7 +56,7 @@ import torch
 from rosi_vllm.reports.plots import figure
 
 from ._common import benchmark_parser, write_with_plot
-from ._setup import direction_for, resolve_model
+from ._setup import resolve_model, tiny_gated_direction
 
 #: c: SiLU(c·z)/c is within 0.03 of ReLU(z) for |z| ≥ 0.3 at c = 10
 SHARPNESS = 10.0
@@ -326,14 +326,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rosi-threshold-"))
     if args.smoke:
-        from rosi_vllm.extraction.gated import extract_gated
-
-        model = resolve_model("tiny", work)
-        write, _ = direction_for(model, work)
-        direction = work / "gated.safetensors"
-        extract_gated(str(model), str(write), direction, layers=[0, 1], alphas=(2.0,), min_auroc=0.0, n_harmful=12,
-                      answer_tokens=3, val_n=4, stage1_n=3, stage1_tokens=3, max_new_tokens=4, batch_size=4,
-                      progress=False)
+        model, direction = tiny_gated_direction(work)
         result = measure(model, direction, parse_configs("0,1:4:0.5;0,1:4:0.5+1"), split="validation", n=3, goals=1,
                          dtype="float32", max_new_tokens=4, batch_size=4,
                          fit_kwargs={"n_harmful": 8, "wrapped": 4, "answer_tokens": 3}, progress=False)
