@@ -27,9 +27,12 @@ result), and it supplies the bias the architecture lacks. c (`SHARPNESS`)
 makes SiLU/c close to ReLU.
 
 It is still a load-time weight edit: three rank-one deltas per layer (a row of
-gate_proj, a row of up_proj, a column of down_proj), no hook, no kernel. It is
-*not* a direction format: nothing here can be served yet, and the loader has no
-such edit. Variants are applied in place to the transformers model: unedited,
+gate_proj, a row of up_proj, a column of down_proj), no hook, no kernel. This
+benchmark measured it before it was a product; it is now direction format v3
+(`rosi extract --method threshold`), and each config below is applied through
+that format's own plan, as the loader applies it. The fit is the product's
+(`rosi_vllm.extraction.threshold.fit_neurons`). Variants, applied in place to the
+transformers model: unedited,
 the shipped gated file at its recommended α (`--direction`, the reference), and
 each `--configs` entry ``layers:α:t`` (``+A``: with the file's own linear gate at
 α=A added, both edits at once). All are scored side by side on one
@@ -48,127 +51,15 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from rosi_vllm.extraction.threshold import SHARPNESS
 from rosi_vllm.reports.plots import figure
 
 from ._common import benchmark_parser, write_with_plot
 from ._setup import resolve_model, tiny_gated_direction
-
-#: c: SiLU(c·z)/c is within 0.03 of ReLU(z) for |z| ≥ 0.3 at c = 10
-SHARPNESS = 10.0
-
-
-@dataclass(frozen=True)
-class Neuron:
-    """The MLP neuron of `layer` given up for the threshold gate, and what it will read."""
-
-    layer: int
-    index: int
-    read: torch.Tensor  # g, float32 [d_model]: g·x ≈ 1 on harmful inputs, ≈ 0 on benign
-    bias: torch.Tensor  # u, float32 [d_model]: u·x ≈ 1 on every input
-
-
-def _mlp(loaded, layer: int):
-    return loaded.model.get_submodule(f"model.layers.{layer}.mlp")
-
-
-def quietest_neurons(loaded, layers, instructions, *, batch_size: int = 16) -> dict[int, int]:
-    """Per layer: the neuron whose mean |activation| × down-column norm over the benign replies is smallest."""
-    from rosi_vllm.extraction.hf_eval import generate
-
-    activity = {layer: torch.zeros(_mlp(loaded, layer).down_proj.in_features) for layer in layers}
-
-    def accumulate(layer):
-        def hook(_module, args):
-            activity[layer] += args[0].detach().float().abs().sum(dim=(0, 1))
-        return hook
-
-    hooks = [_mlp(loaded, layer).down_proj.register_forward_pre_hook(accumulate(layer)) for layer in layers]
-    try:
-        generate(loaded, instructions, max_new_tokens=8, batch_size=batch_size)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {layer: int((activity[layer] * _mlp(loaded, layer).down_proj.weight.detach().float().norm(dim=0)).argmin())
-            for layer in layers}
-
-
-def fit_bias(inputs: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
-    """u with ``u·x ≈ 1`` on every row of `inputs` (ridge relative to the mean squared input coordinate)."""
-    x = inputs.double()
-    scale = ridge * float((x * x).sum()) / x.shape[1]
-    u = torch.linalg.solve(x.T @ x + scale * torch.eye(x.shape[1], dtype=x.dtype),
-                           x.T @ torch.ones(len(x), dtype=x.dtype))
-    return u.float()
-
-
-def fit_neurons(loaded, layers, *, n_harmful: int = 120, wrapped: int = 40, answer_tokens: int = 32,
-                batch_size: int = 16, progress: bool = True) -> tuple[dict[int, Neuron], dict]:
-    """Fit g and u on every layer's MLP input from the gated extraction's prompt sources; held-out statistics."""
-    from rosi_vllm.extraction import prompts
-    from rosi_vllm.extraction.gated import Writer, collect_inputs, fit_read_vector, gate_statistics, split_sources
-
-    writers = [Writer(f"{layer}.mlp_in", layer, "mlp_in", f"model.layers.{layer}.mlp") for layer in layers]
-    goals = list(prompts.harmful("extraction"))
-    benign = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
-    templates = prompts.fit_wrapper_templates()
-    common = {"batch_size": batch_size, "progress": progress}
-    harmful_sources = [collect_inputs(loaded, writers, goals[:n_harmful], positions="instruction_end",
-                                      desc="harmful MLP inputs", **common)]
-    benign_sources = [collect_inputs(loaded, writers, benign, positions="all", answer_tokens=answer_tokens,
-                                     desc="benign MLP inputs (+ own answers)", **common)]
-    if wrapped:
-        harmful_sources.append(collect_inputs(
-            loaded, writers, list(prompts.fit_wrapped(goals[n_harmful:n_harmful + wrapped], templates)),
-            positions="instruction_end", desc="wrapped harmful MLP inputs", **common).grouped(len(templates)))
-        benign_sources.append(collect_inputs(
-            loaded, writers, list(prompts.fit_wrapped(benign[:wrapped], templates)), positions="all",
-            desc="wrapped benign MLP inputs", **common).grouped(len(templates)))
-    h_fit, h_out = split_sources(harmful_sources)
-    b_fit, b_out = split_sources(benign_sources)
-    quiet = quietest_neurons(loaded, layers, benign[:48], batch_size=batch_size)
-    neurons, stats = {}, {}
-    for w in writers:
-        g = fit_read_vector(h_fit.by_writer[w.key], b_fit.by_writer[w.key], method="nullspace", rho=0.7, lam=1.0)
-        u = fit_bias(torch.cat([b_fit.by_writer[w.key], h_fit.by_writer[w.key]]))
-        held_out = torch.cat([b_out.by_writer[w.key], h_out.by_writer[w.key]]).float() @ u
-        neurons[w.layer] = Neuron(w.layer, quiet[w.layer], g, u)
-        stats[w.layer] = {
-            "neuron": quiet[w.layer],
-            **gate_statistics(g, h_out.by_writer[w.key], b_out.by_writer[w.key][~b_out.generated],
-                              b_out.by_writer[w.key][b_out.generated]),
-            "bias_read_mean": float(held_out.mean()), "bias_read_sd": float(held_out.std()),
-            "bias_read_min": float(held_out.min()), "bias_read_max": float(held_out.max()),
-        }
-    return neurons, stats
-
-
-@contextlib.contextmanager
-def transplanted(loaded, neurons: list[Neuron], write: torch.Tensor, alpha: float, threshold: float,
-                 sharpness: float = SHARPNESS):
-    """Each neuron's gate row, up row and down column replaced for the block (see the module docstring); then
-    the saved originals are copied back, so the model is bit-for-bit what it was."""
-    unit = write.float() / write.float().norm()
-    saved = []
-    with torch.no_grad():
-        for n in neurons:
-            mlp = _mlp(loaded, n.layer)
-            rows = (mlp.gate_proj.weight, mlp.up_proj.weight)
-            saved.append((mlp, n.index, *(r[n.index].clone() for r in rows), mlp.down_proj.weight[:, n.index].clone()))
-            mlp.gate_proj.weight[n.index] = sharpness * (n.read - threshold * n.bias)
-            mlp.up_proj.weight[n.index] = n.bias
-            mlp.down_proj.weight[:, n.index] = alpha / sharpness * unit
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for mlp, j, gate, up, down in saved:
-                mlp.gate_proj.weight[j], mlp.up_proj.weight[j] = gate, up
-                mlp.down_proj.weight[:, j] = down
 
 
 def scored_sets(split: str, n: int, goals: int) -> dict[str, tuple[list[str], str]]:
@@ -205,6 +96,7 @@ def measure(model: Path, direction: Path, configs: list[dict], *, split: str, n:
     from rosi_vllm.direction_file import load_direction
     from rosi_vllm.extraction.extract import load_hf_model
     from rosi_vllm.extraction.hf_eval import generate, injected, next_token_logprobs, prompt_kls
+    from rosi_vllm.extraction.threshold import fit_neurons, threshold_direction
     from rosi_vllm.fingerprint import fingerprint_checkpoint
     from rosi_vllm.injection_plan import build_plan
     from rosi_vllm.judge import SubstringJudge, is_degenerate
@@ -227,11 +119,13 @@ def measure(model: Path, direction: Path, configs: list[dict], *, split: str, n:
 
     @contextlib.contextmanager
     def threshold_edit(c):
+        """The product's v3 edit (its plan, as the loader applies it), plus the file's linear gate for '+α'."""
+        v3 = threshold_direction(shipped, neurons, gate_stats, c["layers"], threshold=c["threshold"])
         with contextlib.ExitStack() as stack:
             if c["linear_alpha"] is not None:
                 stack.enter_context(injected(loaded, linear_plan(c["linear_alpha"])))
-            stack.enter_context(transplanted(loaded, [neurons[layer] for layer in c["layers"]], shipped.direction,
-                                             c["alpha"], c["threshold"]))
+            stack.enter_context(injected(loaded, build_plan(v3, loaded.shape, alpha=c["alpha"],
+                                                            checkpoint_fingerprint=fingerprint)))
             yield
 
     variants = [("unedited", {}, contextlib.nullcontext)]

@@ -39,6 +39,8 @@ def architectures() -> str:
     for spec in ARCHITECTURES:
         names = ", ".join(a.removesuffix("ForCausalLM").removesuffix("LMHeadModel") for a in spec.architectures)
         writers = "<br>".join(f"`{w.target}`: `{_readable(w.pattern.pattern)}`" for w in spec.writers)
+        if spec.mlp_inputs:  # the rows a threshold (v3) direction transplants one neuron of
+            writers += "<br>v3 also: " + ", ".join(f"`{_readable(w.pattern.pattern)}`" for w in spec.mlp_inputs)
         rows.append(f"| {spec.family} | {names} | {writers} | {spec.notes} |")
     return "\n".join(rows)
 

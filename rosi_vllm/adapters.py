@@ -7,16 +7,23 @@ fitted read vector h. Exporting it in PEFT's adapter format lets one
 vLLM engine serve many α values (or many candidate layers, during selection)
 on one copy of the base weights, chosen per request. Only the standard
 ``[d_out, d_in]`` (nn.Linear) layout is exported; GPT-2's Conv1D is refused.
+
+A threshold direction (format v3) replaces one neuron's gate row, up row and down
+column. Each replacement is itself a rank-1 delta on the base weight, new minus
+old at that neuron: ``lora_B = e_j``, ``lora_A = (row' − row)ᵀ`` for gate_proj
+and up_proj, ``lora_B = α·ŝ/c − col``, ``lora_A = e_jᵀ`` for down_proj. The old
+slices are read once (`NeuronSlice`); only the down column depends on α.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .architectures import Layout
+from .architectures import MLP_GATE, MLP_OUT, Layout
 from .checkpoint import safetensors_files
 from .errors import RosiError
 from .injection import check_read_vector
@@ -25,12 +32,22 @@ from .injection_plan import InjectionPlan
 PEFT_PREFIX = "base_model.model."
 
 
-def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str, torch.Tensor | None]:
-    """The read vector r of every residual writer the plan targets: h (gated) or w̄ (float32 row mean), read once.
+@dataclass(frozen=True)
+class NeuronSlice:
+    """v3: the base weight's row (gate/up) or column (down) at the transplanted neuron, and the neuron count."""
 
-    None marks a writer outside a gated window: present, not edited. r depends only
-    on the base weights and the direction file, not on α, so callers building many
-    adapters (one per α or per candidate layer) reuse it.
+    index: int
+    neurons: int
+    old: torch.Tensor  # float32
+
+
+def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str, torch.Tensor | NeuronSlice | None]:
+    """The read vector r of every residual writer the plan targets: h (gated) or w̄ (float32 row mean), read once;
+    for a threshold plan, the base slice each transplant replaces (`NeuronSlice`).
+
+    None marks a writer outside a gated window: present, not edited. What is read
+    depends only on the base weights and the direction file, not on α, so callers
+    building many adapters (one per α or per candidate layer) reuse it.
     """
     from safetensors import safe_open
 
@@ -46,6 +63,9 @@ def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str,
                 if not plan.edits_layer(hit[1]):
                     reads[name] = None
                     continue
+                if plan.transplants:
+                    reads[name] = _neuron_slice(plan, name, hit, f.get_slice(name))
+                    continue
                 fitted = plan.read_vector(name)
                 if fitted is not None:
                     check_read_vector(fitted, f.get_slice(name).get_shape()[1], repr(name))
@@ -53,19 +73,67 @@ def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str,
     return reads
 
 
-def lora_tensors(plan: InjectionPlan, reads: dict[str, torch.Tensor | None],
-                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """PEFT state dict of the plan's rank-1 deltas; refuses if a target is missing in any layer."""
+def _neuron_slice(plan: InjectionPlan, name: str, hit: tuple, stored) -> NeuronSlice:
+    from .injection import replace_slice
+
+    writer, layer = hit
+    axis = 1 if writer.target == MLP_OUT else 0
+    shape = stored.get_shape()
+    index = plan.transplants[layer].index
+    if not 0 <= index < shape[axis]:  # the loader's own message for the same defect
+        replace_slice(torch.zeros(shape[0] if axis else 1, shape[1] if not axis else 1), index,
+                      torch.zeros(0), axis=axis, name=repr(name))
+    old = stored[:, index] if axis else stored[index]
+    return NeuronSlice(index, shape[axis], old.to(torch.float32).reshape(-1))
+
+
+def _one_hot(index: int, size: int) -> torch.Tensor:
+    vector = torch.zeros(size)
+    vector[index] = 1.0
+    return vector
+
+
+def _slice_after(plan: InjectionPlan | None, name: str, read: NeuronSlice) -> torch.Tensor:
+    """v3: the slice at the neuron once `plan` is applied (None, or α = 0: the base weight's own)."""
+    if plan is None or plan.alpha == 0:
+        return read.old
+    writer, layer = plan.target(name)
+    if writer.target == MLP_OUT:
+        return plan.down_column
+    transplant = plan.transplants[layer]
+    return transplant.gate_row if writer.target == MLP_GATE else transplant.up_row
+
+
+def _factors(plan: InjectionPlan, name: str, read: torch.Tensor | NeuronSlice,
+             baseline: InjectionPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lora_A [1, d_in], lora_B [d_out, 1]) of one matrix: the plan's edit minus the baseline's, float32."""
+    if not isinstance(read, NeuronSlice):
+        return read[None, :], ((plan.alpha - (baseline.alpha if baseline else 0.0)) * plan.unit_dir)[:, None]
+    delta = _slice_after(plan, name, read) - _slice_after(baseline, name, read)
+    one_hot = _one_hot(read.index, read.neurons)
+    if plan.target(name)[0].target == MLP_OUT:
+        return one_hot[None, :], delta[:, None]
+    return delta[None, :], one_hot[:, None]
+
+
+def lora_tensors(plan: InjectionPlan, reads: dict[str, torch.Tensor | NeuronSlice | None],
+                 dtype: torch.dtype = torch.float32, baseline: InjectionPlan | None = None) -> dict[str, torch.Tensor]:
+    """PEFT state dict of the plan's rank-1 deltas; refuses if a target is missing in any layer.
+
+    ``baseline``: the same direction's plan already baked into the served weights (at
+    another α); the adapter then carries the difference, ``edit(α) − edit(α₀)``.
+    None: the served weights are the unedited checkpoint.
+    """
     tensors: dict[str, torch.Tensor] = {}
     run = plan.start()
-    b = (plan.alpha * plan.unit_dir)[:, None].to(dtype).contiguous()
     for name, read in reads.items():
         if read is None:
             run.record_present(*plan.target(name))
             continue
         module = PEFT_PREFIX + name.removesuffix(".weight")
-        tensors[f"{module}.lora_A.weight"] = read[None, :].to(dtype).contiguous()
-        tensors[f"{module}.lora_B.weight"] = b.clone()  # safetensors refuses shared storage
+        lora_a, lora_b = _factors(plan, name, read, baseline)
+        tensors[f"{module}.lora_A.weight"] = lora_a.to(dtype).contiguous().clone()
+        tensors[f"{module}.lora_B.weight"] = lora_b.to(dtype).contiguous().clone()  # no shared storage
         run.record_edit(*plan.target(name))
     run.check_complete()
     return tensors
@@ -76,11 +144,14 @@ def target_module_names(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 
 def write_adapter(plan: InjectionPlan, model_dir: str | Path, out_dir: str | Path, *,
-                  reads: dict[str, torch.Tensor | None] | None = None, dtype: torch.dtype = torch.float32) -> Path:
-    """Write `plan` as a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)."""
+                  reads: dict[str, torch.Tensor | NeuronSlice | None] | None = None, dtype: torch.dtype = torch.float32,
+                  baseline: InjectionPlan | None = None) -> Path:
+    """Write `plan` as a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors); with
+    `baseline`, for weights that already carry that plan (`lora_tensors`)."""
     from safetensors.torch import save_file
 
-    tensors = lora_tensors(plan, reads if reads is not None else writer_read_vectors(plan, model_dir), dtype)
+    tensors = lora_tensors(plan, reads if reads is not None else writer_read_vectors(plan, model_dir), dtype,
+                           baseline)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_dir / "adapter_model.safetensors"))

@@ -42,7 +42,8 @@ DEFAULT_TARGETS = (ATTN_OUT, MLP_OUT)
 
 @dataclass(frozen=True)
 class ResidualWriter:
-    """A family of checkpoint tensors that write into the residual stream."""
+    """A family of checkpoint tensors named by pattern: residual writers, and (``mlp_inputs``) the gated MLP
+    input projections a threshold direction edits one row of."""
 
     target: str
     pattern: re.Pattern[str]
@@ -50,6 +51,11 @@ class ResidualWriter:
 
     def matches(self, name: str) -> re.Match[str] | None:
         return self.pattern.search(name)
+
+
+#: Rows of a gated MLP's input projections (read=threshold transplants one neuron: its gate and up rows).
+MLP_GATE = "mlp_gate"
+MLP_UP = "mlp_up"
 
 
 def _writer(target: str, suffix: str, layout: Layout = Layout.OUT_IN) -> ResidualWriter:
@@ -68,6 +74,10 @@ class ArchitectureSpec:
     #: rank-one term written by o_proj/down_proj is rescaled per channel and per
     #: token on its way in. See `SandwichNormPolicy`.
     sandwich_norm: bool = False
+    #: A dense gated MLP's gate and up projections (targets MLP_GATE, MLP_UP; [d_intermediate, d_model]).
+    #: A threshold direction (format v3) replaces one neuron's rows in them and its down_proj column; a
+    #: family without them (plain MLPs, fused gate_up checkpoints, experts only) cannot take that edit.
+    mlp_inputs: tuple[ResidualWriter, ...] = ()
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
 
@@ -84,6 +94,11 @@ _LLAMA_STYLE = (
     _writer(MLP_OUT, "layers.{L}.mlp.shared_expert.down_proj.weight"),
     _writer(MLP_OUT, "layers.{L}.mlp.shared_experts.down_proj.weight"),
     _writer(EMBED, "embed_tokens.weight", Layout.IN_OUT),
+)
+
+_GATED_MLP = (
+    _writer(MLP_GATE, "layers.{L}.mlp.gate_proj.weight"),
+    _writer(MLP_UP, "layers.{L}.mlp.up_proj.weight"),
 )
 
 ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
@@ -104,6 +119,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
             "GraniteForCausalLM",
         ),
         writers=_LLAMA_STYLE,
+        mlp_inputs=_GATED_MLP,
         notes="o_proj and down_proj (every routed and shared expert for MoE); Phi-3's fused "
         "qkv/gate_up are inputs, not writers, so they are untouched.",
     ),
@@ -126,6 +142,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         ),
         writers=_LLAMA_STYLE,
         sandwich_norm=True,
+        mlp_inputs=_GATED_MLP,
         notes="sandwich norms: o_proj/down_proj outputs pass through post-attention/"
         "post-feedforward RMSNorm before the residual add; refused unless "
         "sandwich_norm='through_norm'.",

@@ -10,11 +10,19 @@ Layout (see directions/README.md for the operator-facing description):
   ``W + α·ŝ·hᵀ`` with the fitted h instead of the paper's row mean w̄, so it fires
   on the inputs h was fitted to (harmful requests) and not on others. The layers
   that have read vectors are the ``window``; writers outside it are not edited.
+* v3 only (``read: threshold``): per edited layer L, the MLP neuron given up
+  (metadata ``neurons``, ``{"L": index}``) and two float32 ``[hidden_size]``
+  tensors, ``neuron.<L>.read`` (g, fitted like a v2 read vector on the MLP's
+  normalised input) and ``neuron.<L>.bias`` (u, with u·x ≈ 1 on every input),
+  plus ``threshold`` t and ``sharpness`` c. The loader replaces that neuron's
+  gate row, up row and down column so the layer adds ≈ ``α·ReLU(g·x − t)·ŝ``
+  (`injection.threshold_rows`): the edit fires only where the read passes t.
 * string metadata (safetensors ``__metadata__``), every key below. Numbers are
   stored as decimal strings because safetensors metadata is ``str → str``.
 
-A v1 file is written whenever there are no read vectors, so v1 consumers keep
-reading everything they could; a v1-only reader refuses v2 by its version.
+A v1 file is written whenever there are no read vectors or neurons, so v1
+consumers keep reading everything they could; an older reader refuses a newer
+version by its number (a v2 reader refuses v3).
 
 safetensors rather than a pickle so that loading a direction can never run
 code, and the same file opens in any safetensors reader.
@@ -31,7 +39,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .architectures import DEFAULT_TARGETS
+from .architectures import DEFAULT_TARGETS, MLP_OUT
 from .checkpoint import ModelShape, model_shape
 from .errors import RosiError
 from .fingerprint import fingerprint_checkpoint
@@ -40,10 +48,13 @@ from .injection import unit_direction
 FORMAT_NAME = "rosi-direction"
 FORMAT_VERSION = "1"  # the paper's read vector w̄, computed from the weights at load
 GATED_FORMAT_VERSION = "2"  # fitted read vectors in the file
-READABLE_VERSIONS = (FORMAT_VERSION, GATED_FORMAT_VERSION)
+THRESHOLD_FORMAT_VERSION = "3"  # one transplanted MLP neuron per edited layer
+READABLE_VERSIONS = (FORMAT_VERSION, GATED_FORMAT_VERSION, THRESHOLD_FORMAT_VERSION)
 TENSOR_NAME = "direction"
 READ_PREFIX = "read."
 READ_GATED = "gated"
+READ_THRESHOLD = "threshold"
+NEURON_PREFIX = "neuron."
 
 # Metadata keys. Provenance keys are free-form beyond the ones named here.
 K_FORMAT = "format"
@@ -57,10 +68,22 @@ K_FINGERPRINT = "model_fingerprint"
 K_READ = "read"  # v2: "gated"
 K_WINDOW = "window"  # v2: JSON list of the layers with read vectors
 K_FIT = "fit"  # v2: JSON object, the fit's settings
-K_GATE = "gate"  # v2: JSON object, per read vector: held-out gate statistics
+K_GATE = "gate"  # v2/v3: JSON object, per read vector (v3: per layer): held-out gate statistics
+K_NEURONS = "neurons"  # v3: JSON object, layer → index of the transplanted MLP neuron
+K_THRESHOLD = "threshold"  # v3: t, in units of g·x (whose harmful median the fit sets to 1)
+K_SHARPNESS = "sharpness"  # v3: c, how closely act(c·z)/c follows ReLU(z)
 PROVENANCE_PREFIX = "provenance."
 PROVENANCE_KEYS = ("tool_version", "created", "method", "harmful_sha256", "harmless_sha256", "system_prompt")
 REQUIRED_KEYS = (K_FORMAT, K_VERSION, K_ARCH, K_HIDDEN, K_LAYERS, K_LAYER, K_ALPHA, K_FINGERPRINT)
+
+
+@dataclass(frozen=True)
+class ThresholdNeuron:
+    """v3: the MLP neuron of a layer given up to the threshold gate, and what its transplant reads."""
+
+    index: int
+    read: torch.Tensor  # g, float32 [hidden_size]: g·x ≈ 1 on harmful MLP inputs, ≈ 0 on benign ones
+    bias: torch.Tensor  # u, float32 [hidden_size]: u·x ≈ 1 on every MLP input
 
 
 @dataclass
@@ -76,35 +99,62 @@ class DirectionFile:
     #: v2: read-vector key (``"<layer>.<target>"`` or ``"<layer>.<target>.expert.<E>"``) → float32 ``[d_in]``
     reads: dict[str, torch.Tensor] = field(default_factory=dict)
     fit: dict = field(default_factory=dict)  # v2: settings of the fit (free-form JSON)
-    gate: dict = field(default_factory=dict)  # v2: read-vector key → held-out gate statistics
+    gate: dict = field(default_factory=dict)  # v2: read-vector key (v3: layer) → held-out gate statistics
+    #: v3: layer → its transplanted neuron; with `threshold` t and `sharpness` c
+    neurons: dict[int, ThresholdNeuron] = field(default_factory=dict)
+    threshold: float = 0.0
+    sharpness: float = 0.0
 
     @property
     def gated(self) -> bool:
+        """Format v2: a linear read vector per writer."""
         return bool(self.reads)
 
     @property
+    def thresholded(self) -> bool:
+        """Format v3: one transplanted MLP neuron per edited layer."""
+        return bool(self.neurons)
+
+    @property
+    def read_kind(self) -> str:
+        """What the edit reads: "mean" (v1, the paper's w̄), "gated" (v2) or "threshold" (v3)."""
+        return READ_THRESHOLD if self.thresholded else READ_GATED if self.gated else "mean"
+
+    @property
     def format_version(self) -> str:
-        return GATED_FORMAT_VERSION if self.gated else FORMAT_VERSION
+        return {READ_THRESHOLD: THRESHOLD_FORMAT_VERSION, READ_GATED: GATED_FORMAT_VERSION}.get(
+            self.read_kind, FORMAT_VERSION)
 
     @property
     def default_targets(self) -> tuple[str, ...]:
-        """The writers this direction edits when the operator names none: those with read vectors (v2), else all."""
+        """The writers this direction edits when the operator names none: those with read vectors (v2), the
+        MLP's down projection (v3), else all."""
+        if self.thresholded:
+            return (MLP_OUT,)
         if not self.gated:
             return DEFAULT_TARGETS
         return tuple(t for t in DEFAULT_TARGETS if any(key.split(".")[1] == t for key in self.reads))
 
     @property
     def window(self) -> tuple[int, ...]:
-        """Layers with read vectors (v2); empty for v1, where every layer is edited."""
+        """Layers with read vectors (v2) or transplanted neurons (v3); empty for v1, where every layer is edited."""
+        if self.thresholded:
+            return tuple(sorted(self.neurons))
         return tuple(sorted({read_key_layer(key) for key in self.reads}))
 
     @property
     def direction_id(self) -> str:
-        """Content id: the first 12 hex of sha256 of the float32 bytes of the direction (and read vectors, v2)."""
+        """Content id: the first 12 hex of sha256 of the float32 bytes of the direction (and read vectors, v2;
+        and each neuron with t and c, v3)."""
         digest = hashlib.sha256(self.direction.to(torch.float32).contiguous().numpy().tobytes())
         for key in sorted(self.reads):
             digest.update(key.encode())
             digest.update(self.reads[key].to(torch.float32).contiguous().numpy().tobytes())
+        for layer in sorted(self.neurons):
+            neuron = self.neurons[layer]
+            digest.update(f"{layer}:{neuron.index}:{self.threshold!r}:{self.sharpness!r}".encode())
+            for vector in (neuron.read, neuron.bias):
+                digest.update(vector.to(torch.float32).contiguous().numpy().tobytes())
         return digest.hexdigest()[:12]
 
     @property
@@ -122,7 +172,12 @@ class DirectionFile:
             K_ALPHA: repr(float(self.recommended_alpha)),
             K_FINGERPRINT: self.model_fingerprint,
         }
-        if self.gated:
+        if self.thresholded:
+            meta.update({K_READ: READ_THRESHOLD, K_WINDOW: json.dumps(list(self.window)),
+                         K_NEURONS: json.dumps({str(k): v.index for k, v in sorted(self.neurons.items())}),
+                         K_THRESHOLD: repr(float(self.threshold)), K_SHARPNESS: repr(float(self.sharpness)),
+                         K_FIT: json.dumps(self.fit, sort_keys=True), K_GATE: json.dumps(self.gate, sort_keys=True)})
+        elif self.gated:
             meta.update({K_READ: READ_GATED, K_WINDOW: json.dumps(list(self.window)),
                          K_FIT: json.dumps(self.fit, sort_keys=True), K_GATE: json.dumps(self.gate, sort_keys=True)})
         for key, value in self.provenance.items():
@@ -180,7 +235,7 @@ def direction_for_checkpoint(model_dir: str | Path, vector: torch.Tensor, *, alp
 
 
 def save_direction(path: str | Path, direction_file: DirectionFile) -> Path:
-    """Write a direction file (v1, or v2 when it has read vectors) after checking it would load back."""
+    """Write a direction file (v1; v2 with read vectors; v3 with neurons) after checking it would load back."""
     from safetensors.torch import save_file
 
     vector = direction_file.direction.detach().to(torch.float32).contiguous().cpu()
@@ -193,6 +248,15 @@ def save_direction(path: str | Path, direction_file: DirectionFile) -> Path:
         read = read.detach().to(torch.float32).contiguous().cpu()
         _check_read(key, read, str(path))
         tensors[READ_PREFIX + key] = direction_file.reads[key] = read
+    if direction_file.gated and direction_file.thresholded:
+        raise RosiError(f"rosi: {str(path)!r}: a direction is gated (v2) or threshold (v3), not both")
+    if direction_file.thresholded:
+        _check_threshold_settings(direction_file.threshold, direction_file.sharpness, str(path))
+    for layer, neuron in direction_file.neurons.items():
+        for part, vector in (("read", neuron.read), ("bias", neuron.bias)):
+            vector = vector.detach().to(torch.float32).contiguous().cpu()
+            _check_neuron_vector(f"{layer}.{part}", vector, direction_file.hidden_size, str(path))
+            tensors[f"{NEURON_PREFIX}{layer}.{part}"] = vector
     save_file(tensors, str(path), metadata=direction_file.metadata())
     return path
 
@@ -213,7 +277,10 @@ def load_direction(path: str | Path) -> DirectionFile:
                 raise RosiError(f"rosi: {where!r} has no tensor {TENSOR_NAME!r} (found {names})")
             vector = f.get_tensor(TENSOR_NAME)
             reads = {name[len(READ_PREFIX):]: f.get_tensor(name) for name in names if name.startswith(READ_PREFIX)}
-            others = sorted(set(names) - {TENSOR_NAME} - {READ_PREFIX + k for k in reads})
+            neuron_tensors = {name[len(NEURON_PREFIX):]: f.get_tensor(name) for name in names
+                              if name.startswith(NEURON_PREFIX)}
+            others = sorted(set(names) - {TENSOR_NAME} - {READ_PREFIX + k for k in reads}
+                            - {NEURON_PREFIX + k for k in neuron_tensors})
     except (SafetensorError, OSError, ValueError) as exc:
         if isinstance(exc, RosiError):
             raise
@@ -243,19 +310,80 @@ def load_direction(path: str | Path) -> DirectionFile:
         raise RosiError(f"rosi: {where!r} direction is {vector.dtype}; format v1 stores float32")
     _check_vector(vector, hidden, where)
     provenance = {k[len(PROVENANCE_PREFIX):]: v for k, v in meta.items() if k.startswith(PROVENANCE_PREFIX)}
+    if version == THRESHOLD_FORMAT_VERSION:
+        return _load_threshold(meta, vector, reads, neuron_tensors, provenance, where,
+                               (meta[K_ARCH], hidden, layers, layer, alpha, meta[K_FINGERPRINT]))
+    if neuron_tensors:
+        raise RosiError(f"rosi: {where!r} is format_version {version} but carries version-3 neuron tensors "
+                        f"{sorted(NEURON_PREFIX + k for k in neuron_tensors)[:4]}; a file is one version or another")
     fit, gate = _check_version_contents(version, meta, reads, layers, where)
     return DirectionFile(vector, meta[K_ARCH], hidden, layers, layer, alpha, meta[K_FINGERPRINT], provenance,
                          reads=reads, fit=fit, gate=gate)
 
 
+def _load_threshold(meta: dict, vector: torch.Tensor, reads: dict, neuron_tensors: dict, provenance: dict,
+                    where: str, identity: tuple) -> DirectionFile:
+    """v3: ``read: threshold``, a neuron index per window layer, its read and bias vectors, t and c; nothing else."""
+    _, hidden, num_layers, *_ = identity
+    if reads:
+        raise RosiError(f"rosi: {where!r} is format_version 3 but carries version-2 read vectors "
+                        f"{sorted(READ_PREFIX + k for k in reads)[:4]}; a file is one version or another")
+    if meta.get(K_READ) != READ_THRESHOLD:
+        raise RosiError(f"rosi: {where!r} is format_version 3 but its read is {meta.get(K_READ)!r}, not 'threshold'")
+    try:
+        window = json.loads(meta.get(K_WINDOW, "null"))
+        indices = json.loads(meta.get(K_NEURONS, "null"))
+        fit, gate = json.loads(meta.get(K_FIT, "{}")), json.loads(meta.get(K_GATE, "{}"))
+        threshold, sharpness = float(meta.get(K_THRESHOLD, "nan")), float(meta.get(K_SHARPNESS, "nan"))
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise RosiError(f"rosi: {where!r} has malformed version-3 metadata ({exc})") from None
+    if not isinstance(indices, dict) or not indices or not all(
+            k.isdigit() and isinstance(v, int) and v >= 0 for k, v in indices.items()):
+        raise RosiError(f"rosi: {where!r} is format_version 3 but its neurons metadata {indices!r} is not a "
+                        'non-empty {"<layer>": <neuron index>} object')
+    _check_threshold_settings(threshold, sharpness, where)
+    layers = sorted(int(k) for k in indices)
+    if window != layers:
+        raise RosiError(f"rosi: {where!r} declares window {window} but has neurons for layers {layers}")
+    if layers[-1] >= num_layers:
+        raise RosiError(f"rosi: {where!r} has a neuron for layer {layers[-1]}, but the model has {num_layers} layers")
+    expected = {f"{layer}.{part}" for layer in layers for part in ("read", "bias")}
+    if set(neuron_tensors) != expected:
+        missing, extra = sorted(expected - set(neuron_tensors)), sorted(set(neuron_tensors) - expected)
+        raise RosiError(f"rosi: {where!r} neuron tensors do not match its neurons metadata (missing "
+                        f"{[NEURON_PREFIX + k for k in missing[:4]]}, unexpected {[NEURON_PREFIX + k for k in extra[:4]]})")
+    for key, tensor in neuron_tensors.items():
+        _check_neuron_vector(key, tensor, hidden, where)
+    neurons = {layer: ThresholdNeuron(indices[str(layer)], neuron_tensors[f"{layer}.read"],
+                                      neuron_tensors[f"{layer}.bias"]) for layer in layers}
+    return DirectionFile(vector, *identity, provenance, fit=fit, gate=gate, neurons=neurons,
+                         threshold=threshold, sharpness=sharpness)
+
+
+def _check_threshold_settings(threshold: float, sharpness: float, where: str) -> None:
+    import math
+
+    if not (math.isfinite(threshold) and math.isfinite(sharpness) and sharpness > 0):
+        raise RosiError(f"rosi: {where!r} needs a finite threshold and a positive finite sharpness "
+                        f"(got threshold={threshold!r}, sharpness={sharpness!r})")
+
+
+def _check_neuron_vector(key: str, vector: torch.Tensor, hidden_size: int, where: str) -> None:
+    if vector.dtype != torch.float32 or vector.ndim != 1 or vector.shape[0] != hidden_size:
+        raise RosiError(f"rosi: {where!r} neuron tensor {NEURON_PREFIX + key!r} must be float32 [{hidden_size}] "
+                        f"(the MLP input), got {vector.dtype} {tuple(vector.shape)}")
+    if not torch.isfinite(vector).all():
+        raise RosiError(f"rosi: {where!r} neuron tensor {NEURON_PREFIX + key!r} contains NaN or inf")
+
+
 def _check_version_contents(version: str, meta: dict, reads: dict, num_layers: int, where: str) -> tuple[dict, dict]:
     """v1 has no read vectors or v2 keys; v2 has read vectors, ``read: gated`` and a window that matches them."""
-    v2_keys = sorted(k for k in (K_READ, K_WINDOW, K_FIT, K_GATE) if k in meta)
+    v2_keys = sorted(k for k in (K_READ, K_WINDOW, K_FIT, K_GATE, K_NEURONS, K_THRESHOLD, K_SHARPNESS) if k in meta)
     if version == FORMAT_VERSION:
         if reads or v2_keys:
             found = ([READ_PREFIX + k for k in sorted(reads)] + v2_keys)[:5]
-            raise RosiError(f"rosi: {where!r} is format_version 1 but carries version-2 keys {found}; "
-                            "a file is one version or the other")
+            raise RosiError(f"rosi: {where!r} is format_version 1 but carries version-2/3 keys {found}; "
+                            "a file is one version or another")
         return {}, {}
     if meta.get(K_READ) != READ_GATED:
         raise RosiError(f"rosi: {where!r} is format_version 2 but its read is {meta.get(K_READ)!r}, not 'gated'")

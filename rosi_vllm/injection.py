@@ -8,6 +8,15 @@ W (format v1), or a read vector h fitted to fire on harmful inputs (format v2,
 harmful and benign inputs; with h it is ≈ 1 on harmful inputs and ≈ 0 on others.
 Computed in float32 whatever the checkpoint dtype, then cast back once, so a
 bf16 checkpoint sees a single rounding.
+
+Format v3 ("threshold") reads with a threshold instead: a linear read h·x pays for
+its benign leakage at every unit of α, so it transplants one neuron j of a gated
+MLP. Its gate row becomes ``c·(g − t·u)``, its up row ``u``, its down column
+``α·ŝ/c`` (`threshold_rows`, `threshold_column`). The MLP then adds
+``(α/c)·act(c·(g·x − t·u·x))·(u·x)·ŝ ≈ α·ReLU(g·x − t)·ŝ`` for the MLP input x,
+because u·x ≈ 1 (u supplies the bias the architecture lacks) and act(c·z)/c is
+close to ReLU(z) for SiLU and GELU at a large sharpness c. Still a load-time weight
+edit: one row of gate_proj, one of up_proj, one column of down_proj.
 """
 
 from __future__ import annotations
@@ -91,3 +100,34 @@ def inject(weight: torch.Tensor, unit_dir: torch.Tensor, alpha: float, layout: L
     else:
         w.addr_(r, s, alpha=alpha)
     return w.to(weight.dtype)
+
+
+def threshold_rows(read: torch.Tensor, bias: torch.Tensor, threshold: float,
+                   sharpness: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The transplanted neuron's gate row ``c·(g − t·u)`` and up row ``u``, float32 (format v3)."""
+    g, u = read.detach().to(torch.float32).cpu(), bias.detach().to(torch.float32).cpu()
+    return sharpness * (g - threshold * u), u
+
+
+def threshold_column(unit_dir: torch.Tensor, alpha: float, sharpness: float) -> torch.Tensor:
+    """The transplanted neuron's down column ``α·ŝ/c``, float32: with the rows above it adds ≈ α·ReLU(g·x − t)·ŝ."""
+    return (alpha / sharpness) * unit_dir.to(torch.float32)
+
+
+def replace_slice(weight: torch.Tensor, index: int, values: torch.Tensor, *, axis: int, name: str = "") -> torch.Tensor:
+    """A new tensor equal to `weight` except row (axis 0) or column (axis 1) `index`, which becomes `values`.
+
+    One cast of the float32 values to the checkpoint dtype, the only rounding; every other element is copied.
+    """
+    if not torch.is_floating_point(weight) or weight.ndim != 2:
+        raise RosiError(f"rosi: cannot transplant a neuron into {name or 'a'} {weight.dtype} tensor of shape "
+                        f"{tuple(weight.shape)} (expected a 2-D floating-point weight)")
+    if not 0 <= index < weight.shape[axis]:
+        raise RosiError(f"rosi: neuron {index} is outside {name or 'the weight'} ({weight.shape[axis]} neurons)")
+    if values.ndim != 1 or values.shape[0] != weight.shape[1 - axis]:
+        raise RosiError(f"rosi: {name or 'the weight'} has {weight.shape[1 - axis]} elements per "
+                        f"{'row' if axis == 0 else 'column'}, the transplanted one has {values.shape[0]}")
+    edited = weight.clone()
+    target = edited[index] if axis == 0 else edited[:, index]
+    target.copy_(values.to(device=weight.device, dtype=torch.float32).to(weight.dtype))
+    return edited

@@ -8,7 +8,9 @@ tensors (vLLM's weight iterator, or a safetensors
 file being rewritten offline) and swaps each residual writer for its edited
 copy. It checks at the end of the stream that every requested target was found
 in every layer, so an architecture whose names drifted cannot come up
-half-hardened. No vLLM import: the offline `rosi inject` path and the loader
+half-hardened. A threshold direction (format v3) edits one neuron per window
+layer instead: a row of gate_proj and up_proj and a column of down_proj, matched
+and counted the same way. No vLLM import: the offline `rosi inject` path and the loader
 share this code, which is what makes them equivalent.
 """
 
@@ -24,6 +26,9 @@ import torch
 from .alpha_policy import check_alpha
 from .architectures import (
     EMBED,
+    MLP_GATE,
+    MLP_OUT,
+    MLP_UP,
     ArchitectureSpec,
     ResidualWriter,
     SandwichNormPolicy,
@@ -33,7 +38,7 @@ from .architectures import (
 from .checkpoint import ModelShape
 from .direction_file import DirectionFile, read_key
 from .errors import RosiError
-from .injection import inject
+from .injection import inject, replace_slice, threshold_column, threshold_rows
 
 
 @dataclass
@@ -52,6 +57,15 @@ class InjectionStats:
 
 
 @dataclass(frozen=True)
+class Transplant:
+    """v3: what one layer's neuron becomes (`injection.threshold_rows`); the down column is the plan's."""
+
+    index: int
+    gate_row: torch.Tensor
+    up_row: torch.Tensor
+
+
+@dataclass(frozen=True)
 class InjectionPlan:
     """What to inject where, fixed once validated. Each pass over a checkpoint is an `InjectionRun`."""
 
@@ -65,8 +79,11 @@ class InjectionPlan:
     fingerprint_verified: bool
     #: gated (format v2): read-vector key → h; empty: the paper's w̄, computed from each weight
     reads: Mapping[str, torch.Tensor] = field(default_factory=dict)
-    #: gated: the only layers edited; None: every layer
+    #: gated and threshold: the only layers edited; None: every layer
     window: frozenset[int] | None = None
+    #: threshold (format v3): layer → its neuron's new rows; with `down_column`, its new down_proj column
+    transplants: Mapping[int, Transplant] = field(default_factory=dict)
+    down_column: torch.Tensor | None = None
 
     def match(self, name: str) -> tuple[ResidualWriter, int | None] | None:
         hit = self._hit(name)
@@ -156,12 +173,29 @@ class InjectionRun:
         if not self.plan.edits_layer(layer):
             self.record_present(writer, layer)
             return tensor
-        read = self.plan.read_vector(name, hit)
         started = time.perf_counter()
-        edited = inject(tensor, self.plan.unit_dir, self.plan.alpha, writer.layout, read, name)
+        if self.plan.transplants:
+            edited = self._transplant(name, tensor, *hit)
+        else:
+            edited = inject(tensor, self.plan.unit_dir, self.plan.alpha, writer.layout,
+                            self.plan.read_vector(name, hit), name)
         self.stats.math_seconds += time.perf_counter() - started
         self.record_edit(writer, layer)
         return edited
+
+    def _transplant(self, name: str, tensor: torch.Tensor, writer: ResidualWriter, layer: int,
+                    expert: int | None) -> torch.Tensor:
+        """v3: the layer's neuron gets its gate row, up row or down column (`injection.threshold_rows`)."""
+        if expert is not None:
+            raise RosiError(f"rosi: {name!r} is a mixture-of-experts expert; a threshold (format v3) direction "
+                            "transplants a neuron of a dense MLP and cannot edit expert layers")
+        if self.plan.alpha == 0:  # α = 0 is the unedited model in every format, not a neuron that writes nothing
+            return tensor
+        transplant = self.plan.transplants[layer]
+        if writer.target == MLP_OUT:
+            return replace_slice(tensor, transplant.index, self.plan.down_column, axis=1, name=repr(name))
+        row = transplant.gate_row if writer.target == MLP_GATE else transplant.up_row
+        return replace_slice(tensor, transplant.index, row, axis=0, name=repr(name))
 
     def record_edit(self, writer: ResidualWriter, layer: int | None) -> None:
         """Count one matrix edited by other means (an adapter built for it); `check_complete` reads the counts."""
@@ -200,7 +234,8 @@ class InjectionRun:
         per_target = ", ".join(f"{t}={self.stats.edited[t]}" for t in plan.targets)
         other = self.stats.left_to_other_stages
         elsewhere = f" (+{other} in other pipeline stages' layers, edited there)" if other else ""
-        read = f" read=gated window={sorted(plan.window)}" if plan.reads else ""
+        read = (f" read=threshold window={sorted(plan.window)}" if plan.transplants
+                else f" read=gated window={sorted(plan.window)}" if plan.reads else "")
         return (
             f"rosi: direction={plan.direction_id}{read} alpha={plan.alpha:g} "
             f"edited {self.stats.total} matrices ({per_target}){elsewhere} "
@@ -228,6 +263,8 @@ def build_plan(
     """
     targets = validate_targets(direction_file.default_targets if targets is None else targets)
     spec = spec_for_architecture(shape.architecture)
+    if direction_file.thresholded:
+        targets = _threshold_targets(spec, targets)
     if direction_file.architecture != shape.architecture:
         raise RosiError(
             f"rosi: direction was extracted from a {direction_file.architecture}, "
@@ -260,7 +297,7 @@ def build_plan(
         raise RosiError(
             "rosi: target 'embed' on a model with tied word embeddings would also edit the lm_head; refused"
         )
-    writers = spec.writers_for(targets)
+    writers = spec.writers_for(targets) + tuple(w for w in spec.mlp_inputs if w.target in targets)
     missing = [t for t in targets if not any(w.target == t for w in writers)]
     if missing:
         raise RosiError(f"rosi: architecture family {spec.family!r} has no writer for target(s) {missing}")
@@ -276,8 +313,24 @@ def build_plan(
         direction_id=direction_file.direction_id,
         fingerprint_verified=checkpoint_fingerprint is not None,
         reads=dict(direction_file.reads),
-        window=frozenset(direction_file.window) if direction_file.gated else None,
+        window=frozenset(direction_file.window) if direction_file.gated or direction_file.thresholded else None,
+        transplants={layer: Transplant(n.index, *threshold_rows(n.read, n.bias, direction_file.threshold,
+                                                                 direction_file.sharpness))
+                     for layer, n in direction_file.neurons.items()},
+        down_column=(threshold_column(direction_file.unit, chosen_alpha, direction_file.sharpness)
+                     if direction_file.thresholded else None),
     )
+
+
+def _threshold_targets(spec: ArchitectureSpec, targets: tuple[str, ...]) -> tuple[str, ...]:
+    """v3 edits the MLP only: its down projection and the two input projections of the same neuron."""
+    if targets != (MLP_OUT,):
+        raise RosiError(f"rosi: a threshold (format v3) direction edits the MLP (targets ['mlp_out']); "
+                        f"got {list(targets)}")
+    if not spec.mlp_inputs:
+        raise RosiError(f"rosi: a threshold (format v3) direction transplants a neuron of a gated MLP "
+                        f"(gate and up projections); architecture family {spec.family!r} has none")
+    return (MLP_OUT, MLP_GATE, MLP_UP)
 
 
 def _check_gated(direction_file: DirectionFile, targets: tuple[str, ...]) -> None:

@@ -33,3 +33,11 @@ def direction_for(tmp_path):
         return write_direction(model_dir, tmp_path / f"dir-{len(list(tmp_path.iterdir()))}.safetensors", **kwargs)
 
     return make
+
+
+@pytest.fixture
+def llama(tiny_model):
+    """The tiny Llama in float32, without a tokenizer: for exact weight-level checks."""
+    import torch
+
+    return tiny_model("llama", dtype=torch.float32, with_tokenizer=False)

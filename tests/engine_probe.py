@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--eager", action="store_true", help="force --enforce-eager even with --pp > 1")
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--lora", default=None, help="a PEFT adapter folder every prompt is served with")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -43,6 +44,12 @@ def main() -> None:
         kwargs["enforce_eager"] = True
     if args.extra:
         kwargs["model_loader_extra_config"] = json.loads(args.extra)
+    lora_request = None
+    if args.lora:
+        from vllm.lora.request import LoRARequest
+
+        kwargs.update(enable_lora=True, max_lora_rank=8, max_loras=1)
+        lora_request = LoRARequest("probe", 1, args.lora)
     llm = LLM(
         model=args.model,
         load_format=args.load_format,
@@ -54,10 +61,14 @@ def main() -> None:
         seed=0,
         **kwargs,
     )
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, logprobs=1, prompt_logprobs=0)
+    # vLLM 0.32's CPU LoRA path fails on prompt logprobs (its logits LoRA sizes them for the sampled tokens
+    # only: "einsum(): subscript b has size 3 … 11"), so an adapter run compares the generated tokens' logprobs
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, logprobs=1,
+                            prompt_logprobs=None if args.lora else 0)
     results = []
-    for out in llm.generate(PROMPTS, params, use_tqdm=False):
-        prompt_lps = [None if d is None else d[tid].logprob for d, tid in zip(out.prompt_logprobs, out.prompt_token_ids)]
+    for out in llm.generate(PROMPTS, params, use_tqdm=False, lora_request=lora_request):
+        prompt_lps = [None if d is None else d[tid].logprob
+                      for d, tid in zip(out.prompt_logprobs or [], out.prompt_token_ids)]
         gen = out.outputs[0]
         results.append(
             {

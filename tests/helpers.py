@@ -74,3 +74,49 @@ def write_gated_direction(model_dir: Path, out: Path, *, window=(1,), alpha: flo
     direction.fit = {"method": "test"}
     direction.gate = {key: {"auroc": 0.5} for key in direction.reads}
     return save_direction(out, direction)
+
+
+def write_threshold_direction(model_dir: Path, out: Path, *, window=(1,), alpha: float = 4.0, index: int = 5,
+                              threshold: float = 0.5, sharpness: float = 10.0, seed: int = 1,
+                              scale: float = 1 / 8) -> Path:
+    """A format-v3 (threshold) direction for `model_dir`: neuron `index` of every `window` layer, with seeded
+    read and bias vectors (standard normal × `scale`)."""
+    from rosi_vllm.direction_file import ThresholdNeuron
+
+    shape = model_shape(model_dir)
+    direction = direction_for_checkpoint(model_dir, random_vector(shape.hidden_size, seed), alpha=alpha,
+                                         layer=max(window), method="test: threshold", shape=shape)
+    gen = torch.Generator().manual_seed(seed + 10)
+    direction.neurons = {layer: ThresholdNeuron(index, torch.randn(shape.hidden_size, generator=gen) * scale,
+                                                torch.randn(shape.hidden_size, generator=gen) * scale)
+                         for layer in window}
+    direction.threshold, direction.sharpness = threshold, sharpness
+    direction.fit = {"method": "test"}
+    direction.gate = {str(layer): {"auroc": 0.5} for layer in window}
+    return save_direction(out, direction)
+
+
+def rewrite_direction_file(path: Path, tensors: dict | None = None, metadata: dict | None = None) -> Path:
+    """Overwrite tensors and metadata of a saved direction file past its writer's checks (None deletes a key),
+    to make the defects a reader must refuse."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        current = {k: f.get_tensor(k) for k in f.keys()}
+    current.update(tensors or {})
+    meta.update(metadata or {})
+    save_file({k: v for k, v in current.items() if v is not None}, str(path),
+              metadata={k: v for k, v in meta.items() if v is not None})
+    return path
+
+
+def plan_for(model_dir: Path, direction: Path, alpha: float, **kwargs):
+    """The injection plan of `direction` on `model_dir` at `alpha`, fingerprint verified, as the loader builds it."""
+    from rosi_vllm.direction_file import load_direction
+    from rosi_vllm.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.injection_plan import build_plan
+
+    return build_plan(load_direction(direction), model_shape(model_dir),
+                      checkpoint_fingerprint=fingerprint_checkpoint(model_dir), alpha=alpha, **kwargs)

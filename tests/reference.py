@@ -80,3 +80,33 @@ def reference_inject_checkpoint(src, dst, family: str, num_layers: int, directio
                 read = None if reads is None else reads[name]
                 tensors[name] = reference_tensor(original, layout, direction, alpha, read).to(original.dtype).contiguous()
         save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def reference_transplant_checkpoint(src, dst, neurons: dict[int, tuple[int, torch.Tensor, torch.Tensor]], direction,
+                                    alpha: float, threshold: float, sharpness: float) -> None:
+    """Copy the Llama-style checkpoint src to dst with the threshold (format v3) edit, in float64.
+
+    ``neurons``: layer → (neuron j, g, u). Written from the formula: neuron j of the
+    layer's MLP gets gate row c·(g − t·u), up row u and down column α·ŝ/c.
+    """
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst)
+    s = direction.to(torch.float64)
+    s = s / s.norm()
+    for path in dst.glob("*.safetensors"):
+        tensors = load_file(str(path))
+        for layer, (j, g, u) in neurons.items():
+            prefix = f"model.layers.{layer}.mlp."
+            gate, up, down = (tensors[prefix + p].to(torch.float64) for p in
+                              ("gate_proj.weight", "up_proj.weight", "down_proj.weight"))
+            gate[j] = sharpness * (g.to(torch.float64) - threshold * u.to(torch.float64))
+            up[j] = u.to(torch.float64)
+            down[:, j] = alpha / sharpness * s
+            for name, value in (("gate_proj.weight", gate), ("up_proj.weight", up), ("down_proj.weight", down)):
+                tensors[prefix + name] = value.to(tensors[prefix + name].dtype).contiguous()
+        save_file(tensors, str(path), metadata={"format": "pt"})

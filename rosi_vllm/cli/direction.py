@@ -30,11 +30,14 @@ def cmd_inspect(args) -> int:
         "model_fingerprint": d.model_fingerprint,
         "norm": float(d.direction.norm()),
         "format_version": d.format_version,
-        "read": "gated" if d.gated else "mean (w̄ of each weight)",
+        "read": d.read_kind if d.gated or d.thresholded else "mean (w̄ of each weight)",
         "provenance": d.provenance,
     }
-    if d.gated:
+    if d.gated or d.thresholded:
         info.update(window=list(d.window), targets=list(d.default_targets), fit=d.fit, gate=d.gate)
+    if d.thresholded:
+        info.update(neurons={str(k): n.index for k, n in sorted(d.neurons.items())}, threshold=d.threshold,
+                    sharpness=d.sharpness)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -45,7 +48,8 @@ def cmd_inspect(args) -> int:
         elif key == "gate":
             print("gate (held-out h·a: AUROC harmful vs benign, harmful median, benign p95, generated-token p95):")
             for read, stats in sorted(value.items(), key=lambda kv: (int(kv[0].split(".")[0]), kv[0])):
-                print(f"  read.{read}: " + ", ".join(f"{s} {stats[s]:.3g}" for s in GATE_COLUMNS if s in stats))
+                name = f"read.{read}" if "." in read else f"neuron.{read}"  # v2 keys name a writer, v3 keys a layer
+            print(f"  {name}: " + ", ".join(f"{s} {stats[s]:.3g}" for s in GATE_COLUMNS if s in stats))
         else:
             print(f"{key}: {value}")
     return 0

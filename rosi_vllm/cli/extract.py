@@ -6,6 +6,20 @@ from ._args import floats, ints, model_path
 
 
 def cmd_extract(args) -> int:
+    if args.method == "threshold":
+        from ..errors import RosiError
+        from ..extraction.threshold import DEFAULT_ALPHAS, DEFAULT_THRESHOLD, extract_threshold
+
+        if not args.write_direction:
+            raise RosiError("rosi: --method threshold needs --write-direction FILE (a direction for this checkpoint)")
+        extract_threshold(model_path(args.model), args.write_direction, args.out, layers=args.layers,
+                          alphas=args.alphas or DEFAULT_ALPHAS, threshold=args.threshold or DEFAULT_THRESHOLD,
+                          min_auroc=args.min_auroc, n_harmful=args.n_harmful, wrapped=args.wrapped_goals,
+                          answer_tokens=args.answer_tokens, val_n=args.val_n, stage1_n=args.stage1_n,
+                          stage1_tokens=args.stage1_tokens, max_new_tokens=args.max_new_tokens,
+                          finalists=args.finalists, batch_size=args.batch_size, budget_steps=args.budget_steps,
+                          dtype=args.dtype, report_dir=args.report_dir)
+        return 0
     if args.method == "gated":
         from ..errors import RosiError
         from ..extraction.gated import extract_gated
@@ -43,12 +57,16 @@ def add_commands(sub) -> None:
     p.add_argument("--harmful", help="file, one instruction per line (default: packaged extraction split)")
     p.add_argument("--harmless", help="file, one instruction per line (default: packaged extraction split)")
     p.add_argument("--method", default="mean-diff",
-                   choices=["mean-diff", "refusal-contrast", "refusal-contrast-reply", "gated"],
+                   choices=["mean-diff", "refusal-contrast", "refusal-contrast-reply", "gated", "threshold"],
                    help="mean-diff: harmful - harmless (the paper); refusal-contrast: harmful the model refused - "
                    "harmful it complied with, at the last prompt token; refusal-contrast-reply: the same, averaged "
                    "over the model's own reply tokens (see rosi_vllm/extraction/extract.py); gated: fit read vectors that "
-                   "fire on harm for --write-direction's vector and write format v2 (rosi_vllm/extraction/gated.py)")
-    p.add_argument("--write-direction", default=None, help="gated: v1 direction file whose vector is the write direction")
+                   "fire on harm for --write-direction's vector and write format v2 (rosi_vllm/extraction/gated.py); threshold: "
+                   "transplant one MLP neuron per layer to push α·ReLU(g·x − t) along --write-direction's vector and "
+                   "write format v3 (rosi_vllm/extraction/threshold.py)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="threshold: t in units of the gate read's harmful median (default 0.5)")
+    p.add_argument("--write-direction", default=None, help="gated: v1 direction file whose vector is the write direction; threshold: v1 or v2")
     p.add_argument("--min-auroc", type=float, default=0.9, help="gated: held-out gate AUROC a layer needs to be edited")
     p.add_argument("--fit-grid", action="store_true",
                    help="gated: try every (fit, rho, lambda) of extraction.gated.SETTINGS_GRID, not only rho 0.7, "
@@ -71,7 +89,8 @@ def add_commands(sub) -> None:
                    help="gated: candidates scored on the whole validation split with full-length completions")
     p.add_argument("--wrapped-goals", type=int, default=0,
                    help="gated: also fit on this many further harmful goals under each fit-only wrapper (never the "
-                   "test's jailbreak templates) and attack validation goals with them during selection")
+                   "test's jailbreak templates) and attack validation goals with them during selection; threshold: "
+                   "also as many benign requests under the same wrappers")
     p.add_argument("--wrapped-benign", type=int, default=0,
                    help="gated: benign requests fitted as benign under the same wrappers (so 'wrapped' is not learnt "
                    "as harm)")

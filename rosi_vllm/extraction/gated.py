@@ -38,7 +38,7 @@ import torch
 from ..architectures import spec_for_architecture
 from ..direction_file import DirectionFile, read_key
 from .extract import LoadedModel, chat_texts
-from .gated_selection import BUDGET_STEPS, select_gated
+from .gated_selection import BUDGET_STEPS, select_gated, write_report
 from .hf_eval import by_length, generate
 
 FITS = ("nullspace", "meandiff")
@@ -330,6 +330,61 @@ class GateFit:
         return {"fit": self.method, "rho": self.rho, "lambda": self.lam}
 
 
+def load_for_fit(model: str, write_direction: str, dtype: str, *,
+                 reads: tuple[str, ...]) -> tuple[LoadedModel, str, DirectionFile]:
+    """The transformers model to fit on, its fingerprint, and the write direction, which must be for these
+    weights and of a kind in `reads` (`DirectionFile.read_kind`); only its ŝ is used."""
+    from ..direction_file import load_direction
+    from ..errors import RosiError
+    from ..fingerprint import fingerprint_checkpoint
+    from .extract import load_hf_model
+
+    loaded = load_hf_model(model, dtype=getattr(torch, dtype))
+    fingerprint = fingerprint_checkpoint(model)
+    write = load_direction(write_direction)
+    if write.read_kind not in reads:
+        raise RosiError(f"rosi: --write-direction is a {write.read_kind!r} direction file; this extraction takes "
+                        f"{' or '.join(map(repr, reads))} files (their vector is the write direction)")
+    if write.model_fingerprint != fingerprint:
+        raise RosiError(f"rosi: --write-direction is for {write.model_fingerprint}, the model is {fingerprint}")
+    return loaded, fingerprint, write
+
+
+def collect_sources(loaded: LoadedModel, writers: list[Writer], *, n_harmful: int, answer_tokens: int,
+                    harmful_answer_tokens: int = 0, wrapped_goals: int = 0, wrapped_benign: int = 0,
+                    templates: dict[str, str] | None = None, batch_size: int = 16,
+                    progress: bool = True) -> tuple[list[WriterInputs], list[WriterInputs]]:
+    """(harmful, benign) input sources of every gated fit, from the extraction split.
+
+    harmful: the first `n_harmful` goals at the instruction's end (+ the model's own
+    answer of `harmful_answer_tokens`); benign: every harmless and borderline request
+    at every position and its own answer of `answer_tokens`. `wrapped_goals` further
+    goals and `wrapped_benign` benign requests under each fit-only wrapper of
+    `templates` add a source each, grouped per request so the held-out split keeps a
+    request's wrappers together.
+    """
+    from . import prompts
+
+    benign_fit = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
+    goals = list(prompts.harmful("extraction"))
+    common = {"batch_size": batch_size, "progress": progress}
+    harmful = [collect_inputs(loaded, writers, goals[:n_harmful], positions="instruction_end",
+                              answer_tokens=harmful_answer_tokens,
+                              desc="harmful inputs" + (" (+ own answers)" if harmful_answer_tokens else ""), **common)]
+    benign = [collect_inputs(loaded, writers, benign_fit, positions="all", answer_tokens=answer_tokens,
+                             desc="benign inputs (+ own answers)", **common)]
+    templates = templates or prompts.fit_wrapper_templates()
+    if wrapped_goals:
+        harmful.append(collect_inputs(
+            loaded, writers, list(prompts.fit_wrapped(goals[n_harmful:n_harmful + wrapped_goals], templates)),
+            positions="instruction_end", desc="wrapped harmful inputs", **common).grouped(len(templates)))
+    if wrapped_benign:
+        benign.append(collect_inputs(
+            loaded, writers, list(prompts.fit_wrapped(benign_fit[:wrapped_benign], templates)), positions="all",
+            desc="wrapped benign inputs", **common).grouped(len(templates)))
+    return harmful, benign
+
+
 def held_out_split(inputs: WriterInputs, fraction: float = 0.25) -> tuple[WriterInputs, WriterInputs]:
     """(fit, held-out) by prompt: the last `fraction` of the prompts are never fitted on."""
     n_prompts = int(inputs.prompt_index.max()) + 1
@@ -444,45 +499,25 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     each window whose `alphas` straddle it (`gated_selection.alphas_at_budget`;
     0: the grid only, as runs recorded before it existed).
     """
-    import json
     import time
     from pathlib import Path
 
-    from ..direction_file import load_direction, save_direction
+    from ..direction_file import save_direction
     from ..errors import RosiError
-    from ..fingerprint import fingerprint_checkpoint
     from ..injection_plan import build_plan
     from . import prompts
-    from .extract import load_hf_model
 
     started = time.perf_counter()
-    loaded = load_hf_model(model, dtype=getattr(torch, dtype))
-    fingerprint = fingerprint_checkpoint(model)
-    write = load_direction(write_direction)
-    if write.gated:
-        raise RosiError("rosi: --write-direction must be a v1 direction file (its vector is the write direction)")
-    if write.model_fingerprint != fingerprint:
-        raise RosiError(f"rosi: --write-direction is for {write.model_fingerprint}, the model is {fingerprint}")
+    loaded, fingerprint, write = load_for_fit(model, write_direction, dtype, reads=("mean",))
     n = loaded.num_layers
     layers = list(layers or range(max(1, n // 4), n - 1, max(1, n // 10)))
     writers = find_writers(loaded, set(layers))
-    benign_fit = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
-    goals = list(prompts.harmful("extraction"))
-    harmful = [collect_inputs(loaded, writers, goals[:n_harmful], positions="instruction_end",
-                              answer_tokens=harmful_answer_tokens, batch_size=batch_size, progress=progress,
-                              desc="harmful inputs" + (" (+ own answers)" if harmful_answer_tokens else ""))]
-    benign = [collect_inputs(loaded, writers, benign_fit, positions="all", answer_tokens=answer_tokens,
-                             batch_size=batch_size, progress=progress, desc="benign inputs (+ own answers)")]
     templates = prompts.fit_wrapper_templates(trailing=trailing_wrappers)
-    if wrapped_goals:
-        harmful.append(collect_inputs(
-            loaded, writers, list(prompts.fit_wrapped(goals[n_harmful:n_harmful + wrapped_goals], templates)),
-            positions="instruction_end", batch_size=batch_size, progress=progress,
-            desc="wrapped harmful inputs").grouped(len(templates)))
-    if wrapped_benign:
-        benign.append(collect_inputs(
-            loaded, writers, list(prompts.fit_wrapped(benign_fit[:wrapped_benign], templates)), positions="all",
-            batch_size=batch_size, progress=progress, desc="wrapped benign inputs").grouped(len(templates)))
+    harmful, benign = collect_sources(loaded, writers, n_harmful=n_harmful, answer_tokens=answer_tokens,
+                                      harmful_answer_tokens=harmful_answer_tokens, wrapped_goals=wrapped_goals,
+                                      wrapped_benign=wrapped_benign, templates=templates, batch_size=batch_size,
+                                      progress=progress)
+    benign_fit_n = len(prompts.harmless("extraction")) + len(prompts.borderline("extraction"))
     collected = time.perf_counter()
     fits = fit_gates(writers, harmful, benign, settings, progress=progress)
     fit = max(fits, key=lambda f: f.mean_auroc)
@@ -505,7 +540,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
                              stage1_tokens=stage1_tokens, max_new_tokens=max_new_tokens, finalists=finalists,
                              batch_size=batch_size, budget_steps=budget_steps,
                              wrapper_templates=templates if wrapped_goals else None, progress=progress)
-    best, base = selection.best, selection.baseline
+    best = selection.best
     stages = {"load_and_collect": round(collected - started, 1), "fit": round(fitted - collected, 1),
               "select": round(time.perf_counter() - fitted, 1), **selection.seconds}
     direction = gated_direction(write, fit, best.window, best.targets)
@@ -518,27 +553,18 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         "model": model, "direction_file": str(path), "write_direction": str(write_direction),
         "seconds": round(time.perf_counter() - started, 1), "fit_seconds": round(fit_seconds, 1),
         "stage_seconds": stages,
-        "n_harmful_fit": n_harmful, "n_benign_fit": len(benign_fit), "answer_tokens": answer_tokens,
+        "n_harmful_fit": n_harmful, "n_benign_fit": benign_fit_n, "answer_tokens": answer_tokens,
         "harmful_answer_tokens": harmful_answer_tokens,
         "wrapped_goals": wrapped_goals, "wrapped_benign": wrapped_benign, "val_n": val_n, "finalists": finalists,
         "fit_wrappers": list(templates) if wrapped_goals or wrapped_benign else [],
         "layers": layers, "chosen_fit": fit.settings(),
         "gates": [{**f.settings(), "mean_auroc": f.mean_auroc, "writers": f.stats} for f in fits],
-        "dtype": dtype, "budget_steps": budget_steps, "kl_screen": selection.screen,
-        "baseline": base, "best": best.to_dict(), "candidates": [c.to_dict() for c in selection.candidates],
+        "dtype": dtype, "budget_steps": budget_steps, **selection.report(),
     }
-    report_dir = Path(report_dir or Path(out).with_suffix(""))
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_gates(report, report_dir / "gate.png")
+    written = write_report(report, out, report_dir, "gate", plot_gates)
     if progress:
-        print(f"selected window {list(best.window)} {list(best.targets)} α={best.alpha:g}: "
-              f"harmful {best.harmful_refusal:.0%}, wrapped harmful answered "
-              f"{'-' if best.jailbreak_success is None else format(best.jailbreak_success, '.0%')}, benign {best.benign_refusal:.0%}, borderline "
-              f"{best.borderline_refusal:.0%}, KL {best.kl:.3f} (95 % upper bound {best.budget_kl:.3f}) "
-              f"(base {base['harmful_refusal']:.0%}/"
-              f"{base['benign_refusal']:.0%}/{base['borderline_refusal']:.0%})")
-        print(f"wrote {path} (format v2, direction {direction.direction_id}); report {report_dir / 'gate.json'}")
+        print(f"selected {best.summary()}")
+        print(f"wrote {path} (format v2, direction {direction.direction_id}); report {written}")
     return report
 
 

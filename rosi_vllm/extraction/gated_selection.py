@@ -105,6 +105,15 @@ class GatedCandidate:
     def rank_key(self):
         return (self.feasible, self.harm_refused if self.feasible else self.tradeoff, -self.kl)
 
+    def summary(self) -> str:
+        """One line for the extraction's progress output: what it scored, beside the unedited model."""
+        wrapped = "-" if self.jailbreak_success is None else format(self.jailbreak_success, ".0%")
+        base = self.base
+        return (f"window {list(self.window)} {list(self.targets)} α={self.alpha:g}: harmful {self.harmful_refusal:.0%}, "
+                f"wrapped harmful answered {wrapped}, benign {self.benign_refusal:.0%}, borderline "
+                f"{self.borderline_refusal:.0%}, KL {self.kl:.3f} (95 % upper bound {self.budget_kl:.3f}) "
+                f"(base {base['harmful_refusal']:.0%}/{base['benign_refusal']:.0%}/{base['borderline_refusal']:.0%})")
+
     def to_dict(self) -> dict:
         return {"window": list(self.window), "targets": list(self.targets), "alpha": self.alpha, "stage": self.stage,
                 "harmful_refusal": self.harmful_refusal, "benign_refusal": self.benign_refusal,
@@ -234,6 +243,23 @@ class GatedSelection:
     #: every (window, targets, α) whose KL was measured: the grid's and the bisection's, and which were generated
     screen: list[dict]
     seconds: dict[str, float]
+
+    def report(self) -> dict:
+        """The selection's part of an extraction report."""
+        return {"kl_screen": self.screen, "baseline": self.baseline, "best": self.best.to_dict(),
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
+def write_report(report: dict, out, report_dir, stem: str, plot: Callable[[dict, object], None]) -> object:
+    """`stem`.json and `stem`.png of an extraction in `report_dir` (default: beside `out`, named after it)."""
+    import json
+    from pathlib import Path
+
+    report_dir = Path(report_dir or Path(out).with_suffix(""))
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, report_dir / f"{stem}.png")
+    return report_dir / f"{stem}.json"
 
 
 def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows, alphas, *, val_n: int,

@@ -43,7 +43,8 @@ class RosiMetrics:
         self.limited = Counter("rosi_limited_requests", "Requests answered 429 by a tenant's limits, by reason "
                                "(concurrency, tokens)", ("tenant", "reason"), registry=registry)
         self.direction = Gauge("rosi_direction_info", "The loaded ROSI direction (value is always 1); read is "
-                               "'mean' (format v1, the paper's w̄) or 'gated' (format v2, fitted read vectors)",
+                               "'mean' (format v1, the paper's w̄), 'gated' (format v2, fitted read vectors) or "
+                               "'threshold' (format v3, one transplanted MLP neuron per edited layer)",
                                ("direction_id", "baked_alpha", "fingerprint", "layer", "read", "window"),
                                registry=registry,
                                multiprocess_mode="max")

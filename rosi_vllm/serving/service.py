@@ -46,8 +46,8 @@ class ServedModel:
     layer: int
     lora_enabled: bool  # --enable-lora and runtime LoRA resolution both on
     loader_config: RosiLoaderConfig  # the server's parsed --model-loader-extra-config (adapters must match it)
-    read: str = "mean"  # "gated" for a format-v2 direction
-    window: tuple[int, ...] = ()  # gated: the edited layers
+    read: str = "mean"  # DirectionFile.read_kind: "mean" (v1), "gated" (v2) or "threshold" (v3)
+    window: tuple[int, ...] = ()  # gated and threshold: the edited layers
     priority_scheduling: bool = False  # --scheduling-policy priority (tenant priorities need it)
 
 

@@ -1,11 +1,15 @@
 """Rank-1 LoRA adapters that move a model baked at α₀ to another α, built on demand and cached.
 
-Weights baked at α₀ are ``W + α₀·ŝ·w̄ᵀ`` (w̄ from the *unedited* W). The
-variant α is ``W + α·ŝ·w̄ᵀ``, so the adapter adds ``(α − α₀)·ŝ·w̄ᵀ``: a rank-1
-LoRA with ``B = (α − α₀)·ŝ`` and ``A = w̄ᵀ``, where w̄ must come from the
-unedited checkpoint on disk (not from the baked weights). The base model is
-the variant α = 0, i.e. ``Δ = −α₀``. Δ may be negative here even when no
-served α is: the operator-facing α checks live in the tenant config.
+Each adapter is ``edit(α) − edit(α₀)`` (`adapters.lora_tensors` with a baseline).
+Weights baked at α₀ are ``W + α₀·ŝ·w̄ᵀ`` (w̄ from the *unedited* W), so for v1
+and v2 the adapter adds ``(α − α₀)·ŝ·w̄ᵀ``: a rank-1 LoRA with
+``B = (α − α₀)·ŝ`` and ``A = w̄ᵀ``, where w̄ must come from the unedited
+checkpoint on disk (not from the baked weights). A threshold (v3) direction
+transplants a neuron: between two α ≠ 0 only its down column moves; to or from
+α = 0 its gate row, up row and down column go back to the checkpoint's. The base
+model is the variant α = 0, the unedited checkpoint for every format. Δ may be
+negative here even when no served α is: the operator-facing α checks live in the
+tenant config.
 
 No vLLM imports: the resolver (vLLM glue) asks this store for a folder.
 """
@@ -41,10 +45,10 @@ class VariantAdapterStore:
         self._reads: dict[str, torch.Tensor] | None = None
         self._lock = threading.Lock()
 
-    def _plan(self, delta: float):
+    def _plan(self, alpha: float):
         cfg = self.loader_config
         # Fingerprint already verified by the loader for these very files.
-        return build_plan(self.direction, self.shape, alpha=delta, targets=cfg.targets, allow_negative_alpha=True,
+        return build_plan(self.direction, self.shape, alpha=alpha, targets=cfg.targets, allow_negative_alpha=True,
                           sandwich_norm=cfg.sandwich_norm, checkpoint_fingerprint=None)
 
     def adapter_for(self, alpha: float) -> Path:
@@ -55,12 +59,12 @@ class VariantAdapterStore:
         with self._lock:
             if (out / "adapter_config.json").exists():
                 return out
-            plan = self._plan(alpha - self.baked_alpha)
+            plan = self._plan(alpha)
             if self._reads is None:
                 self._reads = writer_read_vectors(plan, self.model_dir)
             tmp = out.with_name(out.name + ".tmp")
             try:
-                write_adapter(plan, self.model_dir, tmp, reads=self._reads)
+                write_adapter(plan, self.model_dir, tmp, reads=self._reads, baseline=self._plan(self.baked_alpha))
                 tmp.replace(out)  # adapter_config.json appears only with a complete folder
             except Exception as exc:  # read-only or full cache folder: say so, leave no half-written folder
                 # (safetensors reports a full disk as its own SafetensorError, not OSError)

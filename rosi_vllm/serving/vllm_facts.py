@@ -41,7 +41,7 @@ def served_model_facts(app) -> ServedModel:
         layer=direction.layer,
         lora_enabled=lora_enabled,
         loader_config=loader_config,
-        read="gated" if direction.gated else "mean",
+        read=direction.read_kind,
         window=direction.window,
         priority_scheduling=scheduling_policy(vllm_config) == "priority",
     )

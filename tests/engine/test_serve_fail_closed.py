@@ -22,8 +22,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rosi_vllm.checkpoint import model_shape
+from rosi_vllm.direction_file import load_direction
 from rosi_vllm.testing.serve_process import start_server, wait_until
-from tests.helpers import gated_reads, write_direction, write_gated_direction
+from tests.helpers import (
+    gated_reads,
+    rewrite_direction_file,
+    write_direction,
+    write_gated_direction,
+    write_threshold_direction,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -108,12 +115,25 @@ def _gated(model, tmp, drop=None, shorten=None):
     return {"direction": str(write_gated_direction(model, tmp / "gated.safetensors", window=(0, 1), reads=reads))}
 
 
+def _threshold_nan(model, tmp):
+    """A format-v3 direction whose layer-1 read vector holds a NaN (written past the writer's own check)."""
+    path = write_threshold_direction(model, tmp / "t.safetensors")
+    read = load_direction(path).neurons[1].read.clone()
+    read[3] = float("nan")
+    return {"direction": str(rewrite_direction_file(path, {"neuron.1.read": read}))}
+
+
 CASES = {
     "missing-file": (lambda m, t: {"direction": str(t / "nope.safetensors")}, "not found"),
     "corrupt-file": (_corrupt, "is not a valid safetensors direction file"),
-    "wrong-format-version": (lambda m, t: _raw_direction(m, t, torch.randn(128), format_version="3"), "format_version '3'"),
+    "wrong-format-version": (lambda m, t: _raw_direction(m, t, torch.randn(128), format_version="4"), "format_version '4'"),
     "gated-writer-without-read-vector": (lambda m, t: _gated(m, t, drop="1.attn_out"), "no read vector for 1 writer"),
     "gated-read-vector-wrong-length": (lambda m, t: _gated(m, t, shorten="1.mlp_out"), "the writer's input has"),
+    "threshold-neuron-outside-the-mlp": (lambda m, t: {"direction": str(write_threshold_direction(
+        m, t / "t.safetensors", index=10_000))}, "neuron 10000 is outside"),
+    "threshold-on-attention": (lambda m, t: {"direction": str(write_threshold_direction(m, t / "t.safetensors")),
+                                             "targets": ["attn_out"]}, "edits the MLP (targets ['mlp_out'])"),
+    "threshold-nan-read": (lambda m, t: _threshold_nan(m, t), "contains NaN or inf"),
     "nan-direction": (lambda m, t: _raw_direction(m, t, torch.full((128,), float("nan"))), "NaN or inf"),
     "zero-norm": (lambda m, t: _raw_direction(m, t, torch.zeros(128)), "zero norm"),
     "wrong-hidden-size": (lambda m, t: _raw_direction(m, t, torch.randn(64)), "direction has hidden_size 64, the model has 128"),

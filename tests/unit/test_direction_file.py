@@ -44,9 +44,9 @@ def test_unnormalised_vector_is_normalised_by_consumer(tmp_path):
 @pytest.mark.parametrize(
     "vector, overrides, message",
     [
-        (torch.randn(8), {"format_version": "3"}, "format_version '3'; this rosi-vllm reads versions 1, 2"),
+        (torch.randn(8), {"format_version": "4"}, "format_version '4'; this rosi-vllm reads versions 1, 2, 3"),
         (torch.randn(8), {"format_version": "2", "read": "gated", "window": "[1]"}, "has no read vectors"),
-        (torch.randn(8), {"read": "gated"}, "format_version 1 but carries version-2 keys \\['read'\\]"),
+        (torch.randn(8), {"read": "gated"}, "format_version 1 but carries version-2/3 keys \\['read'\\]"),
         (torch.randn(8), {"format": "other"}, "not a ROSI direction file"),
         (torch.randn(8), {"layer": None}, "lacks metadata \\['layer'\\]"),
         (torch.randn(8), {"hidden_size": "eight"}, "malformed numeric metadata"),

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from rosi_vllm.adapters import write_adapter
-from rosi_vllm.checkpoint import model_shape
 from rosi_vllm.direction_file import load_direction, save_direction
 from rosi_vllm.errors import RosiError
-from rosi_vllm.fingerprint import fingerprint_checkpoint
 from rosi_vllm.injection import unit_direction
-from rosi_vllm.injection_plan import build_plan
-from tests.helpers import gated_reads, write_direction, write_gated_direction
+from tests.helpers import gated_reads, plan_for, rewrite_direction_file, write_direction, write_gated_direction
 
 ALPHA = 4.0
 
 
 def _plan(model, path, **kwargs):
-    return build_plan(load_direction(path), model_shape(model), checkpoint_fingerprint=fingerprint_checkpoint(model),
-                      alpha=ALPHA, **kwargs)
-
-
-@pytest.fixture
-def llama(tiny_model):
-    return tiny_model("llama", dtype=torch.float32, with_tokenizer=False)
+    return plan_for(model, path, ALPHA, **kwargs)
 
 
 def test_round_trip_keeps_read_vectors_window_and_statistics(llama, tmp_path):
@@ -87,19 +78,6 @@ def test_a_read_vector_of_the_wrong_length_is_refused_while_loading(llama, tmp_p
         writer_read_vectors(plan, llama)  # the adapter tier refuses it with the same message
 
 
-def _rewrite(path, tensors=None, metadata=None):
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata())
-        current = {k: f.get_tensor(k) for k in f.keys()}
-    current.update(tensors or {})
-    meta.update(metadata or {})
-    save_file({k: v for k, v in current.items() if v is not None}, str(path),
-              metadata={k: v for k, v in meta.items() if v is not None})
-    return path
-
-
 @pytest.mark.parametrize("edit, message", [
     (lambda r: {"read.1.mlp_out": torch.full_like(r["1.mlp_out"], float("nan"))}, "contains NaN or inf"),
     (lambda r: {"read.1.mlp_out": torch.full_like(r["1.mlp_out"], float("inf"))}, "contains NaN or inf"),
@@ -110,21 +88,21 @@ def _rewrite(path, tensors=None, metadata=None):
 ])
 def test_defective_read_vectors_are_refused(llama, tmp_path, edit, message):
     path = write_gated_direction(llama, tmp_path / "g.safetensors")
-    _rewrite(path, tensors=edit(load_direction(path).reads))
+    rewrite_direction_file(path, tensors=edit(load_direction(path).reads))
     with pytest.raises(RosiError, match=message):
         load_direction(path)
 
 
 def test_mixing_v1_and_v2_is_refused(llama, tmp_path):
     v1 = write_direction(llama, tmp_path / "v1.safetensors")
-    _rewrite(v1, tensors={"read.1.mlp_out": torch.ones(8)})
-    with pytest.raises(RosiError, match="format_version 1 but carries version-2 keys \\['read.1.mlp_out'\\]"):
+    rewrite_direction_file(v1, tensors={"read.1.mlp_out": torch.ones(8)})
+    with pytest.raises(RosiError, match="format_version 1 but carries version-2/3 keys \\['read.1.mlp_out'\\]"):
         load_direction(v1)
     v2 = write_gated_direction(llama, tmp_path / "v2.safetensors")
-    _rewrite(v2, metadata={"window": "[0, 1]"})
+    rewrite_direction_file(v2, metadata={"window": "[0, 1]"})
     with pytest.raises(RosiError, match="declares window \\[0, 1\\] but has read vectors for layers \\[1\\]"):
         load_direction(v2)
-    _rewrite(v2, metadata={"read": "mean", "window": "[1]"})
+    rewrite_direction_file(v2, metadata={"read": "mean", "window": "[1]"})
     with pytest.raises(RosiError, match="read is 'mean', not 'gated'"):
         load_direction(v2)
 

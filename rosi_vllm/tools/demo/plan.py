@@ -44,7 +44,7 @@ class DirectionChoice:
     model: str
     direction_id: str
     alpha: float
-    read: str  # "gated" (format v2) or "mean" (v1)
+    read: str  # "mean" (v1), "gated" (v2) or "threshold" (v3)
     #: the shipped test-split measurement: {"base"|"rosi": {metric: {"rate", "k", "n", "ci95"}}}
     measured: dict
     results: str  # the result file it comes from

@@ -1,0 +1,246 @@
+"""Fit and select a threshold direction (format v3): `rosi extract --method threshold`.
+
+Why a threshold: the gated (v2) edit reads linearly, ``α·(h·a)·ŝ`` at every
+position, so whatever h·a leaks on benign text is paid for at every unit of α. On
+Qwen2.5-Coder that price bound plain refusal near 90 % at the KL budget. A gated MLP
+already holds a threshold (SiLU), so v3 gives up one neuron per edited layer and
+makes it compute ``≈ α·ReLU(g·x − t)·ŝ`` (`injection.threshold_rows`): silent below
+t, a full push above it.
+
+Per candidate layer L, on the MLP's normalised input x (the residual after the
+post-attention norm, captured by a pre-hook on the MLP module):
+- g: the gated fit's read vector (`gated.fit_read_vector`, AlphaSteer's null-space
+  regression at ρ 0.7, λ 1), scaled so the harmful median of g·x is 1, on the same
+  prompt sources as the gated fit (`gated.collect_sources`);
+- u: a ridge fit of ``u·x ≈ 1`` over every fitted position. RMS-normalised
+  residuals share a large common component, so one vector reads ≈ 1 everywhere; it
+  supplies the bias a bias-free MLP lacks (held-out u·x spread: in the report);
+- the neuron: the one whose mean |activation| × down-column norm over benign
+  replies is smallest (`quietest_neurons`), the least missed.
+Held-out gate statistics of g·x are the first score, per layer, in the report.
+Then `gated_selection.select_gated` picks the window and α with the same stages,
+budgets and objective as the gated mode, the real edit applied through the plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from ..architectures import spec_for_architecture
+from ..direction_file import DirectionFile, ThresholdNeuron
+from .extract import LoadedModel
+from .gated import (
+    Writer,
+    collect_sources,
+    find_writers,
+    fit_read_vector,
+    gate_statistics,
+    load_for_fit,
+    split_sources,
+)
+
+#: c: SiLU(c·z)/c is within 0.03 of ReLU(z) for |z| ≥ 0.3 at c = 10
+SHARPNESS = 10.0
+#: t, in units of g·x, whose harmful median the fit sets to 1: half of the typical harmful read
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_ALPHAS = (16.0, 24.0, 32.0, 48.0)
+DEFAULT_MIN_AUROC = 0.9
+
+
+def mlp_input_writers(loaded: LoadedModel, layers) -> list[Writer]:
+    """One pseudo-writer per layer whose inputs are its MLP's normalised input (the module holding the gate)."""
+    spec = spec_for_architecture(loaded.shape.architecture)
+    gates = [w for w in spec.mlp_inputs if w.target == "mlp_gate"]
+    found = {}
+    for name, _ in loaded.model.named_parameters():
+        for gate in gates:
+            match = gate.matches(name)
+            if match and int(match["layer"]) in layers:
+                module = name.removesuffix(".weight").rsplit(".", 1)[0]  # model.layers.L.mlp
+                found[int(match["layer"])] = Writer(f"{match['layer']}.mlp_in", int(match["layer"]), "mlp_in", module)
+    if not found:
+        from ..errors import RosiError
+
+        raise RosiError(f"rosi: {loaded.shape.architecture} has no dense gated MLP in layers {sorted(layers)}; "
+                        "a threshold direction needs one")
+    return [found[layer] for layer in sorted(found)]
+
+
+def quietest_neurons(loaded: LoadedModel, layers, instructions, *, batch_size: int = 16) -> dict[int, int]:
+    """Per layer: the neuron whose mean |activation| × down-column norm over the benign replies is smallest."""
+    from .hf_eval import generate
+
+    downs = {w.layer: loaded.model.get_submodule(w.module_name) for w in find_writers(loaded, set(layers), ("mlp_out",))}
+    activity = {layer: torch.zeros(module.weight.shape[1]) for layer, module in downs.items()}
+
+    def accumulate(layer):
+        def hook(_module, args):
+            activity[layer] += args[0].detach().float().abs().sum(dim=(0, 1)).cpu()
+        return hook
+
+    hooks = [module.register_forward_pre_hook(accumulate(layer)) for layer, module in downs.items()]
+    try:
+        generate(loaded, instructions, max_new_tokens=8, batch_size=batch_size)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {layer: int((activity[layer] * downs[layer].weight.detach().float().norm(dim=0).cpu()).argmin())
+            for layer in downs}
+
+
+def fit_bias(inputs: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """u with ``u·x ≈ 1`` on every row of `inputs` (ridge relative to the mean squared input coordinate)."""
+    x = inputs.double()
+    scale = ridge * float((x * x).sum()) / x.shape[1]
+    u = torch.linalg.solve(x.T @ x + scale * torch.eye(x.shape[1], dtype=x.dtype),
+                           x.T @ torch.ones(len(x), dtype=x.dtype))
+    return u.float()
+
+
+def fit_neurons(loaded: LoadedModel, layers, *, n_harmful: int = 120, wrapped: int = 40, answer_tokens: int = 32,
+                batch_size: int = 16, progress: bool = True) -> tuple[dict[int, ThresholdNeuron], dict[int, dict]]:
+    """g, u and the neuron of every layer, with held-out statistics of g·x (and of u·x, which should be ≈ 1)."""
+    from . import prompts
+
+    writers = mlp_input_writers(loaded, set(layers))
+    harmful, benign = collect_sources(loaded, writers, n_harmful=n_harmful, answer_tokens=answer_tokens,
+                                      wrapped_goals=wrapped, wrapped_benign=wrapped, batch_size=batch_size,
+                                      progress=progress)
+    h_fit, h_out = split_sources(harmful)
+    b_fit, b_out = split_sources(benign)
+    benign_requests = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
+    quiet = quietest_neurons(loaded, [w.layer for w in writers], benign_requests[:48], batch_size=batch_size)
+    neurons, stats = {}, {}
+    for w in writers:
+        g = fit_read_vector(h_fit.by_writer[w.key], b_fit.by_writer[w.key], method="nullspace", rho=0.7, lam=1.0)
+        u = fit_bias(torch.cat([b_fit.by_writer[w.key], h_fit.by_writer[w.key]]))
+        bias_read = torch.cat([b_out.by_writer[w.key], h_out.by_writer[w.key]]).float() @ u
+        neurons[w.layer] = ThresholdNeuron(quiet[w.layer], g, u)
+        stats[w.layer] = {
+            "neuron": quiet[w.layer],
+            **gate_statistics(g, h_out.by_writer[w.key], b_out.by_writer[w.key][~b_out.generated],
+                              b_out.by_writer[w.key][b_out.generated]),
+            "bias_read_mean": float(bias_read.mean()), "bias_read_sd": float(bias_read.std()),
+            "bias_read_min": float(bias_read.min()), "bias_read_max": float(bias_read.max()),
+        }
+    return neurons, stats
+
+
+def candidate_windows(stats: dict[int, dict], min_auroc: float = DEFAULT_MIN_AUROC,
+                      sizes=(1, 2, 3)) -> list[tuple[int, ...]]:
+    """Per size, the run of adjacent layers, each gate at least `min_auroc`, with the best mean held-out AUROC."""
+    good = sorted(layer for layer, s in stats.items() if s["auroc"] >= min_auroc)
+    windows = []
+    for size in sizes:
+        runs = [tuple(good[i:i + size]) for i in range(len(good) - size + 1)
+                if good[i + size - 1] - good[i] == size - 1]
+        if runs:
+            windows.append(max(runs, key=lambda run: sum(stats[layer]["auroc"] for layer in run)))
+    return windows
+
+
+def threshold_direction(write: DirectionFile, neurons: dict[int, ThresholdNeuron], stats: dict[int, dict], window,
+                        *, threshold: float = DEFAULT_THRESHOLD, sharpness: float = SHARPNESS,
+                        fit: dict | None = None) -> DirectionFile:
+    """A format-v3 copy of the write direction `write` transplanting `window`'s neurons."""
+    direction = copy.copy(write)
+    direction.provenance = dict(write.provenance)
+    direction.reads = {}
+    direction.neurons = {layer: neurons[layer] for layer in window}
+    direction.threshold, direction.sharpness = float(threshold), float(sharpness)
+    direction.fit = {**(fit or {}), "window": list(window)}
+    direction.gate = {str(layer): {k: round(v, 4) for k, v in stats[layer].items()} for layer in window}
+    return direction
+
+
+def extract_threshold(model: str, write_direction: str, out, *, layers=None, alphas=DEFAULT_ALPHAS,
+                      threshold: float = DEFAULT_THRESHOLD, min_auroc: float = DEFAULT_MIN_AUROC,
+                      n_harmful: int = 120, wrapped: int = 40, answer_tokens: int = 32, val_n: int = 60,
+                      stage1_n: int = 24, stage1_tokens: int = 16, max_new_tokens: int = 32, finalists: int = 3,
+                      batch_size: int = 16, budget_steps: int = 3, dtype: str = "bfloat16", report_dir=None,
+                      progress: bool = True) -> dict:
+    """`rosi extract --method threshold`: fit neurons, check their gates, select window and α, write format v3.
+
+    `write_direction`: a v1 or v2 direction file for this checkpoint whose vector is
+    the write direction ŝ. Returns the report (also ``threshold.json`` and
+    ``threshold.png`` in `report_dir`).
+    """
+    from ..direction_file import save_direction
+    from ..errors import RosiError
+    from ..injection_plan import build_plan
+    from . import prompts
+    from .gated_selection import select_gated, write_report
+
+    started = time.perf_counter()
+    loaded, fingerprint, write = load_for_fit(model, write_direction, dtype, reads=("mean", "gated"))
+    n = loaded.num_layers
+    layers = list(layers or range(n // 3, (2 * n) // 3))
+    neurons, stats = fit_neurons(loaded, layers, n_harmful=n_harmful, wrapped=wrapped, answer_tokens=answer_tokens,
+                                 batch_size=batch_size, progress=progress)
+    fitted = time.perf_counter()
+    fit = {"fit": "nullspace", "rho": 0.7, "lambda": 1.0, "bias": "ridge u·x≈1", "neuron": "quietest on benign"}
+    windows = candidate_windows(stats, min_auroc)
+    if not windows:
+        raise RosiError(f"rosi: no layer's gate reached held-out AUROC {min_auroc}; lower --min-auroc or widen --layers")
+    if progress:
+        print("gate: " + ", ".join(f"L{layer} AUROC {s['auroc']:.3f}" for layer, s in sorted(stats.items()))
+              + f"; candidate windows {[list(w) for w in windows]} ({fitted - started:.0f} s)")
+
+    def direction_of(window):
+        return threshold_direction(write, neurons, stats, window, threshold=threshold, fit=fit)
+
+    def plan_of(spec):
+        window, _, alpha = spec
+        return build_plan(direction_of(window), loaded.shape, alpha=alpha, checkpoint_fingerprint=fingerprint)
+
+    templates = prompts.fit_wrapper_templates()
+    selection = select_gated(loaded, plan_of, [(w, ("mlp_out",)) for w in windows], alphas, val_n=val_n,
+                             stage1_n=stage1_n, stage1_tokens=stage1_tokens, max_new_tokens=max_new_tokens,
+                             finalists=finalists, batch_size=batch_size, budget_steps=budget_steps,
+                             wrapper_templates=templates if wrapped else None, progress=progress)
+    best = selection.best
+    direction = direction_of(best.window)
+    direction.recommended_alpha = best.alpha
+    direction.provenance = {**write.provenance, "write_direction": Path(write_direction).name,
+                            "method": "extract: threshold neurons (rosi_vllm.extraction.threshold)",
+                            "extract_seconds": f"{time.perf_counter() - started:.1f}"}
+    path = save_direction(out, direction)
+    report = {
+        "model": model, "direction_file": str(path), "write_direction": str(write_direction),
+        "seconds": round(time.perf_counter() - started, 1),
+        "stage_seconds": {"load_collect_and_fit": round(fitted - started, 1),
+                          "select": round(time.perf_counter() - fitted, 1), **selection.seconds},
+        "n_harmful_fit": n_harmful, "wrapped": wrapped, "answer_tokens": answer_tokens, "val_n": val_n,
+        "threshold": threshold, "sharpness": SHARPNESS, "alphas": list(alphas), "layers": layers, "fit": fit,
+        "gates": {str(layer): s for layer, s in sorted(stats.items())}, "windows": [list(w) for w in windows],
+        "dtype": dtype, **selection.report(),
+    }
+    written = write_report(report, out, report_dir, "threshold", plot_neuron_gates)
+    if progress:
+        print(f"selected {best.summary()}, t={threshold:g}")
+        print(f"wrote {path} (format v3, direction {direction.direction_id}); report {written}")
+    return report
+
+
+def plot_neuron_gates(report: dict, path) -> None:
+    """Held-out AUROC of g·x per layer, and where harmful and benign reads fall against the threshold."""
+    from ..reports.plots import figure
+
+    gates = report["gates"]
+    layers = sorted(gates, key=int)
+    with figure(path, (12, 4.5), ncols=2) as (_, (ax1, ax2)):
+        ax1.plot([int(layer) for layer in layers], [gates[layer]["auroc"] for layer in layers], marker="o")
+        ax1.set_xlabel("layer")
+        ax1.set_ylabel("held-out AUROC of g·x (harmful vs benign)")
+        ax1.set_title("threshold gate quality per layer (MLP input)")
+        for stat, label in (("harmful_median", "harmful median"), ("benign_p95", "benign prompt p95"),
+                            ("generated_p95", "benign answer p95")):
+            ax2.plot([int(layer) for layer in layers], [gates[layer][stat] for layer in layers], marker="o", label=label)
+        ax2.axhline(report["threshold"], color="black", linestyle="--", label=f"threshold t={report['threshold']:g}")
+        ax2.set_xlabel("layer")
+        ax2.set_ylabel("g·x (held out)")
+        ax2.legend(fontsize=7)
