@@ -46,10 +46,11 @@ def cmd_inspect(args) -> int:
             for pk, pv in value.items():
                 print(f"{key}.{pk}: {pv}")
         elif key == "gate":
-            print("gate (held-out h·a: AUROC harmful vs benign, harmful median, benign p95, generated-token p95):")
+            print("gate (held-out read of each writer's or neuron's input: AUROC harmful vs benign, harmful median, "
+                  "benign p95, generated-token p95):")
             for read, stats in sorted(value.items(), key=lambda kv: (int(kv[0].split(".")[0]), kv[0])):
                 name = f"read.{read}" if "." in read else f"neuron.{read}"  # v2 keys name a writer, v3 keys a layer
-            print(f"  {name}: " + ", ".join(f"{s} {stats[s]:.3g}" for s in GATE_COLUMNS if s in stats))
+                print(f"  {name}: " + ", ".join(f"{s} {stats[s]:.3g}" for s in GATE_COLUMNS if s in stats))
         else:
             print(f"{key}: {value}")
     return 0

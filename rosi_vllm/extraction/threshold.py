@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -205,7 +206,8 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, alp
     best = selection.best
     direction = direction_of(best.window)
     direction.recommended_alpha = best.alpha
-    direction.provenance = {**write.provenance, "write_direction": Path(write_direction).name,
+    direction.provenance = {**write.provenance, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            "write_direction": Path(write_direction).name,
                             "method": "extract: threshold neurons (rosi_vllm.extraction.threshold)",
                             "extract_seconds": f"{time.perf_counter() - started:.1f}"}
     path = save_direction(out, direction)

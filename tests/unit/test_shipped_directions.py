@@ -32,9 +32,12 @@ def test_index_matches_shipped_files_and_results():
         d = load_direction(ROOT / "directions" / entry["file"])
         assert (d.direction_id, d.layer, d.recommended_alpha, d.model_fingerprint) == (
             entry["direction_id"], entry["layer"], entry["recommended_alpha"], entry["model_fingerprint"])
-        assert entry["format_version"] == int(d.format_version) and entry["read"] == ("gated" if d.gated else "mean")
-        if d.gated:
+        assert entry["format_version"] == int(d.format_version) and entry["read"] == d.read_kind
+        if d.gated or d.thresholded:
             assert entry["window"] == list(d.window) and entry["targets"] == list(d.default_targets)
+        if d.thresholded:
+            assert entry["neurons"] == {layer: n.index for layer, n in d.neurons.items()}
+            assert (entry["threshold"], entry["sharpness"]) == (d.threshold, d.sharpness)
         assert entry["measured_test_split"]["rosi"] == _measured(entry["results"])
         assert entry["measured_test_split"]["base"] == _measured(entry["base_results"])
         result = json.loads((ROOT / entry["results"]).read_text())

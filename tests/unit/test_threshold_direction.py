@@ -226,4 +226,4 @@ def test_inspect_shows_the_neurons_and_their_gates(llama, tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     shown = capsys.readouterr().out
     assert "format_version: 3" in shown and "read: threshold" in shown and "neurons: {'0': 5, '1': 5}" in shown
-    assert "  neuron.1: auroc 0.5" in shown and "threshold: 0.5" in shown and "sharpness: 10.0" in shown
+    assert "  neuron.0: auroc 0.5" in shown and "  neuron.1: auroc 0.5" in shown and "threshold: 0.5" in shown and "sharpness: 10.0" in shown
