@@ -32,6 +32,14 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
+    import os
+
+    if args.tp * args.pp == 1:
+        # one process: the engine core and its worker in this one (VLLM_ENABLE_V1_MULTIPROCESSING=0 and the "uni"
+        # executor below) instead of two more Python processes that each import vLLM and torch; same kernels,
+        # bit-identical outputs, about a third of the start-up time
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
     from vllm import LLM, SamplingParams
 
     kwargs = {}
@@ -50,6 +58,8 @@ def main() -> None:
 
         kwargs.update(enable_lora=True, max_lora_rank=8, max_loras=1)
         lora_request = LoRARequest("probe", 1, args.lora)
+    if args.tp * args.pp == 1:
+        kwargs["distributed_executor_backend"] = "uni"
     llm = LLM(
         model=args.model,
         load_format=args.load_format,
