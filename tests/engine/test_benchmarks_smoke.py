@@ -12,7 +12,6 @@ import pytest
 
 from tests.helpers import ROOT
 
-
 #: smoke runs keep vLLM's engine core in the benchmark's own process: one Python process fewer to start (and to
 #: import vLLM and torch into) per engine, which is most of a tiny engine's start-up; what they assert is unchanged
 SMOKE_ENV = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
