@@ -26,7 +26,7 @@ import torch
 from .architectures import MLP_GATE, MLP_OUT, Layout
 from .checkpoint import safetensors_files
 from .errors import RosiError
-from .injection import check_read_vector
+from .injection import check_neuron_index, check_read_vector
 from .injection_plan import InjectionPlan
 
 PEFT_PREFIX = "base_model.model."
@@ -74,15 +74,11 @@ def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str,
 
 
 def _neuron_slice(plan: InjectionPlan, name: str, hit: tuple, stored) -> NeuronSlice:
-    from .injection import replace_slice
-
     writer, layer = hit
     axis = 1 if writer.target == MLP_OUT else 0
     shape = stored.get_shape()
     index = plan.transplants[layer].index
-    if not 0 <= index < shape[axis]:  # the loader's own message for the same defect
-        replace_slice(torch.zeros(shape[0] if axis else 1, shape[1] if not axis else 1), index,
-                      torch.zeros(0), axis=axis, name=repr(name))
+    check_neuron_index(index, shape[axis], repr(name))
     old = stored[:, index] if axis else stored[index]
     return NeuronSlice(index, shape[axis], old.to(torch.float32).reshape(-1))
 

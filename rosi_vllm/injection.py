@@ -114,6 +114,12 @@ def threshold_column(unit_dir: torch.Tensor, alpha: float, sharpness: float) -> 
     return (alpha / sharpness) * unit_dir.to(torch.float32)
 
 
+def check_neuron_index(index: int, neurons: int, name: str = "") -> None:
+    """A transplanted neuron must exist in its MLP (every path that transplants one: the loader, the adapters)."""
+    if not 0 <= index < neurons:
+        raise RosiError(f"rosi: neuron {index} is outside {name or 'the weight'} ({neurons} neurons)")
+
+
 def replace_slice(weight: torch.Tensor, index: int, values: torch.Tensor, *, axis: int, name: str = "") -> torch.Tensor:
     """A new tensor equal to `weight` except row (axis 0) or column (axis 1) `index`, which becomes `values`.
 
@@ -122,8 +128,7 @@ def replace_slice(weight: torch.Tensor, index: int, values: torch.Tensor, *, axi
     if not torch.is_floating_point(weight) or weight.ndim != 2:
         raise RosiError(f"rosi: cannot transplant a neuron into {name or 'a'} {weight.dtype} tensor of shape "
                         f"{tuple(weight.shape)} (expected a 2-D floating-point weight)")
-    if not 0 <= index < weight.shape[axis]:
-        raise RosiError(f"rosi: neuron {index} is outside {name or 'the weight'} ({weight.shape[axis]} neurons)")
+    check_neuron_index(index, weight.shape[axis], name)
     if values.ndim != 1 or values.shape[0] != weight.shape[1 - axis]:
         raise RosiError(f"rosi: {name or 'the weight'} has {weight.shape[1 - axis]} elements per "
                         f"{'row' if axis == 0 else 'column'}, the transplanted one has {values.shape[0]}")

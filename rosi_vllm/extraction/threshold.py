@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..architectures import spec_for_architecture
+from ..architectures import MLP_GATE, spec_for_architecture
 from ..direction_file import DirectionFile, ThresholdNeuron
 from .extract import LoadedModel
 from .gated import (
@@ -55,7 +55,7 @@ DEFAULT_MIN_AUROC = 0.9
 def mlp_input_writers(loaded: LoadedModel, layers) -> list[Writer]:
     """One pseudo-writer per layer whose inputs are its MLP's normalised input (the module holding the gate)."""
     spec = spec_for_architecture(loaded.shape.architecture)
-    gates = [w for w in spec.mlp_inputs if w.target == "mlp_gate"]
+    gates = [w for w in spec.mlp_inputs if w.target == MLP_GATE]
     found = {}
     for name, _ in loaded.model.named_parameters():
         for gate in gates:

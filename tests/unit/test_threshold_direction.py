@@ -131,6 +131,8 @@ def test_a_neuron_index_the_mlp_lacks_is_refused_while_loading(llama, tmp_path):
     plan = _plan(llama, write_threshold_direction(llama, tmp_path / "t.safetensors", index=256))
     with pytest.raises(RosiError, match="neuron 256 is outside .*mlp.* \\(256 neurons\\)"):
         list(plan.apply(load_file(str(llama / "model.safetensors")).items()))
+    with pytest.raises(RosiError, match="neuron 256 is outside .*mlp.* \\(256 neurons\\)"):
+        write_adapter(plan, llama, tmp_path / "adapter")  # the adapter tier refuses it with the same message
 
 
 def test_other_targets_and_families_without_a_gated_mlp_are_refused(llama, tiny_model, tmp_path):
