@@ -1,10 +1,10 @@
-"""Where `rosi extract --method gated` spends its time, run by run, from the reports the runs wrote.
+"""Where `rosi extract --method gated` (and `--method threshold`) spends its time, run by run, from the reports.
 
-    python -m benchmarks.gated_extraction_time --reports A/gate.json B/gate.json ... \
+    python -m benchmarks.gated_extraction_time --reports A/gate.json B/threshold.json ... \
         --out-dir benchmarks/results/extraction
     python -m benchmarks.gated_extraction_time --smoke    # CI: two tiny-model extractions, float32 and bfloat16
 
-Each `gate.json` holds its run's stage times (``stage_seconds``: load and input
+Each `gate.json` (`threshold.json`) holds its run's stage times (``stage_seconds``: load and input
 collection, fit, selection, and since the KL screen its parts), the settings that
 decide how much work there is (layers fitted, prompts, answer length, validation
 prompts, dtype) and the point the run selected with its validation scores. This
@@ -23,14 +23,17 @@ from rosi_vllm.reports.plots import figure
 from ._common import benchmark_parser, write_with_plot
 
 STAGES = (("load_and_collect", "load + collect inputs"), ("fit", "fit read vectors"),
+          ("load_collect_and_fit", "load, collect + fit (threshold)"),
           ("select_kl_screen", "select: KL screen"), ("select_budget", "select: α at the KL budget"),
           ("select_stage1", "select: stage 1"),
           ("select_stage2", "select: stage 2"), ("select", "select (not split)"))
 
 
 def summarise(path: Path) -> dict:
-    """One run: its work settings, stage times and selected point, from its gate.json."""
+    """One run: its work settings, stage times and selected point, from its gate.json or threshold.json."""
     report = json.loads(Path(path).read_text())
+    # a threshold report's gates are per layer, one pseudo-writer (the MLP input) each, one fit setting
+    threshold = "threshold" in report
     stages = dict(report.get("stage_seconds") or {})
     if "select_stage2" in stages:  # the parts are given: the total would count them twice in the plot
         stages.pop("select")
@@ -40,10 +43,13 @@ def summarise(path: Path) -> dict:
     return {
         "report": str(path), "seconds": report["seconds"], "stage_seconds": stages,
         "dtype": report.get("dtype", "float32"), "layers": report["layers"],
-        "writers": len(report["gates"][0]["writers"]), "fit_settings": len(report["gates"]),
-        "n_harmful_fit": report["n_harmful_fit"], "n_benign_fit": report["n_benign_fit"],
-        "answer_tokens": report["answer_tokens"], "wrapped_goals": report["wrapped_goals"],
-        "wrapped_benign": report["wrapped_benign"],
+        "method": "threshold" if threshold else "gated", "preset": report.get("preset"),
+        "writers": len(report["gates"]) if threshold else len(report["gates"][0]["writers"]),
+        "fit_settings": 1 if threshold else len(report["gates"]),
+        "n_harmful_fit": report["n_harmful_fit"], "n_benign_fit": report.get("n_benign_fit"),
+        "answer_tokens": report["answer_tokens"], "wrapped_goals": report.get("wrapped_goals", report.get("wrapped")),
+        "wrapped_benign": report.get("wrapped_benign", report.get("wrapped")),
+        "completions_generated": report.get("completions_generated"),
         "val_n": report.get("val_n"), "finalists": report.get("finalists"),
         "candidates": len(screen), "candidates_generated": sum(1 for c in screen if c["generated"]),
         "selected": {key: best[key] for key in ("window", "targets", "alpha", "harmful_refusal", "jailbreak_success",
@@ -54,8 +60,9 @@ def summarise(path: Path) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     runs = result["runs"]
-    labels = [f"{Path(r['report']).parent.name}\n{r['dtype']}, {r['writers']} writers" for r in runs]
-    with figure(path, (10, 1.2 + 0.9 * len(runs))) as (fig, ax):
+    labels = [f"{Path(r['report']).parent.name}\n{r.get('method', 'gated')}, {r['dtype']}, {r['writers']} writers"
+              for r in runs]
+    with figure(path, (10, 2.0 + 0.9 * len(runs))) as (fig, ax):
         left = [0.0] * len(runs)
         for key, label in STAGES:
             widths = [r["stage_seconds"].get(key, 0.0) for r in runs]
@@ -71,9 +78,10 @@ def plot(result: dict, path: Path) -> None:
         ax.set_yticks(range(len(runs)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("seconds (2 CPU cores)")
-        ax.set_xlim(0, max(left + [300]) * 1.6)
-        ax.legend(fontsize=7, loc="lower right")
-        fig.suptitle("rosi extract --method gated: time per stage, with the point each run selected (validation)",
+        ax.set_xlim(0, max(left + [300]) * 1.75)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4)  # below: no run's text under it
+        fig.suptitle("rosi extract --method gated / threshold: time per stage, with the point each run selected "
+                     "(validation)",
                      fontsize=9)
 
 

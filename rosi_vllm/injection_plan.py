@@ -85,6 +85,12 @@ class InjectionPlan:
     transplants: Mapping[int, Transplant] = field(default_factory=dict)
     down_column: torch.Tensor | None = None
 
+    @property
+    def edit_key(self) -> tuple:
+        """What makes two plans the same edit of a checkpoint: the direction's content id (read vectors and
+        neurons included), α and the targets. Generators key the variants they have already produced by it."""
+        return (self.direction_id, self.alpha, self.targets)
+
     def match(self, name: str) -> tuple[ResidualWriter, int | None] | None:
         hit = self._hit(name)
         return None if hit is None else hit[:2]

@@ -4,21 +4,43 @@ from __future__ import annotations
 
 from ._args import floats, ints, model_path
 
+#: flags whose default depends on the method: the value for mean-diff, refusal-contrast and gated (the
+#: threshold method takes its own from its --preset row); argparse leaves them None so a given flag is seen
+SHARED_DEFAULTS = {"n_harmful": 200, "wrapped_goals": 0, "answer_tokens": 32, "val_n": 60, "stage1_n": 24,
+                   "stage1_tokens": 16, "max_new_tokens": 32, "finalists": 3, "budget_steps": 3,
+                   "batch_size": 32, "dtype": "float32", "alphas": None}
+#: threshold: `extract_threshold` keyword ← flag (argparse dest), for the ones a preset row sets
+THRESHOLD_FLAGS = {"n_harmful": "n_harmful", "wrapped": "wrapped_goals", "answer_tokens": "answer_tokens",
+                   "val_n": "val_n", "stage1_n": "stage1_n", "stage1_tokens": "stage1_tokens",
+                   "max_new_tokens": "max_new_tokens", "finalists": "finalists", "budget_steps": "budget_steps",
+                   "batch_size": "batch_size", "dtype": "dtype", "alphas": "alphas"}
+
+
+def preset_settings(row: dict, args, flags: dict[str, str]) -> dict:
+    """A preset's settings with every flag given on the command line in place of its value."""
+    given = {key: getattr(args, dest) for key, dest in flags.items() if getattr(args, dest) is not None}
+    return {**row, **given}
+
 
 def cmd_extract(args) -> int:
+    if args.method != "threshold":
+        if args.preset:
+            from ..errors import RosiError
+
+            raise RosiError("rosi: --preset is for --method threshold; give the other methods' settings as flags")
+        for dest, value in SHARED_DEFAULTS.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, value)
     if args.method == "threshold":
         from ..errors import RosiError
-        from ..extraction.threshold import DEFAULT_ALPHAS, DEFAULT_THRESHOLD, extract_threshold
+        from ..extraction.threshold import DEFAULT_PRESET, DEFAULT_THRESHOLD, PRESETS, extract_threshold
 
         if not args.write_direction:
             raise RosiError("rosi: --method threshold needs --write-direction FILE (a direction for this checkpoint)")
         extract_threshold(model_path(args.model), args.write_direction, args.out, layers=args.layers,
-                          alphas=args.alphas or DEFAULT_ALPHAS, threshold=args.threshold or DEFAULT_THRESHOLD,
-                          min_auroc=args.min_auroc, n_harmful=args.n_harmful, wrapped=args.wrapped_goals,
-                          answer_tokens=args.answer_tokens, val_n=args.val_n, stage1_n=args.stage1_n,
-                          stage1_tokens=args.stage1_tokens, max_new_tokens=args.max_new_tokens,
-                          finalists=args.finalists, batch_size=args.batch_size, budget_steps=args.budget_steps,
-                          dtype=args.dtype, report_dir=args.report_dir)
+                          threshold=args.threshold or DEFAULT_THRESHOLD, min_auroc=args.min_auroc,
+                          report_dir=args.report_dir, preset=args.preset or DEFAULT_PRESET,
+                          **preset_settings(PRESETS[args.preset or DEFAULT_PRESET], args, THRESHOLD_FLAGS))
         return 0
     if args.method == "gated":
         from ..errors import RosiError
@@ -71,23 +93,28 @@ def add_commands(sub) -> None:
     p.add_argument("--fit-grid", action="store_true",
                    help="gated: try every (fit, rho, lambda) of extraction.gated.SETTINGS_GRID, not only rho 0.7, "
                    "lambda 1 (the best in every recorded run) and the mean-difference baseline")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="gated: the transformers model's dtype for every forward pass and generation; bfloat16 is "
-                   "about twice as fast on CPUs with bf16 units and is what vLLM serves")
-    p.add_argument("--answer-tokens", type=int, default=32,
+    p.add_argument("--preset", default=None, choices=["quick", "thorough"],
+                   help="threshold: a row of extraction.threshold.PRESETS (default quick: fit and selection in about "
+                   "five minutes for a 0.5B model on 2 cores; thorough: the settings the shipped Qwen direction was "
+                   "selected with); flags given override it")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="gated: the transformers model's dtype for every forward pass and generation (default "
+                   "float32; threshold: bfloat16); bfloat16 is about twice as fast on CPUs with bf16 units and is "
+                   "what vLLM serves")
+    p.add_argument("--answer-tokens", type=int, default=None,
                    help="gated: length of the model's own greedy answer to each benign fit prompt, fitted as benign")
     p.add_argument("--harmful-answer-tokens", type=int, default=0,
                    help="gated: also fit the positions of the model's own greedy answer of this many tokens to each "
                    "plain harmful goal as harmful, so the gate keeps firing once a reply has started (0: prompt only)")
-    p.add_argument("--budget-steps", type=int, default=3,
+    p.add_argument("--budget-steps", type=int, default=None,
                    help="gated: bisection steps toward the largest alpha within the KL budget, for each window whose "
                    "--alphas straddle it (forward passes only; 0: the grid only)")
     p.add_argument("--trailing-wrappers", action="store_true",
                    help="gated: with --wrapped-goals/--wrapped-benign, also fit (and select) under wrappers that put an "
                    "instruction about the answer's form after the goal (extraction.prompts.TRAILING_FIT_WRAPPER_TEMPLATES)")
-    p.add_argument("--finalists", type=int, default=3,
+    p.add_argument("--finalists", type=int, default=None,
                    help="gated: candidates scored on the whole validation split with full-length completions")
-    p.add_argument("--wrapped-goals", type=int, default=0,
+    p.add_argument("--wrapped-goals", type=int, default=None,
                    help="gated: also fit on this many further harmful goals under each fit-only wrapper (never the "
                    "test's jailbreak templates) and attack validation goals with them during selection; threshold: "
                    "also as many benign requests under the same wrappers")
@@ -95,18 +122,19 @@ def add_commands(sub) -> None:
                    help="gated: benign requests fitted as benign under the same wrappers (so 'wrapped' is not learnt "
                    "as harm)")
     p.add_argument("--n-pairs", type=int, default=50, help="mean-diff: prompts per set")
-    p.add_argument("--n-harmful", type=int, default=200,
+    p.add_argument("--n-harmful", type=int, default=None,
                    help="refusal-contrast(-reply): harmful prompts to answer and split; gated: harmful prompts to fit on")
     p.add_argument("--layer", type=int, default=None, help="fix the layer (default: select)")
     p.add_argument("--alpha", type=float, default=None, help="fix alpha (default: select)")
     p.add_argument("--layers", type=ints, default=None, help="candidate layers, comma list (gated: writers' layers)")
     p.add_argument("--alphas", type=floats, default=None, help="candidate alphas, comma list")
     p.add_argument("--system-prompt", default="none", help="safety | none | FILE (extraction only)")
-    p.add_argument("--val-n", type=int, default=60, help="validation prompts per set (stage 2)")
-    p.add_argument("--stage1-n", type=int, default=24, help="validation prompts per set (stage 1 grid)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="completion length for stage 2")
-    p.add_argument("--stage1-tokens", type=int, default=16, help="completion length for the stage 1 grid")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--val-n", type=int, default=None, help="validation prompts per set (stage 2; default 60)")
+    p.add_argument("--stage1-n", type=int, default=None, help="validation prompts per set (stage 1 grid; default 24)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="completion length for stage 2 (default 32)")
+    p.add_argument("--stage1-tokens", type=int, default=None,
+                   help="completion length for the stage 1 grid (default 16)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 32")
     p.add_argument("--report-dir", default=None)
     p.add_argument("--backend", default="hf", choices=["vllm", "hf"],
                    help="generation for selection: hf (edit in place; default) or vllm (experimental, not covered by "

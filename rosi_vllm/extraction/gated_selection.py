@@ -124,16 +124,17 @@ class GatedCandidate:
 
 
 def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_logprobs, max_new_tokens: int,
-                batch_size: int = 32, judge=None, kl_bounds=None) -> list[dict]:
+                batch_size: int = 32, judge=None, kl_bounds=None, generator=None) -> list[dict]:
     """For each plan (None: unedited), generated-text scores on the harmful, benign and borderline sets and the KL.
 
     `kl_bounds`: (KL, upper bound) of each edited plan, in order, when the caller already measured them on
-    ``sets["benign"]`` (the unedited plan's is 0, as `edited_kl_bounds` gives it).
+    ``sets["benign"]`` (the unedited plan's is 0, as `edited_kl_bounds` gives it); `generator`: an
+    `HfVariantGenerator` to share between calls (one that remembers answers what it has already made).
     """
     from ..judge import SubstringJudge
 
     judge = judge or SubstringJudge()
-    generator = HfVariantGenerator(loaded, batch_size)
+    generator = generator or HfVariantGenerator(loaded, batch_size)
     names = ("harmful", "benign", "borderline") + (("jailbreak",) if sets.get("jailbreak") else ())
     outputs = generator.generate([(plan, sets[name]) for plan in plans for name in names], max_new_tokens)
     given = iter(kl_bounds) if kl_bounds is not None else None
@@ -193,10 +194,11 @@ def validation_sets(val_n: int, *, templates: dict[str, str] | None = None) -> d
 
 def score_candidates(loaded: LoadedModel, specs: list[Spec], plan_of: Callable[[Spec], object],
                      sets: dict[str, list[str]], *, stage: int, base_logprobs, max_new_tokens: int, batch_size: int,
-                     kl_bounds=None, slack: float = 0.0) -> tuple[dict, list[GatedCandidate]]:
+                     kl_bounds=None, slack: float = 0.0, generator=None) -> tuple[dict, list[GatedCandidate]]:
     """The unedited model's scores and one `GatedCandidate` per spec, all on `sets` (`score_gated`)."""
     base, *scored = score_gated(loaded, [None, *map(plan_of, specs)], sets, base_logprobs=base_logprobs,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size, kl_bounds=kl_bounds)
+                                max_new_tokens=max_new_tokens, batch_size=batch_size, kl_bounds=kl_bounds,
+                                generator=generator)
     return base, [GatedCandidate(w, t, a, stage, **s, base=base, slack=slack)
                   for (w, t, a), s in zip(specs, scored, strict=True)]
 
@@ -243,11 +245,14 @@ class GatedSelection:
     #: every (window, targets, α) whose KL was measured: the grid's and the bisection's, and which were generated
     screen: list[dict]
     seconds: dict[str, float]
+    #: completions generated, beyond those stage 2 reused from stage 1
+    completions_generated: int = 0
 
     def report(self) -> dict:
         """The selection's part of an extraction report."""
         return {"kl_screen": self.screen, "baseline": self.baseline, "best": self.best.to_dict(),
-                "candidates": [c.to_dict() for c in self.candidates]}
+                "candidates": [c.to_dict() for c in self.candidates],
+                "completions_generated": self.completions_generated}
 
 
 def write_report(report: dict, out, report_dir, stem: str, plot: Callable[[dict, object], None]) -> object:
@@ -277,6 +282,9 @@ def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows
     from .hf_eval import next_token_logprobs
 
     started = time.perf_counter()
+    # stage 2's first `stage1_n` prompts per set are stage 1's: with stage1_tokens == max_new_tokens, the
+    # finalists and the unedited model reuse those completions instead of generating them again
+    generator = HfVariantGenerator(loaded, batch_size, remember=True)
     sets = validation_sets(val_n, templates=wrapper_templates)
     short = {k: v[:stage1_n] for k, v in sets.items()}
     base_lp = next_token_logprobs(loaded, sets["benign"], batch_size=batch_size)
@@ -307,14 +315,16 @@ def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows
         slack = 1 / min(len(short["benign"]), len(short["borderline"]))
         _, candidates = score_candidates(loaded, kept, plan_of, short, stage=1, base_logprobs=base_lp[:stage1_n],
                                          max_new_tokens=stage1_tokens, batch_size=batch_size,
-                                         kl_bounds=[bound_of[spec] for spec in kept], slack=slack)
+                                         kl_bounds=[bound_of[spec] for spec in kept], slack=slack,
+                                         generator=generator)
         kept = [(c.window, c.targets, c.alpha) for c in pick_finalists(candidates, finalists)]
     stage1_done = time.perf_counter()
     base, final = score_candidates(loaded, kept, plan_of, sets, stage=2, base_logprobs=base_lp,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   kl_bounds=[bound_of[spec] for spec in kept])
+                                   kl_bounds=[bound_of[spec] for spec in kept], generator=generator)
     seconds = {"select_kl_screen": round(screened - started, 1), "select_budget": round(budgeted - screened, 1),
                "select_stage1": round(stage1_done - budgeted, 1),
                "select_stage2": round(time.perf_counter() - stage1_done, 1)}
     return GatedSelection(best=max(final, key=GatedCandidate.rank_key), candidates=candidates + final,
-                          baseline=base, screen=screen, seconds=seconds)
+                          baseline=base, screen=screen, seconds=seconds,
+                          completions_generated=generator.generated)

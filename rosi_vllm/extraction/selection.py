@@ -114,10 +114,20 @@ def direction_file_for(loaded: LoadedModel, extraction: Extraction, layer: int, 
 
 
 class HfVariantGenerator:
-    """Fallback generator: applies each variant in place to the transformers model (slow, always works)."""
+    """Fallback generator: applies each variant in place to the transformers model (slow, always works).
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 32):
+    With `remember`, every completion is kept by (variant, length, instruction), and
+    a later job asking for one already made is answered from memory: the gated
+    selection's stage 2 scores its finalists and the unedited model on the whole
+    validation split, whose first prompts stage 1 has already generated for them
+    (greedy decoding: the same edit, prompt and length give the same text).
+    """
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 32, *, remember: bool = False):
         self.loaded, self.batch_size = loaded, batch_size
+        self.memory: dict[tuple, str] | None = {} if remember else None
+        #: completions generated (not answered from memory), for reports
+        self.generated = 0
 
     def generate(self, jobs, max_new_tokens: int) -> list[list[str]]:
         """Completions per (plan, instructions) job. Consecutive jobs of one plan are generated together: one
@@ -130,14 +140,18 @@ class HfVariantGenerator:
                 runs[-1][1].append(list(instructions))
             else:
                 runs.append((plan, [list(instructions)]))
+        memory = {} if self.memory is None else self.memory
         outputs = []
         for plan, sets in tqdm(runs, desc="select: generate", unit="variant", disable=len(runs) < 2):
-            with injected(self.loaded, plan):
-                texts = generate(self.loaded, [text for texts in sets for text in texts],
-                                 max_new_tokens=max_new_tokens, batch_size=self.batch_size)
-            for instructions in sets:
-                outputs.append(texts[:len(instructions)])
-                texts = texts[len(instructions):]
+            variant = None if plan is None else plan.edit_key
+            wanted = list(dict.fromkeys(text for texts in sets for text in texts
+                                        if (variant, max_new_tokens, text) not in memory))
+            if wanted:
+                with injected(self.loaded, plan):
+                    made = generate(self.loaded, wanted, max_new_tokens=max_new_tokens, batch_size=self.batch_size)
+                self.generated += len(wanted)
+                memory.update(((variant, max_new_tokens, text), out) for text, out in zip(wanted, made))
+            outputs.extend([memory[(variant, max_new_tokens, text)] for text in texts] for texts in sets)
         return outputs
 
 

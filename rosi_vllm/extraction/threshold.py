@@ -51,6 +51,22 @@ DEFAULT_THRESHOLD = 0.5
 DEFAULT_ALPHAS = (16.0, 24.0, 32.0, 48.0)
 DEFAULT_MIN_AUROC = 0.9
 
+#: `rosi extract --method threshold --preset NAME`: `extract_threshold`'s settings, one row per preset; a flag
+#: given on the command line overrides its row. ``quick`` is sized for the issue's budget (fit and selection in
+#: five minutes for a 0.5B model on 2 CPU cores): the middle fifth of the layers, two α, shorter fit answers,
+#: and a validation split whose first half, generated in stage 1, stage 2 reuses (same completion length).
+#: ``thorough`` is what the shipped Qwen direction was selected with (a third of the layers, four α, the
+#: longer validation split, α bisected to the KL budget).
+PRESETS: dict[str, dict] = {
+    "quick": {"band": (0.4, 0.6), "alphas": (24.0, 32.0), "n_harmful": 120, "wrapped": 32,
+              "answer_tokens": 16, "val_n": 32, "stage1_n": 12, "stage1_tokens": 12, "max_new_tokens": 12,
+              "finalists": 2, "budget_steps": 0, "batch_size": 32, "dtype": "bfloat16"},
+    "thorough": {"band": (1 / 3, 2 / 3), "alphas": DEFAULT_ALPHAS, "n_harmful": 120, "wrapped": 40,
+                 "answer_tokens": 32, "val_n": 60, "stage1_n": 24, "stage1_tokens": 16, "max_new_tokens": 32,
+                 "finalists": 3, "budget_steps": 3, "batch_size": 16, "dtype": "bfloat16"},
+}
+DEFAULT_PRESET = "quick"
+
 
 def mlp_input_writers(loaded: LoadedModel, layers) -> list[Writer]:
     """One pseudo-writer per layer whose inputs are its MLP's normalised input (the module holding the gate)."""
@@ -158,16 +174,24 @@ def threshold_direction(write: DirectionFile, neurons: dict[int, ThresholdNeuron
     return direction
 
 
-def extract_threshold(model: str, write_direction: str, out, *, layers=None, alphas=DEFAULT_ALPHAS,
-                      threshold: float = DEFAULT_THRESHOLD, min_auroc: float = DEFAULT_MIN_AUROC,
-                      n_harmful: int = 120, wrapped: int = 40, answer_tokens: int = 32, val_n: int = 60,
-                      stage1_n: int = 24, stage1_tokens: int = 16, max_new_tokens: int = 32, finalists: int = 3,
-                      batch_size: int = 16, budget_steps: int = 3, dtype: str = "bfloat16", report_dir=None,
+def band_layers(num_layers: int, band: tuple[float, float]) -> list[int]:
+    """The layers from ``band[0]·n`` up to (not including) ``band[1]·n``: where a preset looks for its window."""
+    return list(range(int(band[0] * num_layers), int(band[1] * num_layers)))
+
+
+def extract_threshold(model: str, write_direction: str, out, *, layers=None, band=(1 / 3, 2 / 3),
+                      alphas=DEFAULT_ALPHAS, threshold: float = DEFAULT_THRESHOLD,
+                      min_auroc: float = DEFAULT_MIN_AUROC, n_harmful: int = 120, wrapped: int = 40,
+                      answer_tokens: int = 32, val_n: int = 60, stage1_n: int = 24, stage1_tokens: int = 16,
+                      max_new_tokens: int = 32, finalists: int = 3, batch_size: int = 16, budget_steps: int = 3,
+                      dtype: str = "bfloat16", report_dir=None, preset: str | None = None,
                       progress: bool = True) -> dict:
     """`rosi extract --method threshold`: fit neurons, check their gates, select window and α, write format v3.
 
     `write_direction`: a v1 or v2 direction file for this checkpoint whose vector is
-    the write direction ŝ. Returns the report (also ``threshold.json`` and
+    the write direction ŝ; `layers`: the candidate layers (None: `band` of the
+    model's depth); `preset`: the name of the `PRESETS` row the settings came from,
+    for the report. Returns the report (also ``threshold.json`` and
     ``threshold.png`` in `report_dir`).
     """
     from ..direction_file import save_direction
@@ -179,7 +203,7 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, alp
     started = time.perf_counter()
     loaded, fingerprint, write = load_for_fit(model, write_direction, dtype, reads=("mean", "gated"))
     n = loaded.num_layers
-    layers = list(layers or range(n // 3, (2 * n) // 3))
+    layers = list(layers or band_layers(n, band))
     neurons, stats = fit_neurons(loaded, layers, n_harmful=n_harmful, wrapped=wrapped, answer_tokens=answer_tokens,
                                  batch_size=batch_size, progress=progress)
     fitted = time.perf_counter()
@@ -216,6 +240,8 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, alp
         "seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": {"load_collect_and_fit": round(fitted - started, 1),
                           "select": round(time.perf_counter() - fitted, 1), **selection.seconds},
+        "preset": preset, "batch_size": batch_size, "stage1_n": stage1_n, "stage1_tokens": stage1_tokens,
+        "max_new_tokens": max_new_tokens, "finalists": finalists, "budget_steps": budget_steps,
         "n_harmful_fit": n_harmful, "wrapped": wrapped, "answer_tokens": answer_tokens, "val_n": val_n,
         "threshold": threshold, "sharpness": SHARPNESS, "alphas": list(alphas), "layers": layers, "fit": fit,
         "gates": {str(layer): s for layer, s in sorted(stats.items())}, "windows": [list(w) for w in windows],

@@ -80,7 +80,7 @@ class LoraVariantGenerator:
 
         if plan is None:
             return None
-        key = (plan.direction_id, plan.alpha, plan.targets)
+        key = plan.edit_key
         if key not in self._adapters:
             if self._reads is None:
                 self._reads = writer_read_vectors(plan, self.model_dir)

@@ -59,3 +59,29 @@ def test_rosi_extract_threshold_writes_a_v3_direction_that_rosi_inject_takes(tin
     assert set(report["gates"]) == {"0", "1"} and all("bias_read_sd" in g for g in report["gates"].values())
     assert (tmp_path / "threshold" / "threshold.png").stat().st_size > 10000
     assert main(["inject", "--model", str(model), "--direction", str(out), "--out", str(tmp_path / "hardened")]) == 0
+
+
+def test_a_preset_row_gives_the_settings_and_a_flag_given_overrides_it(capsys):
+    import argparse
+
+    from rosi_vllm.cli import main
+    from rosi_vllm.cli.extract import THRESHOLD_FLAGS, preset_settings
+    from rosi_vllm.extraction.threshold import PRESETS, band_layers
+
+    args = argparse.Namespace(**{dest: None for dest in THRESHOLD_FLAGS.values()})
+    assert preset_settings(PRESETS["quick"], args, THRESHOLD_FLAGS) == PRESETS["quick"]
+    args.val_n, args.alphas = 48, [8.0]
+    settings = preset_settings(PRESETS["thorough"], args, THRESHOLD_FLAGS)
+    assert settings["val_n"] == 48 and settings["alphas"] == [8.0]
+    assert settings["finalists"] == PRESETS["thorough"]["finalists"]
+    # every key of every row is a keyword of extract_threshold, reachable from a flag or the band
+    import inspect
+
+    from rosi_vllm.extraction.threshold import extract_threshold
+
+    keywords = set(inspect.signature(extract_threshold).parameters)
+    assert all(set(row) <= keywords and set(row) - {"band"} <= set(THRESHOLD_FLAGS) for row in PRESETS.values())
+    assert band_layers(24, PRESETS["thorough"]["band"]) == list(range(8, 16))
+    assert band_layers(24, PRESETS["quick"]["band"]) == list(range(9, 14))
+    assert main(["extract", "--model", "x", "--out", "y", "--preset", "quick"]) == 2
+    assert "rosi: --preset is for --method threshold" in capsys.readouterr().err
