@@ -38,7 +38,7 @@ def cmd_extract(args) -> int:
         if not args.write_direction:
             raise RosiError("rosi: --method threshold needs --write-direction FILE (a direction for this checkpoint)")
         extract_threshold(model_path(args.model), args.write_direction, args.out, layers=args.layers,
-                          threshold=args.threshold or DEFAULT_THRESHOLD, min_auroc=args.min_auroc,
+                          threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold, min_auroc=args.min_auroc,
                           report_dir=args.report_dir, preset=args.preset or DEFAULT_PRESET,
                           **preset_settings(PRESETS[args.preset or DEFAULT_PRESET], args, THRESHOLD_FLAGS))
         return 0

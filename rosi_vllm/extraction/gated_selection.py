@@ -106,13 +106,18 @@ class GatedCandidate:
         return (self.feasible, self.harm_refused if self.feasible else self.tradeoff, -self.kl)
 
     def summary(self) -> str:
-        """One line for the extraction's progress output: what it scored, beside the unedited model."""
+        """One line for the extraction's progress output: what it scored, beside the unedited model, and whether it
+        is within the budgets (a selection none of whose finalists is ships the best trade-off, and says so)."""
         wrapped = "-" if self.jailbreak_success is None else format(self.jailbreak_success, ".0%")
         base = self.base
+        verdict = ("within every budget" if self.feasible else
+                   "OVER a budget (no finalist met them all on validation: the best trade-off; check it with "
+                   "rosi eval before shipping it)")
         return (f"window {list(self.window)} {list(self.targets)} α={self.alpha:g}: harmful {self.harmful_refusal:.0%}, "
                 f"wrapped harmful answered {wrapped}, benign {self.benign_refusal:.0%}, borderline "
                 f"{self.borderline_refusal:.0%}, KL {self.kl:.3f} (95 % upper bound {self.budget_kl:.3f}) "
-                f"(base {base['harmful_refusal']:.0%}/{base['benign_refusal']:.0%}/{base['borderline_refusal']:.0%})")
+                f"(base {base['harmful_refusal']:.0%}/{base['benign_refusal']:.0%}/{base['borderline_refusal']:.0%}); "
+                f"{verdict}")
 
     def to_dict(self) -> dict:
         return {"window": list(self.window), "targets": list(self.targets), "alpha": self.alpha, "stage": self.stage,

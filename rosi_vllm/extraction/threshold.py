@@ -54,7 +54,7 @@ DEFAULT_MIN_AUROC = 0.9
 #: `rosi extract --method threshold --preset NAME`: `extract_threshold`'s settings, one row per preset; a flag
 #: given on the command line overrides its row. ``quick`` is sized for the issue's budget (fit and selection in
 #: five minutes for a 0.5B model on 2 CPU cores): the middle fifth of the layers, two α, shorter fit answers,
-#: and a validation split whose first half, generated in stage 1, stage 2 reuses (same completion length).
+#: and short completions of one length in both stages, so that stage 2 reuses what stage 1 generated.
 #: ``thorough`` is what the shipped Qwen direction was selected with (a third of the layers, four α, the
 #: longer validation split, α bisected to the KL budget).
 PRESETS: dict[str, dict] = {

@@ -117,6 +117,11 @@ def test_stage_1_tolerates_one_prompt_over_the_refusal_budgets_and_stage_2_none(
     assert not candidate(0.125 + 0.075, 2, 0.0).feasible  # the full split: the budget itself
     assert candidate(0.125 + 0.05, 2, 0.0).feasible
     assert candidate(0.2, 1, one_prompt).to_dict()["slack"] == one_prompt
+    # the progress line says which it is: a selection that found nothing within the budgets says so
+    base = {"harmful_refusal": 0.4, **candidate(0, 2, 0).base}
+    within, over = candidate(0.125 + 0.05, 2, 0.0), candidate(0.125 + 0.075, 2, 0.0)
+    within.base = over.base = base
+    assert within.summary().endswith("within every budget") and "OVER a budget" in over.summary()
 
 
 def test_each_window_sends_its_best_to_the_finalists_before_any_window_sends_a_second():
