@@ -216,7 +216,7 @@ def test_limits_answer_429_with_retry_after_and_follow_hot_reload(server):
 def test_a_broken_tenant_file_during_traffic_keeps_the_last_good_generation(server):
     config = server.config
     good = config.read_text()
-    before = scrape(server)
+    before, log_start = scrape(server), len(server.log())
     results, stop = [], threading.Event()
 
     def traffic():
@@ -230,14 +230,15 @@ def test_a_broken_tenant_file_during_traffic_keeps_the_last_good_generation(serv
     def directory():
         config.mkdir()
 
-    faults = [("truncated", lambda: config.write_text("")),
-              ("half-written", lambda: config.write_text(good[: good.index("tenants:") + 40])),
-              ("deleted", unlink), ("unreadable (a directory)", directory),
-              ("binary", lambda: (config.rmdir(), config.write_bytes(b"\xff\x00\xfe"))),
-              ("not yaml", lambda: config.write_text("tenants: [unclosed"))]
+    # (name, fault, what its rejection says)
+    faults = [("truncated", lambda: config.write_text(""), "must be a YAML mapping"),
+              ("half-written", lambda: config.write_text(good[: good.index("tenants:") + 40]), "is required"),
+              ("deleted", unlink, "No such file or directory"), ("unreadable (a directory)", directory, "Is a directory"),
+              ("binary", lambda: (config.rmdir(), config.write_bytes(b"\xff\x00\xfe")), "unacceptable character"),
+              ("not yaml", lambda: config.write_text("tenants: [unclosed"), "while parsing a flow sequence")]
     with cf.ThreadPoolExecutor(4) as pool:
         workers = [pool.submit(traffic) for _ in range(4)]
-        for _, fault in faults:
+        for _, fault, _ in faults:
             fault()
             time.sleep(1.6)  # reloads are checked at most once a second
         write_config(config, good)
@@ -253,11 +254,18 @@ def test_a_broken_tenant_file_during_traffic_keeps_the_last_good_generation(serv
         before, "rosi_requests_total", tenant="traffic", status="200")
     assert counts == {200: len(results)} and len(results) > 20, counts
     assert counted == len(results)
-    assert rejected == len(faults)
-    assert server.log().count("tenant config reload rejected, still serving generation 2") >= len(faults)
+    # every fault is rejected; a fault applied by a non-atomic write (truncate then write, rmdir then write) can
+    # also be caught half-way by a reload check, one more bad state, rejected and counted like the rest (an
+    # editor saving in place does the same): so at least one and at most two rejections per fault
+    assert len(faults) <= rejected <= 2 * len(faults), rejected
+    rejections = [line for line in server.log()[log_start:].splitlines() if "tenant config reload rejected" in line]
+    for name, _, reason in faults:  # and each fault was seen and rejected for its own reason
+        assert any(reason in line for line in rejections), (name, rejections)
+    generation = int(total(before, "rosi_tenant_config_generation"))  # the last good one, still served throughout
+    assert all(f"still serving generation {generation}:" in line for line in rejections), rejections
     assert total(after, "rosi_tenant_config_reloads_total", result="applied") - total(
         before, "rosi_tenant_config_reloads_total", result="applied") == 1  # the good file, back
-    FIGURES["config_faults"] = {"faults": [name for name, _ in faults], "requests_during": len(results),
+    FIGURES["config_faults"] = {"faults": [name for name, _, _ in faults], "requests_during": len(results),
                                 "counted_equals_sent": counted == len(results),
                                 "requests_failed": len(results) - counts[200], "rejections_counted": rejected}
 
