@@ -34,7 +34,8 @@ def main() -> None:
 
     import os
 
-    if args.tp * args.pp == 1:
+    single_worker = args.tp * args.pp == 1
+    if single_worker:
         # one process: the engine core and its worker in this one (VLLM_ENABLE_V1_MULTIPROCESSING=0 and the "uni"
         # executor below) instead of two more Python processes that each import vLLM and torch; same kernels,
         # bit-identical outputs, about a third of the start-up time
@@ -58,7 +59,7 @@ def main() -> None:
 
         kwargs.update(enable_lora=True, max_lora_rank=8, max_loras=1)
         lora_request = LoRARequest("probe", 1, args.lora)
-    if args.tp * args.pp == 1:
+    if single_worker:
         kwargs["distributed_executor_backend"] = "uni"
     llm = LLM(
         model=args.model,

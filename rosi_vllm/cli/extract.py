@@ -8,7 +8,7 @@ from ._args import floats, ints, model_path
 #: threshold method takes its own from its --preset row); argparse leaves them None so a given flag is seen
 SHARED_DEFAULTS = {"n_harmful": 200, "wrapped_goals": 0, "answer_tokens": 32, "val_n": 60, "stage1_n": 24,
                    "stage1_tokens": 16, "max_new_tokens": 32, "finalists": 3, "budget_steps": 3,
-                   "batch_size": 32, "dtype": "float32", "alphas": None}
+                   "batch_size": 32, "dtype": "float32"}
 #: threshold: `extract_threshold` keyword ← flag (argparse dest), for the ones a preset row sets
 THRESHOLD_FLAGS = {"n_harmful": "n_harmful", "wrapped": "wrapped_goals", "answer_tokens": "answer_tokens",
                    "val_n": "val_n", "stage1_n": "stage1_n", "stage1_tokens": "stage1_tokens",
