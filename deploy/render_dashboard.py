@@ -209,24 +209,29 @@ def render(dashboard: dict, results: dict, out: Path, start: float, subtitle: st
 KEYS = {"acme": "sk-render-acme", "kids": "sk-render-kids"}
 
 
-def tenants_config(path: Path, *, broken: bool = False, kids_variant: str = "strict") -> None:
-    """Write the tenant config atomically (a new inode, as a ConfigMap update does).
+def tenant_section(*, broken: bool = False, kids_variant: str = "strict") -> dict:
+    """The render's variants and tenants: acme in an A/B experiment, kids on an adapter variant.
 
     ``broken`` names a default variant that does not exist, which the server
     must reject on reload while it keeps serving the previous generation.
     """
-    import yaml
-
     from rosi_vllm.serving.tenant_config import key_digest
 
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump({
-        "version": 1, "variants": {"base": 0, "standard": "baked", "strict": 32},
+    return {
+        "variants": {"base": 0, "standard": "baked", "strict": 64},
         "tenants": {
             "acme": {"api_key_sha256": [key_digest(KEYS["acme"])], "default_variant": "standard",
                      "experiment": {"name": "acme-ab", "arms": {"base": 50, "standard": 50}}},
             "kids": {"api_key_sha256": [key_digest(KEYS["kids"])],
-                     "default_variant": "no-such-variant" if broken else kids_variant}}}))
+                     "default_variant": "no-such-variant" if broken else kids_variant}}}
+
+
+def tenants_config(path: Path, **section) -> None:
+    """Write the tenant config of `tenant_section` atomically (a new inode, as a ConfigMap update does)."""
+    import yaml
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump({"version": 1, **tenant_section(**section)}))
     tmp.replace(path)
 
 
@@ -260,14 +265,14 @@ def serve_with_tenants(work: Path):
     return server, model, config
 
 
-def send_traffic(server_url: str, model: Path, config: Path, seconds: float, workers: int = 4) -> int:
+def send_traffic(server_url: str, model: Path, edit_config, seconds: float, workers: int = 4) -> int:
     """Mixed tenant traffic for ``seconds``; returns the number of requests sent.
 
     Two tenants (acme in an A/B experiment, kids on an adapter variant),
     streamed and not, every 17th request with a wrong key (401). A third of the
     way in the tenant config is broken (a rejected reload), two thirds in it is
     replaced by a valid edit (generation 2), so the config panel has something
-    to show.
+    to show. ``edit_config(**tenant_section options)`` writes the server's tenant file.
     """
     import requests
 
@@ -294,9 +299,9 @@ def send_traffic(server_url: str, model: Path, config: Path, seconds: float, wor
         t.start()
     try:
         time.sleep(seconds / 3)
-        tenants_config(config, broken=True)
+        edit_config(broken=True)
         time.sleep(seconds / 3)
-        tenants_config(config, kids_variant="standard")
+        edit_config(kids_variant="standard")
         time.sleep(seconds / 3)
     finally:
         stop.set()
@@ -306,12 +311,22 @@ def send_traffic(server_url: str, model: Path, config: Path, seconds: float, wor
 
 
 def run(work: Path, out: Path, *, seconds: float = 90, workers: int = 4, step: float = 2.0,
-        startup_timeout: float = 600) -> dict:
-    """The whole pipeline; returns what a test wants to check (results, ``up``, alerts, sizes)."""
+        startup_timeout: float = 600, served=None) -> dict:
+    """The whole pipeline; returns what a test wants to check (results, ``up``, alerts, sizes).
+
+    ``served``: (server, model, edit_config) of a running server whose tenant file holds `tenant_section`
+    (the tests' shared server); by default a server is started here and stopped afterwards.
+    """
     from rosi_vllm.testing.serve_process import wait_until
 
     dashboard = load_dashboard()
-    server, model, config = serve_with_tenants(work)
+    if served is None:
+        server, model, config = serve_with_tenants(work)
+        served = (server, model, lambda **section: tenants_config(config, **section))
+        owned = server
+    else:
+        owned = None
+    server, model, edit_config = served
     try:
         came_up, _ = wait_until(server, timeout=startup_timeout)
         if not came_up:
@@ -319,7 +334,7 @@ def run(work: Path, out: Path, *, seconds: float = 90, workers: int = 4, step: f
         with running_prometheus(server.url, work / "prometheus") as prom:
             wait_for_scrape(prom)
             start = time.time()
-            sent = send_traffic(server.url, model, config, seconds, workers)
+            sent = send_traffic(server.url, model, edit_config, seconds, workers)
             time.sleep(3)  # the last requests' metrics are scraped and rules evaluated
             end = time.time()
             results = panel_results(prom, dashboard, start, end, step)
@@ -328,7 +343,8 @@ def run(work: Path, out: Path, *, seconds: float = 90, workers: int = 4, step: f
             render(dashboard, results, out, start,
                    f"Prometheus {step:g} s steps over {end - start:.0f} s of {sent} requests to a local vllm serve")
     finally:
-        server.stop()
+        if owned is not None:
+            owned.stop()
     return {"results": results, "up": up, "alerts": alerts, "sent": sent, "start": start, "end": end}
 
 

@@ -35,15 +35,15 @@ from tests.helpers import (
 pytestmark = pytest.mark.engine
 
 
-def test_serve_answers_completion_with_hardened_model(tiny_model, tmp_path):
+def test_serve_answers_completion_with_hardened_model(engines, tmp_path):
+    """`vllm serve --load-format rosi` answers what the offline reference checkpoint answers in the engine."""
     from transformers import AutoTokenizer
 
-    from tests.engine.test_loader_equivalence import ALPHA
     from tests.engine_probe import PROMPTS
 
-    model = tiny_model("llama")
-    direction = write_direction(model, tmp_path / "d.safetensors", alpha=ALPHA)
-    server = start_server(model, tmp_path / "serve.log", extra={"direction": str(direction)})
+    case = engines["cases"]["llama-v1"]
+    model = case["model"]
+    server = start_server(model, tmp_path / "serve.log", extra={"direction": str(case["direction"])})
     try:
         came_up, _ = wait_until(server)
         assert came_up, server.log()[-4000:]
@@ -54,15 +54,8 @@ def test_serve_answers_completion_with_hardened_model(tiny_model, tmp_path):
         )
         assert resp.status_code == 200, resp.text
         text = resp.json()["choices"][0]["text"]
-        # The same greedy request through the offline reference checkpoint (engine test) gives these tokens.
-        from rosi_vllm.direction_file import load_direction
-        from tests.reference import reference_inject_checkpoint
-
-        reference = tmp_path / "reference"
-        reference_inject_checkpoint(model, reference, "llama", 2, load_direction(direction).direction, ALPHA)
-        from tests.engine.test_loader_equivalence import run_probe
-
-        expected_ids = run_probe(tmp_path / "ref.json", reference)[0]["token_ids"]
+        # the same greedy request through the offline reference checkpoint, in the engine (tests/engine/conftest.py)
+        expected_ids = engines["outputs"]["llama-v1-reference"][0]["token_ids"]
         assert text == AutoTokenizer.from_pretrained(str(model)).decode(expected_ids)
         assert "rosi: direction=" in server.log()
     finally:

@@ -1,12 +1,12 @@
-"""The tenant layer under load, faults and hostile input, on one real `vllm serve` (CPU, tiny model).
+"""The tenant layer under load, faults and hostile input, on the session's shared `vllm serve` (CPU, tiny model).
 
-One server for the module (engine starts are the expensive part of CI):
-``--scheduling-policy priority`` with a small batch (``--max-num-seqs 4``) so a
-flood really queues, the rosi middleware, and tenants for each test. Every
-variant has the baked α, so no LoRA is needed here (adapters are covered by
-test_tenant_serving.py). The tests run in file order and the last one kills
-the engine. Figures go to ``benchmarks/results/reliability.json`` when
-``ROSI_RELIABILITY_OUT`` names it (docs/reliability.md renders them).
+The server (tests/engine/tenant_stack.py) runs ``--scheduling-policy priority`` with a
+small batch (``--max-num-seqs 4``) so a flood really queues, and the rosi middleware;
+this module's tenants are its section of the server's config. Every variant here has
+the baked α, so no adapter is involved (adapters are covered by test_tenant_serving.py).
+The engine-death test kills the engine and so runs after every other test of the
+session (marker ``kills_engine``). Figures go to ``benchmarks/results/reliability.json``
+when ``ROSI_RELIABILITY_OUT`` names it (docs/reliability.md renders them).
 """
 
 from __future__ import annotations
@@ -23,16 +23,13 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from rosi_vllm.serving.tenant_config import key_digest
-from rosi_vllm.testing.serve_process import start_server, wait_until
+from tests.engine.tenant_stack import section, write_config
 from tests.engine.test_tenant_serving import scrape, total
-from tests.helpers import write_direction
 
 pytestmark = pytest.mark.engine
 
-MIDDLEWARE = "rosi_vllm.serving.middleware.RosiTenantMiddleware"
 TENANTS = ("interactive", "bulk", "peer", "limited", "tpm", "fuzz", "other", "traffic")
 KEYS = {name: f"sk-rel-{name}-0123456789" for name in TENANTS}
 #: the variants each tenant may be served (schemathesis checks no response names another)
@@ -40,12 +37,12 @@ USABLE = {"fuzz": {"alias"}, "other": {"private"}}
 FIGURES: dict = {}
 
 
+@section
 def tenant_config(limited_concurrency: int = 2) -> dict:
     def tenant(name, default="standard", **extra):
         return {"api_key_sha256": [key_digest(KEYS[name])], "default_variant": default, **extra}
 
     return {
-        "version": 1,
         "max_body_bytes": 65536,
         "variants": {"standard": "baked", "alias": 8, "private": 8},  # all the baked α: no adapters
         "tenants": {
@@ -61,29 +58,11 @@ def tenant_config(limited_concurrency: int = 2) -> dict:
     }
 
 
-def write_config(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
-    tmp.replace(path)
-
-
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("reliability")
-    model = tiny_model("llama")
-    direction = write_direction(model, tmp / "d.safetensors", alpha=8.0)
-    config = tmp / "tenants.yaml"
-    write_config(config, tenant_config())
-    srv = start_server(model, tmp / "server.log", extra={"direction": str(direction)},
-                       env={"ROSI_TENANT_CONFIG": str(config), "VLLM_KEEP_ALIVE_ON_ENGINE_DEATH": "1"},
-                       args=["--scheduling-policy", "priority", "--max-num-seqs", "4", "--middleware", MIDDLEWARE])
+def server(tenant_server):
     try:
-        up, _ = wait_until(srv, timeout=400)
-        assert up, srv.log()[-3000:]
-        srv.config = config
-        yield srv
+        yield tenant_server
     finally:
-        srv.stop()
         out = os.environ.get("ROSI_RELIABILITY_OUT")
         if out and FIGURES:
             from benchmarks._common import machine
@@ -182,9 +161,10 @@ def test_limits_answer_429_with_retry_after_and_follow_hot_reload(server):
     assert int(refused.headers["retry-after"]) >= 1
     error = refused.json()["error"]
     assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests"
-    write_config(server.config, tenant_config(limited_concurrency=6))
+    generation = int(total(scrape(server), "rosi_tenant_config_generation"))
+    server.write_section(__name__, limited_concurrency=6)
     deadline = time.monotonic() + 20
-    while "tenant config generation 2 applied" not in server.log():
+    while f"tenant config generation {generation + 1} applied" not in server.log():
         post(server, "traffic")  # reloads are checked on the request path
         assert time.monotonic() < deadline
     assert collections.Counter(r.status_code for r in burst(6)) == {200: 6}
@@ -355,8 +335,9 @@ def _engine_requests(server) -> float:
                if s.name == "vllm:request_success_total")
 
 
+@pytest.mark.kills_engine
 def test_engine_death_mid_stream_gives_a_clean_error_a_counted_status_and_503_health(server):
-    """Runs last: kills the engine core. The API server stays up (VLLM_KEEP_ALIVE_ON_ENGINE_DEATH) to show it."""
+    """Runs last (``kills_engine``): kills the engine core. The API server stays up (VLLM_KEEP_ALIVE_ON_ENGINE_DEATH) to show it."""
     import psutil
 
     before = scrape(server)

@@ -1,8 +1,10 @@
 """Tenants, per-tenant α, A/B arms, metrics and hot reload on the real `vllm serve` (CPU).
 
-One tenant server (baked α=8, other α as rank-1 adapters, the rosi middleware)
-plus two single-α reference deployments (`--load-format rosi` at α=64, and the
-plain base model) are started once for the module, side by side.
+The session's shared tenant server (tests/engine/tenant_stack.py: baked α=8, other α
+as rank-1 adapters, the rosi middleware) serves this module's tenants. The two
+single-α references it is compared with (the checkpoint served with
+`--load-format rosi` at α=64, and the plain base model) are engines of one probe
+process (tests/engine_probe.py): the same kernels and flags as `vllm serve`.
 """
 
 from __future__ import annotations
@@ -13,39 +15,37 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from rosi_vllm.serving.response_capture import event_data, split_events, vllm_choice_texts, vllm_usage
 from rosi_vllm.serving.routing import assign_arm
 from rosi_vllm.serving.tenant_config import Experiment, key_digest
-from rosi_vllm.testing.serve_process import start_server, wait_until
-from tests.helpers import write_direction
+from tests.engine.engine_runs import run_probe
+from tests.engine.tenant_stack import section
 
 pytestmark = pytest.mark.engine
 
-MIDDLEWARE = "rosi_vllm.serving.middleware.RosiTenantMiddleware"
-BAKED, STRICT = 8.0, 64.0
-KEYS = {name: f"sk-test-{name}-0123456789abcdef" for name in ("acme", "beta", "gamma", "delta", "load")}
+STRICT = 64.0
+KEYS = {name: f"sk-test-{name}-0123456789abcdef" for name in ("apex", "beta", "gamma", "delta", "load")}
 PROMPTS = ["the quick brown fox", "Write a haiku about the sea", "How do I sort a list in Python?"]
 EXPERIMENT = Experiment("exp1", (("base", 50.0), ("strict", 50.0)))
+TEACHER_TEXT = "the quick brown fox jumps over the lazy dog and then writes a haiku about the sea"
 
 
+@section
 def tenant_config(flex_alpha: float = 64.0) -> dict:
     def tenant(default, allowed=None, **extra):
         return {"api_key_sha256": [key_digest(KEYS[extra.pop("key")])], "default_variant": default,
                 "allowed_variants": allowed or [default], **extra}
 
     return {
-        "version": 1,
         "alpha_bounds": {"min": 0, "max": 128},
         "variants": {"base": 0, "standard": "baked", "strict": STRICT, "flex": flex_alpha},
         "tenants": {
-            "acme": tenant("standard", ["standard", "strict"], key="acme"),
+            "apex": tenant("standard", ["standard", "strict"], key="apex"),
             "beta": tenant("strict", key="beta", experiment={"name": EXPERIMENT.name,
                                                             "arms": dict(EXPERIMENT.arms)}),
             "gamma": tenant("standard", ["standard", "strict"], key="gamma"),
@@ -55,36 +55,16 @@ def tenant_config(flex_alpha: float = 64.0) -> dict:
     }
 
 
-def write_config(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
-    tmp.replace(path)  # atomic, as an operator's config management would
-
-
 @pytest.fixture(scope="module")
-def stack(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tenants")
-    model = tiny_model("llama")
-    direction = write_direction(model, tmp / "d.safetensors", alpha=BAKED)
-    config = tmp / "tenants.yaml"
-    write_config(config, tenant_config())
-    env = {"ROSI_TENANT_CONFIG": str(config), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
-           "ROSI_ADAPTER_CACHE": str(tmp / "adapters")}
-    servers = {
-        "tenants": start_server(model, tmp / "tenants.log", extra={"direction": str(direction)}, env=env,
-                                args=["--enable-lora", "--max-lora-rank", "1", "--max-loras", "4",
-                                      "--middleware", MIDDLEWARE]),
-        "strict_ref": start_server(model, tmp / "strict.log", extra={"direction": str(direction), "alpha": STRICT}),
-        "base_ref": start_server(model, tmp / "base.log", load_format=None),
-    }
-    try:
-        for name, server in servers.items():
-            up, _ = wait_until(server, timeout=400)
-            assert up, f"{name} did not come up:\n{server.log()[-3000:]}"
-        yield {"config": config, **servers}
-    finally:
-        for server in servers.values():
-            server.stop()
+def stack(tenant_server, tmp_path_factory):
+    """The shared tenant server, and the teacher-forced logprobs of the two single-α references."""
+    work = tmp_path_factory.mktemp("references")
+    model, direction = tenant_server.model, tenant_server.direction
+    jobs = {"strict_ref": {"model": model, "load_format": "rosi",
+                           "extra": {"direction": str(direction), "alpha": STRICT}, "prompts": [TEACHER_TEXT]},
+            "base_ref": {"model": model, "prompts": [TEACHER_TEXT]}}
+    refs = run_probe(work / "references.json", jobs=jobs)
+    return {"tenants": tenant_server, **{name: out[0]["prompt_logprobs"][1:] for name, out in refs.items()}}
 
 
 def complete(server, key=None, *, model=None, prompt=PROMPTS[0], max_tokens=8, user=None, stream=False,
@@ -125,9 +105,6 @@ def total(samples: dict, name: str, **labels) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
-TEACHER_TEXT = "the quick brown fox jumps over the lazy dog and then writes a haiku about the sea"
-
-
 def prompt_logprobs(server, key=None, model=None) -> list[float]:
     """Teacher-forced logprob of every token of a fixed text: compares models without greedy near-ties."""
     r = complete(server, key, model=model, prompt=TEACHER_TEXT, max_tokens=1, extra={"prompt_logprobs": 0})
@@ -141,16 +118,15 @@ def max_diff(a, b) -> float:
 
 def test_tenants_get_their_alpha_and_each_matches_a_single_alpha_deployment(stack):
     server = stack["tenants"]
-    acme = prompt_logprobs(server, KEYS["acme"])
+    apex = prompt_logprobs(server, KEYS["apex"])
     beta = prompt_logprobs(server, KEYS["beta"])  # no user: beta's default, strict (64) as an adapter
-    strict_ref = prompt_logprobs(stack["strict_ref"])
-    base_ref = prompt_logprobs(stack["base_ref"])
+    strict_ref, base_ref = stack["strict_ref"], stack["base_ref"]
     # beta = a --load-format rosi deployment at alpha 64, to bf16 rounding; alpha 8 is far from both
     assert max_diff(beta, strict_ref) < 0.02
-    assert max_diff(acme, strict_ref) > 0.1 and max_diff(acme, base_ref) > 0.1
+    assert max_diff(apex, strict_ref) > 0.1 and max_diff(apex, base_ref) > 0.1
     differs = 0
     for prompt in PROMPTS:
-        a = complete(server, KEYS["acme"], prompt=prompt)
+        a = complete(server, KEYS["apex"], prompt=prompt)
         b = complete(server, KEYS["beta"], prompt=prompt)
         assert a.status_code == b.status_code == 200, a.text + b.text
         assert a.headers["x-rosi-alpha"] == "8" and b.headers["x-rosi-alpha"] == "64"
@@ -163,8 +139,8 @@ def test_responses_name_the_model_the_client_asked_for(stack):
     """Not the adapter (rosi-alpha-*) nor, for a named baked variant, the checkpoint path: JSON and every SSE event."""
     server = stack["tenants"]
     served = server_model(server)
-    for key, model, expected in [("acme", "strict", "strict"), ("acme", "standard", "standard"),
-                                 ("beta", None, served), ("acme", served, served)]:
+    for key, model, expected in [("apex", "strict", "strict"), ("apex", "standard", "standard"),
+                                 ("beta", None, served), ("apex", served, served)]:
         r = complete(server, KEYS[key], model=model)
         assert r.status_code == 200 and r.json()["model"] == expected, (key, model, r.text)
         r = complete(server, KEYS[key], model=model, stream=True, extra={"stream_options": {"include_usage": True}})
@@ -182,8 +158,8 @@ def test_base_arm_is_the_unedited_model(stack):
     body_user = {"user": user}
     r = complete(server, KEYS["beta"], prompt=TEACHER_TEXT, max_tokens=1, extra={"prompt_logprobs": 0, **body_user})
     arm = [next(iter(d.values()))["logprob"] for d in r.json()["choices"][0]["prompt_logprobs"][1:]]
-    base_ref = prompt_logprobs(stack["base_ref"])
-    baked = prompt_logprobs(server, KEYS["acme"])
+    base_ref = stack["base_ref"]
+    baked = prompt_logprobs(server, KEYS["apex"])
     assert max_diff(arm, base_ref) < 0.02
     assert max_diff(baked, base_ref) > 5 * max(max_diff(arm, base_ref), 0.02)
 
@@ -290,7 +266,8 @@ def test_metric_counts_equal_requests_sent_streaming_and_not(stack):
 
 
 def test_hot_reload_changes_alpha_mid_traffic_without_failures(stack):
-    server, config = stack["tenants"], stack["config"]
+    server = stack["tenants"]
+    generation = int(total(scrape(server), "rosi_tenant_config_generation"))  # the shared server's, so far
     results, stop = [], False
 
     def traffic():
@@ -301,13 +278,13 @@ def test_hot_reload_changes_alpha_mid_traffic_without_failures(stack):
     with cf.ThreadPoolExecutor(4) as pool:
         workers = [pool.submit(traffic) for _ in range(4)]
         time.sleep(2)
-        write_config(config, tenant_config(flex_alpha=32.0))
+        server.write_section(__name__, flex_alpha=32.0)
         changed = time.monotonic()
         deadline = changed + 60
         while time.monotonic() < deadline and not any(a == "32" for _, _, a in results):
             time.sleep(0.2)
         time.sleep(2)
-        write_config(config, tenant_config(flex_alpha=-5.0))  # invalid: must be rejected, 32 keeps serving
+        server.write_section(__name__, flex_alpha=-5.0)  # invalid: must be rejected, 32 keeps serving
         time.sleep(3)
         stop = True
         for w in workers:
@@ -317,9 +294,9 @@ def test_hot_reload_changes_alpha_mid_traffic_without_failures(stack):
     assert "64" in alphas and "32" in alphas
     assert set(alphas[-4:]) == {"32"}
     log = server.log()
-    assert "tenant config generation 2 applied" in log
-    assert "tenant config reload rejected, still serving generation 2" in log and "negative" in log
-    write_config(config, tenant_config())  # back to the module's config for later tests
+    assert f"tenant config generation {generation + 1} applied" in log
+    assert f"tenant config reload rejected, still serving generation {generation + 1}" in log and "negative" in log
+    server.restore()  # back to the session's config for later tests
     deadline = time.monotonic() + 30
     while complete(server, KEYS["delta"], max_tokens=1).headers["x-rosi-alpha"] != "64":
         assert time.monotonic() < deadline
@@ -333,17 +310,17 @@ def test_security_rules(stack):
     assert complete(server, "sk-wrong").status_code == 401
     assert requests.get(url + "/v1/models", timeout=10).status_code == 401
     # a tenant cannot pick another tenant's variant, the base arm or an adapter by naming it
-    for key, model in [("acme", "base"), ("beta", "standard"), ("acme", "flex"), ("acme", "rosi-alpha-0"),
-                       ("acme", "rosi-alpha-64"), ("beta", "base")]:
+    for key, model in [("apex", "base"), ("beta", "standard"), ("apex", "flex"), ("apex", "rosi-alpha-0"),
+                       ("apex", "rosi-alpha-64"), ("beta", "base")]:
         r = complete(server, KEYS[key], model=model)
         assert r.status_code == 404, (key, model, r.status_code)
-    assert complete(server, KEYS["acme"], model="strict").headers["x-rosi-alpha"] == "64"  # allowed: works
+    assert complete(server, KEYS["apex"], model="strict").headers["x-rosi-alpha"] == "64"  # allowed: works
     # runtime adapter management is not reachable, even with a valid key
     r = requests.post(url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/tmp"},
-                      headers={"Authorization": f"Bearer {KEYS['acme']}"}, timeout=10)
+                      headers={"Authorization": f"Bearer {KEYS['apex']}"}, timeout=10)
     assert r.status_code == 403
     r = requests.post(url + "/tokenize", json={"model": "base", "prompt": "hi"},
-                      headers={"Authorization": f"Bearer {KEYS['acme']}"}, timeout=10)
+                      headers={"Authorization": f"Bearer {KEYS['apex']}"}, timeout=10)
     assert r.status_code == 404
     assert requests.get(url + "/health", timeout=10).status_code == 200
     log = server.log()
