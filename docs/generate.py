@@ -1,6 +1,6 @@
 """Write every measured number and every table derived from code into the docs, from their sources.
 
-    python docs/generate.py          # rewrite the generated blocks in README.md, docs/*.md, benchmarks/README.md
+    python docs/generate.py          # rewrite the generated blocks in README.md, docs/*.md, benchmarks/ and research/README.md
     python docs/generate.py --check  # exit 1 if any block differs from its source (the tests run this)
 
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``;
@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md")
+DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md",
+        ROOT / "research" / "README.md")
 BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
@@ -114,7 +115,7 @@ def judge() -> str:
 def sweep() -> str:
     rows = ["| model | α | harmful refused | benign refused | jailbreak success | degenerate | KL (benign) |",
             "|---|---|---|---|---|---|---|"]
-    for path in sorted((ROOT / "benchmarks/results").glob("safety_sweep_*.json")):
+    for path in sorted((ROOT / "research/results").glob("safety_sweep_*.json")):
         if path.stem.endswith("_smoke"):
             continue
         sw = json.loads(path.read_text())
@@ -123,6 +124,25 @@ def sweep() -> str:
                         f"{_rate(r['benign_refusal'])} | {_rate(r['jailbreak_attack_success'])} | "
                         f"{_rate(r['degenerate'])} | {r['benign_kl_nats']:.2f} |")
         rows.append(f"\nCommand: `{sw['command']}`.")
+    return "\n".join(rows)
+
+
+def research_results() -> str:
+    """The research studies' own rows (they are not benchmarks of the product), from research/results/."""
+    rows = ["| study | result | command |", "|---|---|---|"]
+    path = ROOT / "research/results/steering_alternative.json"
+    if path.exists():
+        st = json.loads(path.read_text())
+        rows.append(f"| runtime steering (hooks) vs baked | throughput ×{st['throughput_ratio_hook_over_baked']:.3f} "
+                    f"(hook / baked), tokens agree {st['token_agreement']:.1%} | `{st['command']}` |")
+    for path in sorted((ROOT / "research/results").glob("safety_sweep_*.json")):
+        if path.stem.endswith("_smoke"):
+            continue
+        sw = json.loads(path.read_text())
+        cells = "; ".join(f"α={r['alpha']:g}: {r['harmful_refusal']['rate']:.0%}/{r['benign_refusal']['rate']:.0%}/"
+                          f"{r['jailbreak_attack_success']['rate']:.0%}, KL {r['benign_kl_nats']:.2f}" for r in sw["rows"])
+        rows.append(f"| safety sweep {sw['model']} (harmful refused / benign refused / jailbreak success) | {cells} "
+                    f"| `{sw['command']}` |")
     return "\n".join(rows)
 
 
@@ -254,7 +274,7 @@ def layer_cost() -> str:
 
 
 RENDERERS = {"demo": demo, "architectures": architectures, "directions": directions, "comparison": comparison, "targets": targets, "judge": judge, "sweep": sweep,
-             "benchmarks": benchmarks, "adapters-cost": adapters_cost, "reliability": reliability,
+             "benchmarks": benchmarks, "research": research_results, "adapters-cost": adapters_cost, "reliability": reliability,
              "layer-cost": layer_cost}
 
 
