@@ -1,7 +1,7 @@
 """Which attack family escapes a gated direction, and where: its read vector (the gate) or its push (the write)?
 
     python -m research.jailbreak_gate --model qwen2.5-coder-0.5b-instruct \
-        --direction directions/qwen2.5-coder-0.5b-instruct-gated-budget.safetensors [--frontier-alphas 3.75,6,9]
+        --direction research/directions/qwen2.5-coder-0.5b-instruct-gated-budget.safetensors [--frontier-alphas 3.75,6,9]
     python -m research.jailbreak_gate --smoke     # CI: tiny random model, a tiny gated extraction
 
 Why: `rosi eval` reports jailbreak success per template, but a template that

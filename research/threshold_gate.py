@@ -1,7 +1,7 @@
 """Feasibility of a read with a threshold: one transplanted MLP neuron per layer pushes α·ReLU(g·x − t)·ŝ.
 
     python -m research.threshold_gate --model qwen2.5-coder-0.5b-instruct \
-        --direction directions/qwen2.5-coder-0.5b-instruct-gated-budget.safetensors \
+        --direction research/directions/qwen2.5-coder-0.5b-instruct-gated-budget.safetensors \
         --configs "12:48:0.5;11,12:32:0.5;11,12,13:32:0.5" --split validation
     python -m research.threshold_gate --smoke     # CI: tiny random model
 
