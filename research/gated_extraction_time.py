@@ -91,8 +91,8 @@ def smoke_reports(work: Path) -> list[Path]:
 
     reports = []
     for dtype in ("float32", "bfloat16"):
-        tiny_gated_direction(work, dtype)
-        reports.append(work / f"gated-{dtype}" / "gate.json")
+        _, direction = tiny_gated_direction(work, dtype)
+        reports.append(direction.with_suffix("") / "gate.json")
     return reports
 
 
