@@ -40,20 +40,6 @@ def direction_for(model: Path, work: Path, shipped: str | None = None, alpha: fl
     return out, "random unit vector (seed 0)"
 
 
-def tiny_gated_direction(work: Path, dtype: str = "float32") -> tuple[Path, Path]:
-    """The tiny random model and a gated direction extracted for it in seconds (layers 0 and 1, α=2), what the
-    gated benchmarks' smoke runs measure; the extraction's report is ``<work>/gated-<dtype>/gate.json``."""
-    from rosi_vllm.extraction.gated import extract_gated
-
-    model = resolve_model("tiny", work)
-    write, _ = direction_for(model, work)
-    out = work / f"gated-{dtype}.safetensors"
-    extract_gated(str(model), str(write), out, layers=[0, 1], alphas=(2.0,), min_auroc=0.0, n_harmful=12,
-                  answer_tokens=3, val_n=4, stage1_n=3, stage1_tokens=3, max_new_tokens=4, batch_size=4,
-                  dtype=dtype, progress=False)
-    return model, out
-
-
 def unique_prompts(n: int, words: int, tag: str) -> list[str]:
     """Distinct prompts (no prefix-cache hits between requests) of about `words` words."""
     body = " ".join(f"word{i % 97}" for i in range(words))

@@ -90,18 +90,6 @@ def rows() -> list[str]:
                     f"{arm} {v:+.1f} ms" for arm, v in loop["predicted_e2e_added_ms_from_cpu"].items()))
             out.append(f"| P5 rosi vs do-nothing `--middleware`, same run, {rounds} interleaved rounds (medians) | "
                        f"{cells} | within 2 ms | `{p5['command']}` |")
-    st = _load("steering_alternative")
-    if st:
-        out.append(f"| runtime steering (hooks) vs baked | throughput ×{_fmt(st['throughput_ratio_hook_over_baked'])} "
-                   f"(hook / baked), tokens agree {st['token_agreement']:.1%} | – | `{st['command']}` |")
-    for path in sorted(RESULTS.glob("safety_sweep_*.json")):
-        if path.stem.endswith("_smoke"):
-            continue
-        sw = json.loads(path.read_text())
-        cells = "; ".join(f"α={r['alpha']:g}: {r['harmful_refusal']['rate']:.0%}/{r['benign_refusal']['rate']:.0%}/"
-                          f"{r['jailbreak_attack_success']['rate']:.0%}, KL {r['benign_kl_nats']:.2f}" for r in sw["rows"])
-        out.append(f"| safety sweep {sw['model']} (harmful refused / benign refused / jailbreak success) | {cells} "
-                   f"| – | `{sw['command']}` |")
     return out
 
 

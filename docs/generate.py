@@ -1,11 +1,11 @@
 """Write every measured number and every table derived from code into the docs, from their sources.
 
-    python docs/generate.py          # rewrite the generated blocks in README.md, docs/*.md, benchmarks/README.md
+    python docs/generate.py          # rewrite the generated blocks in README.md, docs/*.md, benchmarks/ and research/README.md
     python docs/generate.py --check  # exit 1 if any block differs from its source (the tests run this)
 
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``;
 NAME picks the function below that renders it. Sources are result JSON files, ``directions/index.yaml``
-and ``rosi_vllm/architectures.py``, so a number in the docs cannot drift from what was measured:
+(the shipped files, one marked recommended per model), ``research/comparison.yaml`` and ``rosi_vllm/architectures.py``, so a number in the docs cannot drift from what was measured:
 prose outside the blocks states no measured numbers (``tests/unit/test_docs.py`` checks both).
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md")
+DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md",
+        ROOT / "research" / "README.md")
 BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
@@ -50,29 +51,38 @@ def _readable(regex: str) -> str:
             .replace(r"(?P<expert>\d+)", "{E}").replace("\\.", "."))
 
 
+def _measured(path: str) -> dict:
+    return json.loads((ROOT / path).read_text())
+
+
 def directions() -> str:
+    """The shipped files of `directions/index.yaml` (per model: the recommended one, the v1 baseline), measured by
+    their `rosi eval` result files."""
     index = yaml.safe_load((ROOT / "directions/index.yaml").read_text())
+    entries = index["directions"]  # per model: the recommended file, then the v1 baseline
     rows = ["| model | run | harmful refused | benign refused | jailbreak success | KL (benign) | degenerate |",
             "|---|---|---|---|---|---|---|"]
-    for entry in index["directions"]:
-        measured = entry["measured_test_split"]
-        for run, label in (("base", "base"), ("rosi", f"shipped, layer {entry['layer']}, "
-                                                      f"α={entry['recommended_alpha']:g}")):
-            m = measured[run]
+    for i, entry in enumerate(entries):
+        runs = [("results", f"{'recommended' if entry['recommended'] else 'v1 baseline'} `{entry['file']}`, "
+                            f"layer {entry['layer']}, α={entry['recommended_alpha']:g}")]
+        if i == 0 or entries[i - 1]["model"] != entry["model"]:  # one base row per model
+            runs.insert(0, ("base_results", "base"))
+        for run, label in runs:
+            m = _measured(entry[run])
             kl = f"{m['benign_kl_nats']:.3g}" if "benign_kl_nats" in m else "–"
-            rows.append(f"| {entry['model'] if run == 'base' else ''} | {label} | {_rate(m['harmful_refusal'])} "
+            rows.append(f"| {entry['model'] if run == 'base_results' else ''} | {label} | {_rate(m['harmful_refusal'])} "
                         f"| {_rate(m['benign_refusal'])} | {_rate(m['jailbreak_attack_success'])} | {kl} "
                         f"| {_rate(m['degenerate'])} |")
     rows.append("")
     rows.append("n per set: " + "; ".join(
-        f"{e['model']}: {e['measured_test_split']['rosi']['harmful_refusal']['n']}" for e in index["directions"])
-        + ". Verdicts: " + "; ".join(f"{e['model']}: {e['verdict']}" for e in index["directions"]) + ".")
+        f"{e['model']}: {_measured(e['results'])['harmful_refusal']['n']}" for e in entries if e["recommended"])
+        + ". Verdicts: " + "; ".join(f"`{e['file']}`: {e['verdict']}" for e in entries) + ".")
     return "\n".join(rows)
 
 
 def comparison() -> str:
-    """Every compared run of `directions/index.yaml`'s ``comparison``, from its `rosi eval` result file."""
-    index = yaml.safe_load((ROOT / "directions/index.yaml").read_text())
+    """Every compared run of `research/comparison.yaml`, from its `rosi eval` result file."""
+    index = yaml.safe_load((ROOT / "research/comparison.yaml").read_text())
     keys = ("harmful_refusal", "benign_refusal", "borderline_refusal", "jailbreak_attack_success")
     rows = ["| model | run | harmful refused | benign refused | borderline refused | jailbreak success | "
             "KL (benign) | degenerate |", "|---|---|---|---|---|---|---|---|"]
@@ -88,7 +98,7 @@ def comparison() -> str:
     rows.append("Prompts per set (harmful / benign / borderline / jailbreak): " + "; ".join(
         f"{m}: {r['harmful_refusal']['n']} / {r['benign_refusal']['n']} / "
         f"{r.get('borderline_refusal', {}).get('n', 0)} / {r['jailbreak_attack_success']['n']}" for m, r in ns.items())
-        + ". Commands: `directions/index.yaml`.")
+        + ". Commands: `research/comparison.yaml`.")
     return "\n".join(rows)
 
 
@@ -114,7 +124,7 @@ def judge() -> str:
 def sweep() -> str:
     rows = ["| model | α | harmful refused | benign refused | jailbreak success | degenerate | KL (benign) |",
             "|---|---|---|---|---|---|---|"]
-    for path in sorted((ROOT / "benchmarks/results").glob("safety_sweep_*.json")):
+    for path in sorted((ROOT / "research/results").glob("safety_sweep_*.json")):
         if path.stem.endswith("_smoke"):
             continue
         sw = json.loads(path.read_text())
@@ -123,6 +133,25 @@ def sweep() -> str:
                         f"{_rate(r['benign_refusal'])} | {_rate(r['jailbreak_attack_success'])} | "
                         f"{_rate(r['degenerate'])} | {r['benign_kl_nats']:.2f} |")
         rows.append(f"\nCommand: `{sw['command']}`.")
+    return "\n".join(rows)
+
+
+def research_results() -> str:
+    """The research studies' own rows (they are not benchmarks of the product), from research/results/."""
+    rows = ["| study | result | command |", "|---|---|---|"]
+    path = ROOT / "research/results/steering_alternative.json"
+    if path.exists():
+        st = json.loads(path.read_text())
+        rows.append(f"| runtime steering (hooks) vs baked | throughput ×{st['throughput_ratio_hook_over_baked']:.3f} "
+                    f"(hook / baked), tokens agree {st['token_agreement']:.1%} | `{st['command']}` |")
+    for path in sorted((ROOT / "research/results").glob("safety_sweep_*.json")):
+        if path.stem.endswith("_smoke"):
+            continue
+        sw = json.loads(path.read_text())
+        cells = "; ".join(f"α={r['alpha']:g}: {r['harmful_refusal']['rate']:.0%}/{r['benign_refusal']['rate']:.0%}/"
+                          f"{r['jailbreak_attack_success']['rate']:.0%}, KL {r['benign_kl_nats']:.2f}" for r in sw["rows"])
+        rows.append(f"| safety sweep {sw['model']} (harmful refused / benign refused / jailbreak success) | {cells} "
+                    f"| `{sw['command']}` |")
     return "\n".join(rows)
 
 
@@ -254,7 +283,7 @@ def layer_cost() -> str:
 
 
 RENDERERS = {"demo": demo, "architectures": architectures, "directions": directions, "comparison": comparison, "targets": targets, "judge": judge, "sweep": sweep,
-             "benchmarks": benchmarks, "adapters-cost": adapters_cost, "reliability": reliability,
+             "benchmarks": benchmarks, "research": research_results, "adapters-cost": adapters_cost, "reliability": reliability,
              "layer-cost": layer_cost}
 
 

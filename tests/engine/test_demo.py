@@ -70,7 +70,7 @@ def test_reduced_demo_shows_both_arms_and_cleans_up(tmp_path):
     for tenant in ("demo-base", "demo-hardened"):
         assert any(line.startswith("rosi_refusals_total") and f'tenant="{tenant}"' in line
                    for line in result["metrics_lines"])
-    assert result["direction"]["file"] == "directions/smollm2-135m-instruct-gated.safetensors"  # portable paths
+    assert result["direction"]["file"] == "directions/smollm2-135m-instruct-gated-wrapped.safetensors"  # portable paths
     assert result["server"]["log"] == "vllm.log"
     if "ROSI_CACHE" not in os.environ:  # models are cached under the home folder
         assert result["model_dir"] == "~/.cache/rosi-vllm/models/smollm2-135m-instruct"

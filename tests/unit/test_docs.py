@@ -15,7 +15,8 @@ import pytest
 from rosi_vllm.cli import build_parser
 from tests.helpers import ROOT, deploy_script
 
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md"]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md",
+             ROOT / "research" / "README.md"]
 FENCE = re.compile(r"```.*?```", re.S)
 GENERATED = re.compile(r"<!-- generated:([\w-]+) -->.*?<!-- /generated:\1 -->", re.S)
 #: a measurement in prose: a percentage (other than the 95 % interval level), a ratio, a duration or size
@@ -64,7 +65,7 @@ def test_relative_links_and_named_files_exist(path):
     text = path.read_text()
     links = [link.split("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", text)
              if not link.startswith(("http://", "https://", "#"))]
-    named = re.findall(r"`((?:rosi_vllm|tests|benchmarks|deploy|directions|docs|scripts)/[\w./-]+)`", text)
+    named = re.findall(r"`((?:rosi_vllm|tests|benchmarks|research|deploy|directions|docs|scripts)/[\w./-]+)`", text)
     missing = [p for p in links if not (path.parent / p).exists()]
     missing += [p for p in named if "{" not in p and "*" not in p and not (ROOT / p).exists()]
     assert not missing, missing

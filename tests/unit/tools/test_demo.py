@@ -5,6 +5,7 @@ The end-to-end run (one real `vllm serve`) is tests/engine/test_demo.py.
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import socket
@@ -31,31 +32,39 @@ def answer(kind, prompt, arm, text, refused, e2e=1.0):
 
 # ---- plan -------------------------------------------------------------------------------------------------------------
 
-def test_the_shipped_direction_with_the_best_tradeoff_is_chosen():
+def test_the_recommended_shipped_direction_is_chosen():
     choice = plan.choose_direction("smollm2-135m-instruct")
     index = yaml.safe_load((plan.directions_dir() / "index.yaml").read_text())
     entries = [e for e in index["directions"] if e["model"] == "smollm2-135m-instruct"]
-    scores = {e["file"]: e["measured_test_split"]["rosi"]["harmful_refusal"]["rate"]
-              - e["measured_test_split"]["rosi"]["benign_refusal"]["rate"] for e in entries}
-    assert len(scores) >= 2
-    assert choice.path.name == max(scores, key=scores.get)
-    assert choice.path.exists()
-    entry = next(e for e in entries if e["file"] == choice.path.name)
+    assert len(entries) >= 2
+    (entry,) = [e for e in entries if e["recommended"] is True]
+    assert choice.path.name == entry["file"] and choice.path.exists()
     assert choice.alpha == entry["recommended_alpha"] and choice.direction_id == entry["direction_id"]
+    assert choice.results == entry["results"] and choice.measured["rosi"]["harmful_refusal"]["n"] > 0
+    assert choice.measured["base"]["benign_refusal"]["n"] > 0
 
 
-def test_direction_choice_follows_the_index_not_a_filename(tmp_path):
-    def entry(name, harm, benign):
-        rates = {"harmful_refusal": {"rate": harm, "n": 10}, "benign_refusal": {"rate": benign, "n": 10}}
-        return {"file": name, "model": "m", "direction_id": name[:4], "recommended_alpha": 3,
-                "measured_test_split": {"base": rates, "rosi": rates}}
+def test_direction_choice_follows_the_recommended_mark_not_a_filename_or_a_score(tmp_path):
+    rates = {"harmful_refusal": {"rate": 0.9, "k": 9, "n": 10}, "benign_refusal": {"rate": 0.0, "k": 0, "n": 10},
+             "degenerate": {"rate": 0.0, "k": 0, "n": 20}, "benign_kl_nats": 0.123456}
+    (tmp_path / "r.json").write_text(json.dumps(rates))
+    (tmp_path / "d").mkdir()
 
-    index = tmp_path / "index.yaml"
-    index.write_text(yaml.safe_dump({"directions": [entry("aaaa.st", 0.9, 0.5), entry("bbbb.st", 0.6, 0.0),
+    def entry(name, recommended):
+        return {"file": name, "model": "m", "direction_id": name[:4], "recommended_alpha": 3, "recommended": recommended,
+                "results": "r.json", "base_results": "r.json"}
+
+    index = tmp_path / "d" / "index.yaml"
+    index.write_text(yaml.safe_dump({"directions": [entry("aaaa.st", False), entry("bbbb.st", True),
                                                     {"file": "cccc.st", "model": "m"}]}))
-    assert plan.choose_direction("m", index).path == tmp_path / "bbbb.st"
-    with pytest.raises(RosiError, match="no shipped direction"):
+    choice = plan.choose_direction("m", index)
+    assert choice.path == tmp_path / "d" / "bbbb.st" and choice.direction_id == "bbbb"
+    assert choice.measured["rosi"]["benign_kl_nats"] == 0.1235 and choice.measured["base"]["harmful_refusal"]["k"] == 9
+    with pytest.raises(RosiError, match="0 shipped directions for other"):
         plan.choose_direction("other", index)
+    index.write_text(yaml.safe_dump({"directions": [entry("aaaa.st", True), entry("bbbb.st", True)]}))
+    with pytest.raises(RosiError, match="2 shipped directions for m are marked recommended"):
+        plan.choose_direction("m", index)
     with pytest.raises(RosiError, match="cannot read"):
         plan.choose_direction("m", tmp_path / "missing.yaml")
 
