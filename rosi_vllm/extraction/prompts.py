@@ -7,11 +7,11 @@ prompt that near-duplicates a test prompt (AdvBench and JailbreakBench share
 behaviours) is dropped. Harmless instructions were written for this project and
 are split by position in their file.
 
-| split      | harmful                        | harmless            | borderline-benign          |
-|------------|--------------------------------|---------------------|----------------------------|
-| extraction | AdvBench (520, minus overlaps)  | lines 0-79          | per category: rows 0-9     |
-| validation | HarmBench standard (200)        | lines 80-139        | per category: rows 10-13   |
-| test       | JailbreakBench behaviours (100) | lines 140-239       | per category: rows 14-23   |
+| split      | harmful                        | harmless            | borderline-benign          | request forms (`forms.py`)                        |
+|------------|--------------------------------|---------------------|----------------------------|---------------------------------------------------|
+| extraction | AdvBench (520, minus overlaps)  | lines 0-79          | per category: rows 0-9     | its goals and lines rewritten, fit forms          |
+| validation | HarmBench standard (200)        | lines 80-139        | per category: rows 10-13   | its goals and lines rewritten, fit forms          |
+| test       | JailbreakBench behaviours (100) | lines 140-239       | per category: rows 14-23   | all forms; written set; Do-Not-Answer (style shift) |
 
 Style shift (`forms.py`, test split only, never fitted on): every split's goals and harmless lines are
 also rewritten per request form (imperative, question, first person, long context: fit forms; story
