@@ -74,7 +74,7 @@ def add_commands(sub) -> None:
                    help="XSTest CSV (prompt,type,label columns): report its safe prompts' refusal rate")
     p.add_argument("--jailbreak-families", action="store_true",
                    help="also attack with public jailbreak artifacts (GCG suffixes, DAN prompts, past/future tense), "
-                        "--jailbreak-goals per family")
+                        "--jailbreak-goals per family; DAN prompts are long, keep --max-model-len above 1536")
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts per set")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM context length (default: the model's)")
