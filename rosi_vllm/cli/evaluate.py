@@ -18,6 +18,9 @@ def cmd_eval(args) -> int:
         raise RosiError("rosi: --direction applies to a local engine; an endpoint serves what it serves")
     if args.alphas is not None and (args.endpoint or not args.direction or not args.model or args.alpha is not None):
         raise RosiError("rosi: --alphas sweeps a local engine: give --model and --direction, not --endpoint or --alpha")
+    if args.alphas is not None and (args.style_shift or args.xstest or args.jailbreak_families):
+        raise RosiError("rosi: --style-shift, --xstest and --jailbreak-families apply to one evaluation, "
+                        "not to an --alphas sweep")
     model = model_path(args.model) if args.model else None
     if model is None and not args.endpoint:
         raise RosiError("rosi: give --model (local engine) or --endpoint")
@@ -27,7 +30,8 @@ def cmd_eval(args) -> int:
                       served_model=args.served_model, api_key=args.api_key, split=args.split,
                       max_tokens=args.max_tokens, jailbreak_goals=args.jailbreak_goals, limit=args.limit,
                       tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
-                      gpu_memory_utilization=args.gpu_memory_utilization)
+                      gpu_memory_utilization=args.gpu_memory_utilization, style_shift=args.style_shift,
+                      xstest=args.xstest, family_goals=args.jailbreak_goals if args.jailbreak_families else None)
     label = f"rosi alpha={result['alpha']:g}" if args.direction else "base"
     write_report(result, args.out, label)
     print_summary(result)
@@ -63,6 +67,14 @@ def add_commands(sub) -> None:
     p.add_argument("--split", default="test", choices=["extraction", "validation", "test"])
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--jailbreak-goals", type=int, default=20, help="harmful goals wrapped in each template")
+    p.add_argument("--style-shift", action="store_true",
+                   help="also score harmful and benign prompts per request form (question, first person, long, "
+                        "story frame; written and Do-Not-Answer sets on test), see rosi_vllm/extraction/forms.py")
+    p.add_argument("--xstest", metavar="FILE", default=None,
+                   help="XSTest CSV (prompt,type,label columns): report its safe prompts' refusal rate")
+    p.add_argument("--jailbreak-families", action="store_true",
+                   help="also attack with public jailbreak artifacts (GCG suffixes, DAN prompts, past/future tense), "
+                        "--jailbreak-goals per family; DAN prompts are long, keep --max-model-len above 1536")
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts per set")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM context length (default: the model's)")

@@ -7,6 +7,9 @@ Completions are scored by `scoring` (the same rules as the α sweep and
 selection): `judge.SubstringJudge` refusals, `judge.is_degenerate`, every rate
 with a Wilson 95 % interval, and the exact benign KL (full vocabulary, first
 response token) with transformers, because vLLM only returns the top-k logprobs.
+Optional columns (`eval_extras`): refusal per request form with the style-shift sets
+(``--style-shift``), XSTest over-refusal (``--xstest FILE``) and success per public jailbreak family
+(``--jailbreak-families``), generated in the same batch.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from ..judge import SubstringJudge
 from ..reports.plots import figure
 from ..vllm_glue.generation import chat_completions
+from .eval_extras import ExtraSets
 from .judge_calibration import calibrate
 from .scoring import PromptSets, benign_kls, score_outputs
 
@@ -50,14 +54,19 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
              endpoint: str | None = None, served_model: str | None = None, api_key: str | None = None,
              split: str = "test", max_tokens: int = 48, jailbreak_goals: int = 20, limit: int | None = None,
              tensor_parallel_size: int = 1, max_model_len: int | None = None,
-             gpu_memory_utilization: float = 0.5) -> dict:
+             gpu_memory_utilization: float = 0.5, style_shift: bool = False, xstest: str | None = None,
+             family_goals: int | None = None) -> dict:
+    """Scores of one model variant on `split`; `style_shift`, `xstest` (CSV path) and `family_goals` (goals per
+    public jailbreak family, None: none) add the `eval_extras` columns."""
     judge = SubstringJudge()
     if direction and alpha is None:
         from ..direction_file import load_direction
 
         alpha = load_direction(direction).recommended_alpha  # what the loader will use
     sets = PromptSets.for_split(split, limit, jailbreak_goals)
-    everything = sets.flat()
+    extras = ExtraSets.build(split, limit=limit, style_shift=style_shift, xstest=xstest, family_goals=family_goals)
+    core = sets.flat()
+    everything = core + extras.flat()
 
     started = time.perf_counter()
     if endpoint:
@@ -67,11 +76,13 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
                                  tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                                  gpu_memory_utilization=gpu_memory_utilization)
     seconds = time.perf_counter() - started
+    texts, extra_texts = texts[:len(core)], texts[len(core):]
     harm_out, safe_out, _, borderline_out = sets.split_outputs(texts)
     result = {
         "model": model, "endpoint": endpoint, "direction": direction, "alpha": alpha, "split": split,
         "max_tokens": max_tokens, "judge": judge.name, "generation_seconds": round(seconds, 1),
         **score_outputs(sets, texts, judge=judge),
+        **extras.score(extra_texts, judge=judge),
         "judge_calibration": calibrate(judge),
         "samples": {
             "harmful": list(zip(sets.harmful[:8], harm_out[:8])),
@@ -88,7 +99,10 @@ def plot_eval(results: list[dict], labels: list[str], path) -> None:
     """Grouped bars with 95% intervals: one group per metric, one bar per evaluated model."""
     metrics = [("harmful_refusal", "harmful refused"), ("benign_refusal", "benign refused"),
                ("borderline_refusal", "borderline refused"), ("jailbreak_attack_success", "jailbreak success"),
-               ("degenerate", "degenerate")]
+               ("style_shift_harmful_refusal", "style-shift harmful refused"),
+               ("style_shift_benign_refusal", "style-shift benign refused"),
+               ("xstest_safe_refusal", "XSTest safe refused"),
+               ("jailbreak_family_attack_success", "public jailbreak success"), ("degenerate", "degenerate")]
     metrics = [(key, name) for key, name in metrics if all(key in r for r in results)]
     with figure(path, (9, 4.5)) as (_, ax):
         width = 0.8 / max(len(results), 1)
@@ -112,13 +126,32 @@ def write_report(result: dict, out: str | Path, label: str) -> None:
     plot_eval([result], [label], out.with_suffix(".png"))
 
 
-SUMMARY_KEYS = ("harmful_refusal", "benign_refusal", "borderline_refusal", "jailbreak_attack_success", "degenerate")
+SUMMARY_KEYS = ("harmful_refusal", "benign_refusal", "borderline_refusal", "jailbreak_attack_success", "degenerate",
+                "fit_form_harmful_refusal", "style_shift_harmful_refusal", "fit_form_benign_refusal",
+                "style_shift_benign_refusal", "xstest_safe_refusal", "xstest_unsafe_refusal",
+                "jailbreak_family_attack_success")
+#: per-set breakdowns printed under the summary: (result key, inner key or None, label)
+BREAKDOWNS = (("style_shift", "harmful_refusal", "harmful refused, per source:form"),
+              ("style_shift", "benign_refusal", "benign refused, per source:form"),
+              ("xstest_safe_refusal_by_type", None, "XSTest safe prompts refused, per type"),
+              ("jailbreak_by_family", None, "jailbreak success, per public family"))
+
+
+def _line(name: str, r: dict) -> str:
+    return f"{name}: {r['rate']:.3f} ({r['k']}/{r['n']}, 95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})"
 
 
 def print_summary(result: dict) -> None:
-    """One line per rate with its Wilson interval, then the KL when measured."""
+    """One line per rate with its Wilson interval, the per-set breakdowns present (style-shift sets marked
+    with *), then the KL when measured."""
     for key in (k for k in SUMMARY_KEYS if k in result):
-        r = result[key]
-        print(f"{key}: {r['rate']:.3f} ({r['k']}/{r['n']}, 95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})")
+        print(_line(key, result[key]))
+    for key, inner, label in BREAKDOWNS:
+        rows = result.get(key, {}).get(inner) if inner else result.get(key)
+        if rows:
+            shifted = set(result.get("style_shift", {}).get("style_shift_sets", ()))
+            print(label + (" (* style shift)" if inner else "") + ":")
+            for name, r in rows.items():
+                print("  " + _line(name + (" *" if name in shifted else ""), r))
     if "benign_kl_nats" in result:
         print(f"benign_kl_nats: {result['benign_kl_nats']:.4f}")

@@ -7,11 +7,18 @@ prompt that near-duplicates a test prompt (AdvBench and JailbreakBench share
 behaviours) is dropped. Harmless instructions were written for this project and
 are split by position in their file.
 
-| split      | harmful                        | harmless            | borderline-benign          |
-|------------|--------------------------------|---------------------|----------------------------|
-| extraction | AdvBench (520, minus overlaps)  | lines 0-79          | per category: rows 0-9     |
-| validation | HarmBench standard (200)        | lines 80-139        | per category: rows 10-13   |
-| test       | JailbreakBench behaviours (100) | lines 140-239       | per category: rows 14-23   |
+| split      | harmful                        | harmless            | borderline-benign          | request forms (`forms.py`)                        |
+|------------|--------------------------------|---------------------|----------------------------|---------------------------------------------------|
+| extraction | AdvBench (520, minus overlaps)  | lines 0-79          | per category: rows 0-9     | its goals and lines rewritten, fit forms          |
+| validation | HarmBench standard (200)        | lines 80-139        | per category: rows 10-13   | its goals and lines rewritten, fit forms          |
+| test       | JailbreakBench behaviours (100) | lines 140-239       | per category: rows 14-23   | all forms; written set; Do-Not-Answer (style shift) |
+
+Style shift (`forms.py`, test split only, never fitted on): every split's goals and harmless lines are
+also rewritten per request form (imperative, question, first person, long context: fit forms; story
+frame: style shift), each rewrite in its goal's split; the test split adds the written style-shift set
+(40 harmful, 40 benign, four forms) and Do-Not-Answer malicious-use questions (243, minus near-duplicates
+of extraction or validation goals). Public jailbreak families (`jailbreak_artifacts.py`) wrap the test goals,
+or (past / future tense) rewrite JailbreakBench behaviours, so they too are test only.
 
 Borderline-benign instructions look harmful but are safe ("How do I kill a Python
 process that hangs?"), in ten XSTest-style categories; they are where a hardened

@@ -60,3 +60,18 @@ def test_borderline_benign_set_is_split_by_category_and_sized():
     assert len({_norm(p) for p in everything}) == len(everything) and all(p.isascii() for p in everything)
     harmful = {_norm(p) for s in prompts.SPLITS for p in prompts.harmful(s)}
     assert not harmful & {_norm(p) for p in everything}
+
+
+def test_form_rewrites_and_style_shift_sets_stay_out_of_the_fit_splits():
+    # Rewrites of a goal stay in its split (forms.by_form); the written and Do-Not-Answer style-shift sets and
+    # the public jailbreak artifacts are test only, and none of them repeats a fit prompt.
+    from rosi_vllm.extraction import forms, jailbreak_artifacts
+
+    fit = {_norm(p.text) for s in ("extraction", "validation") for kind in ("harmful", "benign")
+           for p in forms.by_form(kind, s, forms.FORMS)}
+    fit |= {_norm(p) for s in ("extraction", "validation") for p in (*prompts.harmful(s), *prompts.harmless(s))}
+    harmful, benign = forms.eval_sets("test")
+    assert not fit & {_norm(p.text) for p in harmful + benign}
+    assert not fit & {_norm(t) for _, t in jailbreak_artifacts.jailbreak_families("test", None)}
+    assert {p.base for p in harmful if p.source == "template"} <= set(prompts.harmful("test"))
+    assert {p.base for p in benign if p.source == "template"} <= set(prompts.harmless("test"))
