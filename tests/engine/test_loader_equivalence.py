@@ -27,6 +27,7 @@ import torch
 
 from rosi_vllm.testing.tiny_models import TINY_FAMILIES
 from tests.engine.engine_runs import build_case, max_prompt_logprob_diff, run_probe
+from tests.helpers import write_direction
 
 EQUIV_TOL = 1e-2
 TP_TOL = 3e-2
@@ -148,7 +149,7 @@ def test_two_workers_match_one_and_each_injects(parallel, engines, tmp_path):
         assert [r["token_ids"] for r in two] == [r["token_ids"] for r in one]
 
 
-def test_pipeline_parallel_in_eager_mode_on_cpu_fails_at_load_with_the_fix(engines):
+def test_pipeline_parallel_in_eager_mode_on_cpu_fails_at_load_with_the_fix(tiny_model, tmp_path):
     """vLLM 0.32's CPU runner would come up and then fail every request; the loader says why, at load.
 
     In-process, on vLLM's own config objects: a worker loads weights inside ``set_current_vllm_config`` of the
@@ -161,9 +162,10 @@ def test_pipeline_parallel_in_eager_mode_on_cpu_fails_at_load_with_the_fix(engin
     from rosi_vllm.errors import RosiError
     from rosi_vllm.vllm_glue.loader import LOAD_FORMAT, RosiModelLoader
 
-    case = engines["cases"]["llama-v1"]
-    model_config = ModelConfig(model=str(case["model"]), dtype="bfloat16", max_model_len=256)
-    load_config = LoadConfig(load_format=LOAD_FORMAT, model_loader_extra_config={"direction": str(case["direction"])})
+    model = tiny_model("llama")
+    direction = write_direction(model, tmp_path / "d.safetensors")
+    model_config = ModelConfig(model=str(model), dtype="bfloat16", max_model_len=256)
+    load_config = LoadConfig(load_format=LOAD_FORMAT, model_loader_extra_config={"direction": str(direction)})
     for mode, refused in ((CompilationMode.NONE, True), (CompilationMode.DYNAMO_TRACE_ONCE, False)):
         vllm_config = VllmConfig(model_config=model_config, load_config=load_config,
                                  parallel_config=ParallelConfig(pipeline_parallel_size=2),
