@@ -50,22 +50,19 @@ def _has(dist: str) -> bool:
         return False
 
 
-def command_line() -> str:
-    return " ".join([Path(sys.executable).name, "-m", "benchmarks." + Path(sys.argv[0]).stem, *sys.argv[1:]])
-
-
-def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
-    out_dir = Path(out_dir or RESULTS)
+def write_result(name: str, payload: dict, out_dir, command: str) -> Path:
+    """``<out_dir>/<name>.json``: the payload with the command that reproduces it and the machine it ran on."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    payload = {"benchmark": name, "command": command_line(), "machine": machine(), **payload}
+    payload = {"benchmark": name, "command": command, "machine": machine(), **payload}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
 
-def write_with_plot(name: str, payload: dict, out_dir, plot) -> Path:
+def write_with_plot(name: str, payload: dict, out_dir, plot, command: str) -> Path:
     """`write_result`, and ``plot(payload, <out_dir>/<name>.png)`` beside it: results people compare are plotted."""
-    path = write_result(name, payload, Path(out_dir))
+    path = write_result(name, payload, out_dir, command)
     plot(payload, Path(out_dir) / f"{name}.png")
     return path
 
@@ -90,9 +87,26 @@ def git_commit() -> str:
         return ""
 
 
-def benchmark_parser(doc: str) -> argparse.ArgumentParser:
-    """The flags every benchmark shares: --smoke (CI mode, seconds) and --out-dir."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="CI mode: tiny model, a few requests, seconds")
-    parser.add_argument("--out-dir", default=str(RESULTS))
+class _RecordingParser(argparse.ArgumentParser):
+    """Records on the parsed namespace, as ``command``, the command line that reproduces the run."""
+
+    module = ""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        argv = sys.argv[1:] if args is None else [str(a) for a in args]
+        parsed.command = " ".join([Path(sys.executable).name, "-m", self.module, *argv])
+        return parsed
+
+
+def benchmark_parser(doc: str, module: str, out_dir: Path = RESULTS) -> argparse.ArgumentParser:
+    """The flags every benchmark (and study) shares: --smoke (CI mode, seconds) and --out-dir.
+
+    `module` is the script's ``__spec__.name``: with the argv given to ``main`` it makes the recorded
+    ``command``, also when a test calls ``main([...])`` in-process.
+    """
+    parser = _RecordingParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.module = module
+    parser.add_argument("--smoke", action="store_true", help="CI mode: tiny model, a few prompts or requests, seconds")
+    parser.add_argument("--out-dir", default=str(out_dir))
     return parser

@@ -80,7 +80,7 @@ def plot(table: dict, path: Path, title: str) -> None:
 def main(argv=None) -> int:
     from rosi_vllm.testing.serve_process import start_server, wait_until
 
-    parser = benchmark_parser(__doc__)
+    parser = benchmark_parser(__doc__, __spec__.name)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--direction", default=None, help="default: directions/<model>.safetensors if shipped")
     parser.add_argument("--rounds", type=int, default=2, help="base/rosi pairs")
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     path = write_result(name, {"model": args.model, "direction": direction_kind, "levels": levels,
                                "max_tokens": args.max_tokens, "prompt_words": args.prompt_words,
-                               "ratios_rosi_over_base": table, "rounds": rounds}, out_dir)
+                               "ratios_rosi_over_base": table, "rounds": rounds}, out_dir, args.command)
     plot(table, out_dir / f"{name}.png", f"P1 rosi / base ({args.model}, {args.rounds} rounds)")
     print(json.dumps(table, indent=1))
     print(f"wrote {path}")

@@ -140,7 +140,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = benchmark_parser(__doc__)
+    parser = benchmark_parser(__doc__, __spec__.name)
     parser.add_argument("--models", default="smollm2-135m-instruct,random-1b")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tp", default="1,2", help="TP sizes for the served start-up runs ('' to skip)")
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
             served_rows += served(model, direction, [int(x) for x in args.tp.split(",")], work)
     name = "p2_load_time_smoke" if args.smoke else "p2_load_time"
     out_dir = Path(args.out_dir)
-    path = write_result(name, {"in_process": results, "served": served_rows}, out_dir)
+    path = write_result(name, {"in_process": results, "served": served_rows}, out_dir, args.command)
     plot(results, out_dir / f"{name}.png")
     for r in results:
         print(f"{r['model']}: {r['weights_gb']:.2f} GB, base {median(r['base_s']):.3f} s, rosi {median(r['rosi_s']):.3f} s,"

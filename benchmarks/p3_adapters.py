@@ -72,7 +72,7 @@ def plot(table: dict, path: Path) -> None:
 def main(argv=None) -> int:
     from rosi_vllm.testing.serve_process import start_server, wait_until
 
-    parser = benchmark_parser(__doc__)
+    parser = benchmark_parser(__doc__, __spec__.name)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--tenants", default="1,4,16")
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     path = write_result(name, {"model": args.model, "direction": direction_kind, "baked_alpha": BAKED_ALPHA,
                                "max_tokens": args.max_tokens, "throughput_ratio_vs_baked": table,
-                               "arms": results}, out_dir)
+                               "arms": results}, out_dir, args.command)
     plot(table, out_dir / f"{name}.png")
     print(json.dumps(table, indent=1))
     print(f"wrote {path}")

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from rosi_vllm.extraction import prompts
     from rosi_vllm.extraction.extract import extract_directions, load_hf_model
 
-    parser = benchmark_parser(__doc__)
+    parser = benchmark_parser(__doc__, __spec__.name)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--pairs", default="10,25,50,100,200")
     parser.add_argument("--repeats", type=int, default=3)
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     name = "p4_extraction_smoke" if args.smoke else "p4_extraction"
     out_dir = Path(args.out_dir)
     path = write_result(name, {"model": args.model, "model_load_s": load_s, "batch_size": args.batch_size,
-                               "torch_threads": torch.get_num_threads(), "rows": rows}, out_dir)
+                               "torch_threads": torch.get_num_threads(), "rows": rows}, out_dir, args.command)
     plot(rows, out_dir / f"{name}.png", 20.0)
     print(json.dumps(rows, indent=1))
     print(f"wrote {path}")

@@ -83,7 +83,7 @@ def profile_arm(tree: str, requests: int, concurrency: int, rate: int, work: Pat
 
 
 def main(argv=None) -> int:
-    parser = benchmark_parser(__doc__)
+    parser = benchmark_parser(__doc__, __spec__.name)
     parser.add_argument("--requests", type=int, default=2048)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     result = {"requests": args.requests, "concurrency": args.concurrency, "rate_hz": args.rate,
               "arms": {name: profile_arm(tree, args.requests, args.concurrency, args.rate, work, f"arm{i}")
                        for i, (name, tree) in enumerate(arms.items())}}
-    path = write_result("p5_profile", result, Path(args.out_dir))
+    path = write_result("p5_profile", result, Path(args.out_dir), args.command)
     for name, arm in result["arms"].items():
         print(f"{name}: layer {arm['layer_share']:.1%} of API-server samples, {arm['layer_ms_per_request']:.3f} ms "
               f"per request; top {arm['top'][:3]}")

@@ -341,7 +341,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = benchmark_parser(__doc__)
+    parser = benchmark_parser(__doc__, __spec__.name)
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--served-requests", type=int, default=512)
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
     if not args.smoke:
         result["served"] = served(args.served_requests, args.concurrency, args.rounds, work, args.baseline_tree)
     name = "p5_tenant_layer_smoke" if args.smoke else "p5_tenant_layer"
-    path = write_with_plot(name, result, args.out_dir, plot)
+    path = write_with_plot(name, result, args.out_dir, plot, args.command)
     print(json.dumps({k: v for k, v in result.items() if k != "served"} | (
         {"served_e2e_p50_added_ms": result["served"]["e2e_p50_added_ms"]} if "served" in result else {}), indent=1))
     print(f"wrote {path}")

@@ -6,11 +6,9 @@ The machine description and the statistics are the benchmarks' (`benchmarks._com
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from benchmarks._common import machine, median
+from benchmarks._common import benchmark_parser, machine, median, write_result, write_with_plot
 from benchmarks._setup import direction_for, resolve_model
 
 __all__ = ["RESULTS", "direction_for", "machine", "median", "resolve_model", "study_parser", "tiny_gated_direction",
@@ -19,45 +17,9 @@ __all__ = ["RESULTS", "direction_for", "machine", "median", "resolve_model", "st
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class _StudyParser(argparse.ArgumentParser):
-    """Records on the parsed namespace, as ``command``, the command line that reproduces the run."""
-
-    module = ""
-
-    def parse_args(self, args=None, namespace=None):
-        parsed = super().parse_args(args, namespace)
-        argv = sys.argv[1:] if args is None else [str(a) for a in args]
-        parsed.command = " ".join([Path(sys.executable).name, "-m", self.module, *argv])
-        return parsed
-
-
 def study_parser(doc: str, module: str) -> argparse.ArgumentParser:
-    """The flags every study shares: --smoke (CI mode, seconds) and --out-dir (default research/results).
-
-    `module` is the study's ``__spec__.name`` (``research.<name>``): with the argv given to ``main`` it makes the
-    recorded command, also when a test calls ``main([...])`` in-process.
-    """
-    parser = _StudyParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.module = module
-    parser.add_argument("--smoke", action="store_true", help="CI mode: tiny model, a few prompts, seconds")
-    parser.add_argument("--out-dir", default=str(RESULTS))
-    return parser
-
-
-def write_result(name: str, payload: dict, out_dir, command: str) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
-    payload = {"benchmark": name, "command": command, "machine": machine(), **payload}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
-
-
-def write_with_plot(name: str, payload: dict, out_dir, plot, command: str) -> Path:
-    """`write_result`, and ``plot(payload, <out_dir>/<name>.png)`` beside it: results people compare are plotted."""
-    path = write_result(name, payload, out_dir, command)
-    plot(payload, Path(out_dir) / f"{name}.png")
-    return path
+    """The benchmarks' shared flags (--smoke, --out-dir, the recorded command), results under research/results."""
+    return benchmark_parser(doc, module, out_dir=RESULTS)
 
 
 #: dtype -> (model, direction) of the tiny gated extractions made in this process

@@ -120,3 +120,13 @@ def plan_for(model_dir: Path, direction: Path, alpha: float, **kwargs):
 
     return build_plan(load_direction(direction), model_shape(model_dir),
                       checkpoint_fingerprint=fingerprint_checkpoint(model_dir), alpha=alpha, **kwargs)
+
+
+def run_smoke_in_process(module: str, out_dir: Path) -> None:
+    """``python -m <module> --smoke --out-dir <out_dir>``, in this process through the script's ``main([...])``:
+    no fresh Python, torch and transformers import per smoke run. Global RNG state is restored afterwards."""
+    import importlib
+
+    script = importlib.import_module(module)
+    with torch.random.fork_rng(devices=[]):
+        assert script.main(["--smoke", "--out-dir", str(out_dir)]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_smoke_in_process
 
 #: smoke runs keep vLLM's engine core in the benchmark's own process: one Python process fewer to start (and to
 #: import vLLM and torch into) per engine, which is most of a tiny engine's start-up; what they assert is unchanged
@@ -54,19 +54,19 @@ def test_p3_adapters_smoke(tmp_path):
 
 
 def test_p2_load_time_smoke(tmp_path):
-    run_smoke("p2_load_time", tmp_path)
+    run_smoke_in_process("benchmarks.p2_load_time", tmp_path)
     row = load(tmp_path, "p2_load_time_smoke")["in_process"][0]
     assert row["ratio_rosi_over_base"] > 0 and all(m > 0 for m in row["delta_math_s"])
 
 
 def test_p4_extraction_smoke(tmp_path):
-    run_smoke("p4_extraction", tmp_path)
+    run_smoke_in_process("benchmarks.p4_extraction", tmp_path)
     rows = load(tmp_path, "p4_extraction_smoke")["rows"]
     assert [r["n_pairs"] for r in rows] == [4, 8]
 
 
 def test_p5_tenant_layer_smoke(tmp_path):
-    run_smoke("p5_tenant_layer", tmp_path)
+    run_smoke_in_process("benchmarks.p5_tenant_layer", tmp_path)
     result = load(tmp_path, "p5_tenant_layer_smoke")
     data = result["in_process"]
     assert data["requests"] == 512 and data["overhead_p50_ms"] > 0

@@ -7,26 +7,20 @@ model with vLLM (``rosi eval``), so it keeps a process of its own.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_smoke_in_process
 
 #: the sweep keeps vLLM's engine core in its own process: one Python process fewer to start per engine
 SMOKE_ENV = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 def run_smoke(module: str, out_dir: Path) -> None:
-    """``python -m research.<module> --smoke --out-dir <out_dir>``, in this process."""
-    import torch
-
-    study = importlib.import_module(f"research.{module}")
-    with torch.random.fork_rng(devices=[]):
-        assert study.main(["--smoke", "--out-dir", str(out_dir)]) == 0
+    run_smoke_in_process(f"research.{module}", out_dir)
 
 
 def run_smoke_process(module: str, out_dir: Path) -> None:
