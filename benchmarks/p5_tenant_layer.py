@@ -91,7 +91,7 @@ def in_process(n: int, concurrency: int, work: Path, reps: int = 5) -> dict:
         model, torch.ones(model_shape(model).hidden_size), alpha=8.0, layer=1, method="benchmark"))
     config = work / "tenants.yaml"
     config.write_text(yaml.safe_dump({
-        "version": 1, "variants": {"also-baked": 8, "standard": "baked"},  # both equal the baked alpha: no adapter
+        "version": 1, "policies": {"raw_completions": "allow"}, "variants": {"also-baked": 8, "standard": "baked"},  # both equal the baked alpha: no adapter
         "tenants": {"t": {"api_key_sha256": [key_digest(KEY)], "default_variant": "standard",
                           "experiment": {"name": "e", "arms": {"also-baked": 50, "standard": 50}}}}}))
     metrics = RosiMetrics(CollectorRegistry())

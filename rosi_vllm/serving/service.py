@@ -24,6 +24,7 @@ from pathlib import Path
 from ..errors import RosiError
 from ..loader_config import RosiLoaderConfig
 from .metrics import RosiMetrics
+from .request_policy import REJECT, ControlTokens
 from .routing import ADAPTER_PREFIX, adapter_alphas, adapter_name
 from .tenant_config import TenantConfig, load_tenant_config
 
@@ -49,6 +50,8 @@ class ServedModel:
     read: str = "mean"  # DirectionFile.read_kind: "mean" (v1), "gated" (v2) or "threshold" (v3)
     window: tuple[int, ...] = ()  # gated and threshold: the edited layers
     priority_scheduling: bool = False  # --scheduling-policy priority (tenant priorities need it)
+    #: the served tokenizer's special/added token strings; None when the server has no tokenizer to read them from
+    control_tokens: ControlTokens | None = None
 
 
 class TenantService:
@@ -94,6 +97,13 @@ class TenantService:
             raise RosiError(f"rosi: tenant config gives tenants {prioritized} a priority, which vLLM applies only "
                             "with vllm serve --scheduling-policy priority (this server schedules first come, "
                             "first served)")
+        rejecting = sorted(name for name, tenant in config.tenants.items()
+                           if tenant.policies.control_tokens_in_content == REJECT)
+        if rejecting and served.control_tokens is None:
+            raise RosiError(f"rosi: tenants {rejecting} reject control tokens in content "
+                            "(control_tokens_in_content: reject), but the server has no tokenizer to read them from "
+                            "(--skip-tokenizer-init?); set control_tokens_in_content: allow for them or serve a "
+                            "tokenizer")
         needed = adapter_alphas(config, served.baked_alpha)
         if needed and not served.lora_enabled:
             raise RosiError(
