@@ -54,7 +54,9 @@ def current_service() -> TenantService | None:
 
 
 def adapter_path_for(lora_name: str) -> str | None:
-    """The adapter folder for `lora_name` if the current tenant config serves it (vLLM's LoRA resolver asks).
+    """The adapter folder for `lora_name` if the current tenant config serves it or an admitted request needs it.
+
+    vLLM's LoRA resolver asks, after the middleware admitted the request; see `TenantService.admit_adapter`.
 
     Blocking: the first call for an α builds the folder.
     """
@@ -217,9 +219,13 @@ class RosiTenantMiddleware:
         judged = config.judge_sample_rate >= 1.0 or random.random() < config.judge_sample_rate
         recorder = _ResponseRecorder(self, decision, endpoint, streaming, strip_usage, send, started, overhead,
                                      client_model, judged)
+        # the adapter stays resolvable for this request whatever a reload does meanwhile (lora_resolver.py)
+        adapter_done = service.admit_adapter(decision.alpha) if decision.engine_model != served.name else None
         try:
             await self.app(scope, _replay(body, receive, more), recorder.send)
         finally:
+            if adapter_done is not None:
+                adapter_done()
             try:
                 recorder.finish_if_incomplete()
             finally:  # the tenant's slot is given back whatever happened to the request or its metrics

@@ -70,6 +70,9 @@ class TenantService:
         self._reload_lock = threading.Lock()
         self._ready_adapters: set[float] = set()
         self._adapter_failures: dict[float, tuple[str, float]] = {}  # α → (reason, when), retried after a while
+        #: α → requests admitted on its adapter and not finished: resolvable whatever a reload did since
+        self._admitted: dict[float, int] = {}
+        self._admitted_lock = threading.Lock()  # the resolver asks from a worker thread
         metrics.config_generation.set(self.generation)
 
     # -- binding to the engine -------------------------------------------------------------
@@ -160,11 +163,32 @@ class TenantService:
         return await asyncio.to_thread(self._build_adapter, alpha)
 
     # -- LoRA resolution -------------------------------------------------------------------
+    def admit_adapter(self, alpha: float):
+        """Mark a request admitted on α's adapter; call the returned function when it ends.
+
+        vLLM resolves the adapter name after the middleware admitted the request,
+        so a reload in between may have dropped α; the request was admitted under
+        a config that serves it, and must be served (not vLLM's 404).
+        """
+        with self._admitted_lock:
+            self._admitted[alpha] = self._admitted.get(alpha, 0) + 1
+
+        def done() -> None:
+            with self._admitted_lock:
+                left = self._admitted[alpha] - 1
+                if left:
+                    self._admitted[alpha] = left
+                else:
+                    del self._admitted[alpha]
+        return done
+
     def alpha_for_adapter(self, lora_name: str) -> float | None:
-        """α of a ``rosi-alpha-*`` adapter name, only if the current config serves it."""
+        """α of a ``rosi-alpha-*`` adapter name, if the current config serves it or an admitted request needs it."""
         if self.served is None or not lora_name.startswith(ADAPTER_PREFIX):
             return None
-        for alpha in adapter_alphas(self.config, self.served.baked_alpha):
+        with self._admitted_lock:
+            admitted = list(self._admitted)
+        for alpha in [*adapter_alphas(self.config, self.served.baked_alpha), *admitted]:
             if adapter_name(alpha) == lora_name:
                 return alpha
         return None

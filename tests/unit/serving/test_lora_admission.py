@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -53,7 +52,6 @@ class ReloadingEngine(FakeEngineApp):
 
         return await super().__call__(scope, replay, send)
 
-@pytest.mark.xfail(strict=True, reason="bug: the resolver reads the live config (fixed next)")
 def test_an_adapter_admitted_before_a_reload_still_resolves(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "true")
     monkeypatch.setenv("ROSI_ADAPTER_CACHE", str(tmp_path / "adapters"))
