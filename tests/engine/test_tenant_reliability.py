@@ -44,6 +44,9 @@ def tenant_config(limited_concurrency: int = 2) -> dict:
 
     return {
         "max_body_bytes": 65536,
+        # raw prompts for the traffic here; prefill and forged turns keep the safe defaults, so the fuzz
+        # below also meets those rejections (tests/engine/test_tenant_policies.py measures them)
+        "policies": {"raw_completions": "allow"},
         "variants": {"standard": "baked", "alias": 8, "private": 8},  # all the baked α: no adapters
         "tenants": {
             "interactive": tenant("interactive", priority=0),
