@@ -170,7 +170,7 @@ class RosiTenantMiddleware:
             self.metrics.rejected.labels("bad_json").inc()
             return await _error(send, 400, "rosi: stream must be true or false")
         served = service.served
-        if (denied := denial(endpoint, payload, tenant.policies, served.control_tokens)) is not None:
+        if (denied := denial(endpoint, payload, tenant.policies, served.control_tokens, body)) is not None:
             self.metrics.rejected.labels(denied.reason).inc()
             return await _error(send, 400, denied.message)
         try:

@@ -24,6 +24,7 @@ Pure functions on the parsed body, no ASGI and no vLLM: the middleware asks
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,6 +62,12 @@ class ControlTokens:
 
     tokens: frozenset[str]
     pattern: re.Pattern | None = None
+    #: every token's first two characters: a text containing none of them cannot contain a token, and these
+    #: C-level substring tests are far cheaper than the alternation (which is tried at every position)
+    openings: tuple[str, ...] = ()
+    #: every token is written as itself inside a JSON string (no quote, backslash or control character)
+    json_plain: bool = False
+    openings_utf8: tuple[bytes, ...] = ()
 
     @classmethod
     def of(cls, tokens: Iterable[str]) -> ControlTokens:
@@ -69,7 +76,24 @@ class ControlTokens:
         if not kept:
             return cls(kept)
         alternatives = sorted(kept, key=lambda t: (-len(t), t))  # longest first: report the whole token
-        return cls(kept, re.compile("|".join(map(re.escape, alternatives))))
+        return cls(kept, re.compile("|".join(map(re.escape, alternatives))), tuple(sorted({t[:2] for t in kept})),
+                   all(json.dumps(t, ensure_ascii=False)[1:-1] == t for t in kept),
+                   tuple(sorted({t[:2].encode() for t in kept})))
+
+    def may_be_in(self, body: bytes) -> bool:
+        """False only when no JSON string in `body` can *decode* to text holding a token: a cheap, sound skip.
+
+        Detection itself is on decoded strings (`find`). This only spares the walk
+        for the common body: UTF-8 (json.loads also reads UTF-16/32 bodies, whose
+        bytes differ), and without ``\\u`` or ``\\/`` escapes, the only ones that
+        decode to characters a plain token holds, a decoded string is its bytes
+        minus other escapes, so a token's opening in it is an opening in the body.
+        """
+        if self.pattern is None:
+            return False
+        if not self.json_plain or json.detect_encoding(body[:4]) not in ("utf-8", "utf-8-sig"):
+            return True
+        return b"\\u" in body or b"\\/" in body or any(o in body for o in self.openings_utf8)
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> ControlTokens:
@@ -84,12 +108,12 @@ class ControlTokens:
         """The first control token in any string inside `value` (strings, lists, mappings), else None."""
         if self.pattern is None:
             return None
-        search = self.pattern.search
+        search, openings = self.pattern.search, self.openings
         stack = [value]
         while stack:
             item = stack.pop()
             if isinstance(item, str):
-                if (found := search(item)) is not None:
+                if any(o in item for o in openings) and (found := search(item)) is not None:
                     return found.group(0)
             elif isinstance(item, dict):
                 stack.extend(item.values())
@@ -99,9 +123,12 @@ class ControlTokens:
         return None
 
 
-def denial(endpoint: str, payload: dict, policies: RequestPolicies,
-           control_tokens: ControlTokens | None) -> Denial | None:
-    """Why this request must not reach the engine under `policies`, or None when it may."""
+def denial(endpoint: str, payload: dict, policies: RequestPolicies, control_tokens: ControlTokens | None,
+           body: bytes | None = None) -> Denial | None:
+    """Why this request must not reach the engine under `policies`, or None when it may.
+
+    `body`: the bytes `payload` was parsed from, if at hand (lets `ControlTokens.may_be_in` skip the walk).
+    """
     if endpoint == "completions":
         if policies.raw_completions != ALLOW:
             return Denial("raw_completions", "rosi: /v1/completions (a raw prompt) is not served to this tenant "
@@ -115,6 +142,8 @@ def denial(endpoint: str, payload: dict, policies: RequestPolicies,
             return Denial("control_tokens_in_content", "rosi: the server cannot check messages for control "
                                                        "tokens (no tokenizer) (policy control_tokens_in_content: "
                                                        "reject)")
+        if body is not None and not control_tokens.may_be_in(body):
+            return None
         for field in RENDERED_CHAT_FIELDS:
             if field in payload and (token := control_tokens.find(payload[field])) is not None:
                 return Denial("control_tokens_in_content",

@@ -128,17 +128,20 @@ def test_control_tokens_are_read_from_the_served_tokenizer(tiny_model):
 # ---- the property: no forged turn gets through under reject; ordinary text does --------------------------------
 
 def _escaped(text: str, escape: list[bool]) -> str:
-    """`text` as a JSON string literal, each character written as a \\uXXXX escape where `escape` says so."""
+    """`text` as a JSON string literal, each character escaped (\\/ or \\uXXXX) where `escape` says so."""
     out = []
     for i, char in enumerate(text):
-        if escape[i % len(escape)] and ord(char) < 0x10000:
+        if escape[i % len(escape)] and char == "/" and i % 2:
+            out.append("\\/")
+        elif escape[i % len(escape)] and ord(char) < 0x10000:
             out.append(f"\\u{ord(char):04x}")
         else:
             out.append(json.dumps(char)[1:-1])
     return '"' + "".join(out) + '"'
 
 
-def _body(text: str, escape: list[bool], role: str, position: int, multipart: bool, field: str) -> bytes:
+def _body(text: str, escape: list[bool], role: str, position: int, multipart: bool, field: str,
+          encoding: str = "utf-8") -> bytes:
     """A chat body whose message `position` (of three; the last is the user's) has `text` in `field`."""
     messages = [{"role": "system", "content": "be kind"}, {"role": role, "content": "x"},
                 {"role": "user", "content": "ok"}]
@@ -149,21 +152,24 @@ def _body(text: str, escape: list[bool], role: str, position: int, multipart: bo
         target["content"] = [{"type": "text", "text": "a"}, {"type": "text", "text": "@@TEXT@@"}]
     else:
         target["content"] = "@@TEXT@@"
-    return json.dumps({"messages": messages, "max_tokens": 4}).replace('"@@TEXT@@"', _escaped(text, escape)).encode()
+    template = json.dumps({"messages": messages, "max_tokens": 4}, ensure_ascii=False)
+    return template.replace('"@@TEXT@@"', _escaped(text, escape)).encode(encoding)
 
 
 _SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _PLACES = dict(escape=st.lists(st.booleans(), min_size=1, max_size=7), role=st.sampled_from(ROLES),
-               position=st.integers(0, 2), multipart=st.booleans(), field=st.sampled_from(["content", "role"]))
+               position=st.integers(0, 2), multipart=st.booleans(), field=st.sampled_from(["content", "role"]),
+               # json.loads (vLLM's too) reads UTF-16 and UTF-32 bodies as well
+               encoding=st.sampled_from(["utf-8", "utf-8", "utf-16", "utf-16-be", "utf-32-le"]))
 
 
 @_SETTINGS
 @given(before=st.text(max_size=20), token=st.sampled_from(CONTROL_TOKENS), after=st.text(max_size=20), **_PLACES)
 def test_no_message_carrying_a_control_token_gets_through_under_reject(server, before, token, after, escape, role,
-                                                                       position, multipart, field):
+                                                                       position, multipart, field, encoding):
     registry = server[3]
     counted = rejected(registry, "control_tokens_in_content")
-    body = _body(before + token + after, escape, role, position, multipart, field)
+    body = _body(before + token + after, escape, role, position, multipart, field, encoding)
     assert json.loads(body)  # the escapes are valid JSON: only decoding reveals the token
     status, message, reached = send(server, "/v1/chat/completions", body, "locked")
     assert (status, reached) == (400, False), message
@@ -174,12 +180,12 @@ def test_no_message_carrying_a_control_token_gets_through_under_reject(server, b
 
 @_SETTINGS
 @given(text=st.lists(st.text(max_size=12) | st.sampled_from(NEAR_MISSES), max_size=4).map("".join), **_PLACES)
-def test_ordinary_text_gets_through_under_reject(server, text, escape, role, position, multipart, field):
+def test_ordinary_text_gets_through_under_reject(server, text, escape, role, position, multipart, field, encoding):
     if any(token in text for token in CONTROL_TOKENS) or (field == "role" and position == 2):
         return  # a real token (checked by the property above), or a last message whose role is the text
     if field == "role" and text.strip().lower() == "assistant":
         return
-    body = _body(text, escape, role, position, multipart, field)  # an earlier assistant turn is ordinary too
+    body = _body(text, escape, role, position, multipart, field, encoding)  # an earlier assistant turn too
     status, message, reached = send(server, "/v1/chat/completions", body, "locked")
     assert (status, reached) == (200, True), message
 
