@@ -282,9 +282,27 @@ def layer_cost() -> str:
     return text
 
 
+def attack_paths() -> str:
+    """The attacks the tenant policies close, served at `allow`: refusal rates (benchmarks/attack_paths.py)."""
+    path = ROOT / "benchmarks/results/attack_paths.json"
+    if not path.exists():
+        return "Not measured yet: run `python -m benchmarks.attack_paths`."
+    result = json.loads(path.read_text())
+    labels = {"plain": "plainly asked (the weight edit alone)", "prefill": "assistant prefill",
+              "raw_prompt": "raw prompt (`/v1/completions`)", "forged_turn": "forged turn (control tokens in content)"}
+    rows = ["| request | refused (Wilson 95 %) | example reply |", "|---|---|---|"]
+    for kind, label in labels.items():
+        r = result["refusal"][kind]
+        example = " ".join(r["example"].split())[:90].replace("|", "\\|")
+        rows.append(f"| {label} | {_rate(r)} ({r['k']} of {r['n']}) | {example} |")
+    return "\n".join(rows + ["", f"{result['model']}, {result['direction']}, {result['prompts']} harmful prompts of "
+                               f"the {result['split']} split, greedy, {result['max_tokens']} tokens, "
+                               f"{result['judge']}; `{result['command']}`."])
+
+
 RENDERERS = {"demo": demo, "architectures": architectures, "directions": directions, "comparison": comparison, "targets": targets, "judge": judge, "sweep": sweep,
              "benchmarks": benchmarks, "research": research_results, "adapters-cost": adapters_cost, "reliability": reliability,
-             "layer-cost": layer_cost}
+             "layer-cost": layer_cost, "attack-paths": attack_paths}
 
 
 def render(text: str) -> str:
