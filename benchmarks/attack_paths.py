@@ -2,6 +2,8 @@
 
     python -m benchmarks.attack_paths --model smollm2-135m-instruct \\
         --direction directions/smollm2-135m-instruct.safetensors --prompts 100   # the figures in docs/tenants.md
+    python -m benchmarks.attack_paths --direction directions/smollm2-135m-instruct-gated.safetensors \
+        --name attack_paths_gated                                                # the gated direction
     python -m benchmarks.attack_paths --smoke                                    # tiny random model, 4 prompts
 
 One real `vllm serve` (``--load-format rosi`` at the direction's α, the tenant
@@ -87,6 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--direction", default=None, help="default: directions/<model>.safetensors")
     parser.add_argument("--prompts", type=int, default=100, help="harmful prompts of the test split")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--name", default="attack_paths", help="result file name (docs/generate.py renders every "
+                                                               "benchmarks/results/attack_paths*.json)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rosi-attacks-"))
     model = resolve_model("tiny" if args.smoke else args.model, work)
@@ -96,7 +100,7 @@ def main(argv=None) -> int:
     result = run(model, direction, prompts, 4 if args.smoke else args.max_tokens, work)
     result.update(model=args.model if not args.smoke else "tiny", direction=direction_kind, prompts=len(prompts),
                   split="test", judge="SubstringJudge", max_tokens=4 if args.smoke else args.max_tokens)
-    name = "attack_paths_smoke" if args.smoke else "attack_paths"
+    name = "attack_paths_smoke" if args.smoke else args.name
     path = write_result(name, result, args.out_dir)
     print(json.dumps({k: {m: v[m] for m in ("rate", "k", "n", "ci95")}
                       for k, v in result["refusal"].items()}, indent=1))

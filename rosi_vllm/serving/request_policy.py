@@ -62,12 +62,13 @@ class ControlTokens:
 
     tokens: frozenset[str]
     pattern: re.Pattern | None = None
-    #: every token's first two characters: a text containing none of them cannot contain a token, and these
+    #: every token's first two characters: a string containing none of them cannot contain a token, and these
     #: C-level substring tests are far cheaper than the alternation (which is tried at every position)
     openings: tuple[str, ...] = ()
     #: every token is written as itself inside a JSON string (no quote, backslash or control character)
     json_plain: bool = False
-    openings_utf8: tuple[bytes, ...] = ()
+    #: in a UTF-8 body: a ``\\u`` or ``\\/`` escape, or a token's opening (one C-level scan of the bytes)
+    suspect: re.Pattern | None = None
 
     @classmethod
     def of(cls, tokens: Iterable[str]) -> ControlTokens:
@@ -78,7 +79,7 @@ class ControlTokens:
         alternatives = sorted(kept, key=lambda t: (-len(t), t))  # longest first: report the whole token
         return cls(kept, re.compile("|".join(map(re.escape, alternatives))), tuple(sorted({t[:2] for t in kept})),
                    all(json.dumps(t, ensure_ascii=False)[1:-1] == t for t in kept),
-                   tuple(sorted({t[:2].encode() for t in kept})))
+                   re.compile(b"|".join([rb"\\[u/]", *(re.escape(o) for o in sorted({t[:2].encode() for t in kept}))])))
 
     def may_be_in(self, body: bytes) -> bool:
         """False only when no JSON string in `body` can *decode* to text holding a token: a cheap, sound skip.
@@ -91,9 +92,9 @@ class ControlTokens:
         """
         if self.pattern is None:
             return False
-        if not self.json_plain or json.detect_encoding(body[:4]) not in ("utf-8", "utf-8-sig"):
+        if not self.json_plain or not _utf8(body):
             return True
-        return b"\\u" in body or b"\\/" in body or any(o in body for o in self.openings_utf8)
+        return self.suspect.search(body) is not None
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> ControlTokens:
@@ -121,6 +122,13 @@ class ControlTokens:
             elif isinstance(item, list):
                 stack.extend(item)
         return None
+
+
+def _utf8(body: bytes) -> bool:
+    """Whether json.loads reads `body` as UTF-8 (`json.detect_encoding`, with a fast path for the usual ``{"``)."""
+    if body[:1] == b"{" and body[1:2] != b"\x00":
+        return True
+    return json.detect_encoding(body[:4]) in ("utf-8", "utf-8-sig")
 
 
 def denial(endpoint: str, payload: dict, policies: RequestPolicies, control_tokens: ControlTokens | None,
