@@ -14,8 +14,8 @@ from ..vllm_glue.compat import (
     runtime_lora_updating_allowed,
     scheduling_policy,
     served_model_name,
-    server_state,
     served_tokenizer,
+    server_state,
 )
 from .request_policy import ControlTokens
 from .service import ServedModel
