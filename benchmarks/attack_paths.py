@@ -2,8 +2,8 @@
 
     python -m benchmarks.attack_paths --model smollm2-135m-instruct \\
         --direction directions/smollm2-135m-instruct.safetensors --prompts 100   # the figures in docs/tenants.md
-    python -m benchmarks.attack_paths --direction directions/smollm2-135m-instruct-gated.safetensors \
-        --name attack_paths_gated                                                # the gated direction
+    python -m benchmarks.attack_paths --direction directions/smollm2-135m-instruct-gated-wrapped.safetensors \\
+        --name attack_paths_recommended            # the recommended file (gated, wrapped)
     python -m benchmarks.attack_paths --smoke                                    # tiny random model, 4 prompts
 
 One real `vllm serve` (``--load-format rosi`` at the direction's α, the tenant
