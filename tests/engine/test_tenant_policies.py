@@ -5,60 +5,43 @@ Attacks are built from the test split (`harmful("test")`) by
 gets each answered 400 by its policy, counted in
 ``rosi_rejected_requests_total{reason}``, and the engine's own request
 counter (``vllm:request_success_total``) does not move; a tenant whose
-policies are ``allow`` is served them.
-
-One server for the module (`policy_server`), started like
-test_tenant_serving.py's; it only needs a tenant config, so it can move onto a
-shared session-scoped tenant server by giving that server these two tenants.
+policies are ``allow`` is served them. The session's shared tenant server
+(tests/engine/tenant_stack.py) serves this module's two tenants.
 """
 
 from __future__ import annotations
 
 import pytest
 import requests
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from rosi_vllm.extraction.prompts import harmful
 from rosi_vllm.serving.tenant_config import key_digest
 from rosi_vllm.testing.attack_requests import KINDS, POLICY, attack
-from rosi_vllm.testing.serve_process import start_server, wait_until
-from tests.helpers import write_direction
+from tests.engine.tenant_stack import section
 
 pytestmark = pytest.mark.engine
 
-MIDDLEWARE = "rosi_vllm.serving.middleware.RosiTenantMiddleware"
-KEYS = {"locked": "sk-policy-locked-0123456789", "open": "sk-policy-open-0123456789"}
+KEYS = {"policy-locked": "sk-policy-locked-0123456789", "policy-open": "sk-policy-open-0123456789"}
+SAFE = {"assistant_prefill": "deny", "raw_completions": "deny", "control_tokens_in_content": "reject"}
 OPEN = {"assistant_prefill": "allow", "raw_completions": "allow", "control_tokens_in_content": "allow"}
 #: attacks per kind: enough to see each is refused every time, small enough for a 2-core CPU
 PROMPTS = harmful("test")[:4]
 
 
+@section
 def policy_tenants() -> dict:
-    """The two tenants this module needs: safe defaults (no `policies` key) and everything allowed."""
-    return {"locked": {"api_key_sha256": [key_digest(KEYS["locked"])], "default_variant": "standard"},
-            "open": {"api_key_sha256": [key_digest(KEYS["open"])], "default_variant": "standard",
-                     "policies": OPEN}}
+    """Safe policies, written out (other sections open raw prompts config-wide), and everything allowed."""
+    return {"variants": {"standard": "baked"},
+            "tenants": {name: {"api_key_sha256": [key_digest(key)], "default_variant": "standard",
+                               "policies": SAFE if name == "policy-locked" else OPEN} for name, key in KEYS.items()}}
 
 
 @pytest.fixture(scope="module")
-def policy_server(tiny_model, tmp_path_factory):
+def policy_server(tenant_server):
     from transformers import AutoTokenizer
 
-    tmp = tmp_path_factory.mktemp("policies")
-    model = tiny_model("llama")
-    direction = write_direction(model, tmp / "d.safetensors", alpha=8.0)
-    config = tmp / "tenants.yaml"
-    config.write_text(yaml.safe_dump({"version": 1, "variants": {"standard": "baked"}, "tenants": policy_tenants()}))
-    server = start_server(model, tmp / "serve.log", extra={"direction": str(direction)},
-                          env={"ROSI_TENANT_CONFIG": str(config), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
-                          args=["--middleware", MIDDLEWARE])
-    try:
-        up, _ = wait_until(server, timeout=400)
-        assert up, server.log()[-3000:]
-        yield server, str(model), AutoTokenizer.from_pretrained(model)
-    finally:
-        server.stop()
+    return tenant_server, str(tenant_server.model), AutoTokenizer.from_pretrained(tenant_server.model)
 
 
 def counters(server) -> dict:
@@ -83,7 +66,7 @@ def test_attacks_are_denied_by_policy_counted_and_never_reach_the_engine(policy_
     before = counters(server)
     for kind in KINDS:
         for instruction in PROMPTS:
-            r = send(server, KEYS["locked"], *attack(kind, instruction, tokenizer, model, max_tokens=4))
+            r = send(server, KEYS["policy-locked"], *attack(kind, instruction, tokenizer, model, max_tokens=4))
             assert r.status_code == 400, (kind, r.text)
             message = r.json()["error"]["message"]
             assert message.startswith("rosi: ") and POLICY[kind] in message, message
@@ -99,9 +82,9 @@ def test_the_same_attacks_are_served_when_the_policies_allow_them(policy_server)
     before = counters(server)
     for kind in KINDS:
         for instruction in PROMPTS:
-            r = send(server, KEYS["open"], *attack(kind, instruction, tokenizer, model, max_tokens=4))
+            r = send(server, KEYS["policy-open"], *attack(kind, instruction, tokenizer, model, max_tokens=4))
             assert r.status_code == 200, (kind, r.text)
-            assert r.headers["x-rosi-tenant"] == "open"
+            assert r.headers["x-rosi-tenant"] == "policy-open"
     assert counters(server)["engine"] - before["engine"] == len(KINDS) * len(PROMPTS)
 
 
@@ -109,7 +92,7 @@ def test_the_forged_turn_really_is_control_tokens_to_the_served_tokenizer(policy
     """The attack is real: vLLM reads the user's `<|im_start|>` as one control token, not text."""
     server, model, tokenizer = policy_server
     path, body = attack("forged_turn", PROMPTS[0], tokenizer, model, max_tokens=1)
-    forged = send(server, KEYS["open"], path, body).json()["usage"]["prompt_tokens"]
+    forged = send(server, KEYS["policy-open"], path, body).json()["usage"]["prompt_tokens"]
     rendered = tokenizer.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
     assert forged == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
     as_text = len(tokenizer(rendered, add_special_tokens=False, split_special_tokens=True)["input_ids"])
