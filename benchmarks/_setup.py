@@ -60,7 +60,7 @@ def served_tenant_config(path: Path, judge_sample_rate: float | None = None) -> 
 
     from rosi_vllm.serving.tenant_config import key_digest
 
-    spec = {"version": 1, "variants": {"standard": "baked"},
+    spec = {"version": 1, "policies": {"raw_completions": "allow"}, "variants": {"standard": "baked"},
             "tenants": {"t": {"api_key_sha256": [key_digest(BENCH_KEY)], "default_variant": "standard"}}}
     if judge_sample_rate is not None:
         spec["judge_sample_rate"] = judge_sample_rate

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,10 @@ _MODEL = "served"
 #: the `judge_sample_rate` of the sampled arm (the refusal judge reads one response in ten)
 SAMPLED_JUDGE_RATE = 0.1
 _TOKENS = 8  # as the served arms: max_tokens 8, ignore_eos
+#: ROSI_P5_CHAT=1: the in-process arms send chat requests (what the request policies read), not raw prompts
+CHAT = os.environ.get("ROSI_P5_CHAT") == "1"
+CHAT_MESSAGES = [{"role": "system", "content": "You are a helpful assistant. Answer briefly and politely."},
+                 {"role": "user", "content": "How do I sort a list of numbers in Python, largest first? " * 4}]
 
 
 def _vllm_event(obj) -> bytes:
@@ -89,11 +94,17 @@ def in_process(n: int, concurrency: int, work: Path, reps: int = 5) -> dict:
     model = build_tiny_model("llama", work / "tiny")
     direction = save_direction(work / "d.safetensors", direction_for_checkpoint(
         model, torch.ones(model_shape(model).hidden_size), alpha=8.0, layer=1, method="benchmark"))
+    from transformers import AutoTokenizer
+
+    from rosi_vllm.serving.tenant_config import TenantFile
+
     config = work / "tenants.yaml"
-    config.write_text(yaml.safe_dump({
-        "version": 1, "variants": {"also-baked": 8, "standard": "baked"},  # both equal the baked alpha: no adapter
-        "tenants": {"t": {"api_key_sha256": [key_digest(KEY)], "default_variant": "standard",
-                          "experiment": {"name": "e", "arms": {"also-baked": 50, "standard": 50}}}}}))
+    spec = {"version": 1, "variants": {"also-baked": 8, "standard": "baked"},  # both the baked alpha: no adapter
+            "tenants": {"t": {"api_key_sha256": [key_digest(KEY)], "default_variant": "standard",
+                              "experiment": {"name": "e", "arms": {"also-baked": 50, "standard": 50}}}}}
+    if "policies" in TenantFile.model_fields:  # raw prompts are refused by default; a baseline tree may predate it
+        spec["policies"] = {"raw_completions": "allow"}
+    config.write_text(yaml.safe_dump(spec))
     metrics = RosiMetrics(CollectorRegistry())
     recorder = metrics.overhead = _Recorder()
     mw = RosiTenantMiddleware(_FakeEngine(), config_path=str(config), metrics=metrics)
@@ -106,13 +117,19 @@ def in_process(n: int, concurrency: int, work: Path, reps: int = 5) -> dict:
         vllm_config=SimpleNamespace(
             load_config=SimpleNamespace(load_format="rosi", model_loader_extra_config={"direction": str(direction)}),
             lora_config=None, model_config=SimpleNamespace(model=str(model))),
-        openai_serving_models=SimpleNamespace(base_model_paths=[SimpleNamespace(name=_MODEL)]))
+        openai_serving_models=SimpleNamespace(base_model_paths=[SimpleNamespace(name=_MODEL)]),
+        engine_client=SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(model)))  # its control tokens
     arms = {"passthrough": PassThroughMiddleware(_FakeEngine()), "rosi": mw, "rosi-sampled": sampled}
 
+    statuses = set()
+
     async def one(app, i):
-        body = json.dumps({"model": _MODEL, "prompt": "hello", "max_tokens": _TOKENS, "ignore_eos": True,
-                           "stream": True, "stream_options": {"include_usage": True}, "user": f"user-{i}"}).encode()
-        scope = {"type": "http", "path": "/v1/completions", "method": "POST", "app": SimpleNamespace(state=state),
+        request = {"model": _MODEL, "max_tokens": _TOKENS, "ignore_eos": True,
+                   "stream": True, "stream_options": {"include_usage": True}, "user": f"user-{i}"}
+        request.update({"messages": CHAT_MESSAGES} if CHAT else {"prompt": "hello"})
+        body = json.dumps(request).encode()
+        path = "/v1/chat/completions" if CHAT else "/v1/completions"
+        scope = {"type": "http", "path": path, "method": "POST", "app": SimpleNamespace(state=state),
                  "headers": [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {KEY}".encode()),
                              (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
 
@@ -120,7 +137,8 @@ def in_process(n: int, concurrency: int, work: Path, reps: int = 5) -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
 
         async def send(message):
-            pass
+            if message["type"] == "http.response.start":
+                statuses.add(message["status"])
 
         await app(scope, receive, send)
 
@@ -138,6 +156,8 @@ def in_process(n: int, concurrency: int, work: Path, reps: int = 5) -> dict:
 
     for app in arms.values():  # warm-up (imports, first bind)
         run(app, min(n, 500))
+    if statuses != {200}:  # a fail-closed layer answers 503 at once: measuring that would flatter it
+        raise RuntimeError(f"p5: the in-process arms answered {sorted(statuses)}, not only 200")
     recorder.values.clear()
     cpu = {arm: [] for arm in arms}
     started = time.perf_counter()

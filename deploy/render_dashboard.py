@@ -218,6 +218,7 @@ def tenant_section(*, broken: bool = False, kids_variant: str = "strict") -> dic
     from rosi_vllm.serving.tenant_config import key_digest
 
     return {
+        "policies": {"raw_completions": "allow"},  # its traffic is raw prompts
         "variants": {"base": 0, "standard": "baked", "strict": 64},
         "tenants": {
             "acme": {"api_key_sha256": [key_digest(KEYS["acme"])], "default_variant": "standard",
@@ -269,7 +270,8 @@ def send_traffic(server_url: str, model: Path, edit_config, seconds: float, work
     """Mixed tenant traffic for ``seconds``; returns the number of requests sent.
 
     Two tenants (acme in an A/B experiment, kids on an adapter variant),
-    streamed and not, every 17th request with a wrong key (401). A third of the
+    streamed and not, every 17th request with a wrong key (401), every 11th an
+    assistant prefill the tenant policy refuses (400). A third of the
     way in the tenant config is broken (a rejected reload), two thirds in it is
     replaced by a valid edit (generation 2), so the config panel has something
     to show. ``edit_config(**tenant_section options)`` writes the server's tenant file.
@@ -286,8 +288,12 @@ def send_traffic(server_url: str, model: Path, edit_config, seconds: float, work
             body = {"model": str(model), "prompt": f"request {w}-{i}", "max_tokens": 8 + i % 8,
                     "ignore_eos": True, "stream": bool(i % 2), "user": f"user-{w}-{i % 40}"}
             key = KEYS[tenant] if i % 17 else "sk-wrong"
+            path = "/v1/completions"
+            if i % 11 == 5:  # an assistant prefill, which the tenant policy refuses (400, counted by reason)
+                path, body = "/v1/chat/completions", {"model": str(model), "max_tokens": 4, "messages": [
+                    {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure, here is"}]}
             try:
-                requests.post(server_url + "/v1/completions", json=body, timeout=60,
+                requests.post(server_url + path, json=body, timeout=60,
                               headers={"Authorization": f"Bearer {key}"}).content
             except requests.RequestException:
                 pass  # a failed request shows on the dashboard; the run goes on

@@ -282,9 +282,31 @@ def layer_cost() -> str:
     return text
 
 
+def attack_paths() -> str:
+    """The attacks the tenant policies close, served at `allow`: refusal rates, one table per result file of
+    benchmarks/attack_paths.py (benchmarks/results/attack_paths*.json, the smoke run's left out)."""
+    paths = [p for p in sorted((ROOT / "benchmarks/results").glob("attack_paths*.json")) if "smoke" not in p.name]
+    if not paths:
+        return "Not measured yet: run `python -m benchmarks.attack_paths`."
+    labels = {"plain": "plainly asked (the weight edit alone)", "prefill": "assistant prefill",
+              "raw_prompt": "raw prompt (`/v1/completions`)", "forged_turn": "forged turn (control tokens in content)"}
+    out = []
+    for path in paths:
+        result = json.loads(path.read_text())
+        rows = ["| request | refused (Wilson 95 %) | example reply |", "|---|---|---|"]
+        for kind, label in labels.items():
+            r = result["refusal"][kind]
+            example = " ".join(r["example"].split())[:90].replace("|", "\\|")
+            rows.append(f"| {label} | {_rate(r)} ({r['k']} of {r['n']}) | {example} |")
+        out.append("\n".join([f"{result['model']}, {result['direction']}:", "", *rows, "",
+                               f"{result['prompts']} harmful prompts of the {result['split']} split, greedy, "
+                               f"{result['max_tokens']} tokens, {result['judge']}; `{result['command']}`."]))
+    return "\n\n".join(out)
+
+
 RENDERERS = {"demo": demo, "architectures": architectures, "directions": directions, "comparison": comparison, "targets": targets, "judge": judge, "sweep": sweep,
              "benchmarks": benchmarks, "research": research_results, "adapters-cost": adapters_cost, "reliability": reliability,
-             "layer-cost": layer_cost}
+             "layer-cost": layer_cost, "attack-paths": attack_paths}
 
 
 def render(text: str) -> str:

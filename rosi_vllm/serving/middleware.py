@@ -4,7 +4,8 @@ Lives inside vLLM's own API server (its ``--middleware`` hook), so there is no
 proxy hop. A plain ASGI middleware (not Starlette's BaseHTTPMiddleware) so
 streamed responses pass through event by event.
 
-Per request: authenticate the bearer key → tenant (401 otherwise); route to a
+Per request: authenticate the bearer key → tenant (401 otherwise); refuse the
+request shapes the tenant's policies deny (400, `request_policy`); route to a
 variant (`routing.route`), rewriting ``model`` to the engine's name for it (the
 served model when the variant is the baked α, else a ``rosi-alpha-*`` rank-1
 adapter); tag the response with ``x-rosi-*`` headers; judge the completed text
@@ -31,6 +32,7 @@ from ..errors import RosiError
 from ..judge import SubstringJudge
 from .limits import Refusal, TenantLimiter, estimate_tokens
 from .metrics import default_metrics
+from .request_policy import denial
 from .response_capture import TEXT_LIMIT, ModelRename, ResponseCapture
 from .routing import Route, RouteDenied, route
 from .service import ADAPTER_CACHE_ENV, CONFIG_ENV, TenantService
@@ -52,7 +54,9 @@ def current_service() -> TenantService | None:
 
 
 def adapter_path_for(lora_name: str) -> str | None:
-    """The adapter folder for `lora_name` if the current tenant config serves it (vLLM's LoRA resolver asks).
+    """The adapter folder for `lora_name` if the current tenant config serves it or an admitted request needs it.
+
+    vLLM's LoRA resolver asks, after the middleware admitted the request; see `TenantService.admit_adapter`.
 
     Blocking: the first call for an α builds the folder.
     """
@@ -166,6 +170,9 @@ class RosiTenantMiddleware:
             self.metrics.rejected.labels("bad_json").inc()
             return await _error(send, 400, "rosi: stream must be true or false")
         served = service.served
+        if (denied := denial(endpoint, payload, tenant.policies, served.control_tokens, body)) is not None:
+            self.metrics.rejected.labels(denied.reason).inc()
+            return await _error(send, 400, denied.message)
         try:
             decision = route(config, tenant, requested, user, served_model=served.name,
                              baked_alpha=served.baked_alpha)
@@ -212,9 +219,13 @@ class RosiTenantMiddleware:
         judged = config.judge_sample_rate >= 1.0 or random.random() < config.judge_sample_rate
         recorder = _ResponseRecorder(self, decision, endpoint, streaming, strip_usage, send, started, overhead,
                                      client_model, judged)
+        # the adapter stays resolvable for this request whatever a reload does meanwhile (lora_resolver.py)
+        adapter_done = service.admit_adapter(decision.alpha) if decision.engine_model != served.name else None
         try:
             await self.app(scope, _replay(body, receive, more), recorder.send)
         finally:
+            if adapter_done is not None:
+                adapter_done()
             try:
                 recorder.finish_if_incomplete()
             finally:  # the tenant's slot is given back whatever happened to the request or its metrics

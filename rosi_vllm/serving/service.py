@@ -24,6 +24,7 @@ from pathlib import Path
 from ..errors import RosiError
 from ..loader_config import RosiLoaderConfig
 from .metrics import RosiMetrics
+from .request_policy import REJECT, ControlTokens
 from .routing import ADAPTER_PREFIX, adapter_alphas, adapter_name
 from .tenant_config import TenantConfig, load_tenant_config
 
@@ -49,6 +50,8 @@ class ServedModel:
     read: str = "mean"  # DirectionFile.read_kind: "mean" (v1), "gated" (v2) or "threshold" (v3)
     window: tuple[int, ...] = ()  # gated and threshold: the edited layers
     priority_scheduling: bool = False  # --scheduling-policy priority (tenant priorities need it)
+    #: the served tokenizer's special/added token strings; None when the server has no tokenizer to read them from
+    control_tokens: ControlTokens | None = None
 
 
 class TenantService:
@@ -67,6 +70,9 @@ class TenantService:
         self._reload_lock = threading.Lock()
         self._ready_adapters: set[float] = set()
         self._adapter_failures: dict[float, tuple[str, float]] = {}  # α → (reason, when), retried after a while
+        #: α → requests admitted on its adapter and not finished: resolvable whatever a reload did since
+        self._admitted: dict[float, int] = {}
+        self._admitted_lock = threading.Lock()  # the resolver asks from a worker thread
         metrics.config_generation.set(self.generation)
 
     # -- binding to the engine -------------------------------------------------------------
@@ -94,6 +100,13 @@ class TenantService:
             raise RosiError(f"rosi: tenant config gives tenants {prioritized} a priority, which vLLM applies only "
                             "with vllm serve --scheduling-policy priority (this server schedules first come, "
                             "first served)")
+        rejecting = sorted(name for name, tenant in config.tenants.items()
+                           if tenant.policies.control_tokens_in_content == REJECT)
+        if rejecting and served.control_tokens is None:
+            raise RosiError(f"rosi: tenants {rejecting} reject control tokens in content "
+                            "(control_tokens_in_content: reject), but the server has no tokenizer to read them from "
+                            "(--skip-tokenizer-init?); set control_tokens_in_content: allow for them or serve a "
+                            "tokenizer")
         needed = adapter_alphas(config, served.baked_alpha)
         if needed and not served.lora_enabled:
             raise RosiError(
@@ -150,11 +163,32 @@ class TenantService:
         return await asyncio.to_thread(self._build_adapter, alpha)
 
     # -- LoRA resolution -------------------------------------------------------------------
+    def admit_adapter(self, alpha: float):
+        """Mark a request admitted on α's adapter; call the returned function when it ends.
+
+        vLLM resolves the adapter name after the middleware admitted the request,
+        so a reload in between may have dropped α; the request was admitted under
+        a config that serves it, and must be served (not vLLM's 404).
+        """
+        with self._admitted_lock:
+            self._admitted[alpha] = self._admitted.get(alpha, 0) + 1
+
+        def done() -> None:
+            with self._admitted_lock:
+                left = self._admitted[alpha] - 1
+                if left:
+                    self._admitted[alpha] = left
+                else:
+                    del self._admitted[alpha]
+        return done
+
     def alpha_for_adapter(self, lora_name: str) -> float | None:
-        """α of a ``rosi-alpha-*`` adapter name, only if the current config serves it."""
+        """α of a ``rosi-alpha-*`` adapter name, if the current config serves it or an admitted request needs it."""
         if self.served is None or not lora_name.startswith(ADAPTER_PREFIX):
             return None
-        for alpha in adapter_alphas(self.config, self.served.baked_alpha):
+        with self._admitted_lock:
+            admitted = list(self._admitted)
+        for alpha in [*adapter_alphas(self.config, self.served.baked_alpha), *admitted]:
             if adapter_name(alpha) == lora_name:
                 return alpha
         return None

@@ -15,6 +15,10 @@ Example (all keys shown)::
     user_header: x-rosi-user           # sticky A/B key when the body has no "user"
     max_body_bytes: 8388608            # larger request bodies are answered 413, before parsing
     judge_sample_rate: 1.0             # share of responses the refusal judge reads (rates stay unbiased)
+    policies:                          # request shapes a weight edit cannot defend; defaults: refused
+      assistant_prefill: deny          # chat requests that pre-write the reply (deny | allow)
+      raw_completions: deny            # /v1/completions with a raw prompt (deny | allow)
+      control_tokens_in_content: reject  # the model's special-token strings in messages (reject | allow)
     variants:                          # named α values; "baked" = the loader's α (zero overhead)
       base: 0
       standard: baked
@@ -25,6 +29,7 @@ Example (all keys shown)::
         api_key_env: [ACME_API_KEY]    # or: read the key from this environment variable at load
         default_variant: standard
         allowed_variants: [standard, strict]   # what the tenant may name in "model"
+        policies: {raw_completions: allow}     # overrides the config-level policies, key by key
         experiment:                    # optional: split this tenant's traffic by end user
           name: acme-hardening-1
           arms: {base: 50, standard: 50}       # variant: percent, sums to 100
@@ -49,6 +54,7 @@ from pydantic_core import PydanticCustomError
 from ..alpha_policy import alpha_problem
 from ..errors import RosiError
 from .limits import TenantLimits
+from .request_policy import SAFE_DEFAULTS, RequestPolicies
 
 TENANT_OPT_IN = "set allow_negative_alpha: true"
 
@@ -82,6 +88,7 @@ class Tenant:
     experiment: Experiment | None = None
     limits: TenantLimits = TenantLimits()
     priority: int = 0  # vLLM's request priority (lower = scheduled earlier); 0 unless the tenant sets it
+    policies: RequestPolicies = SAFE_DEFAULTS  # request shapes served (request_policy.py)
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,8 @@ class TenantConfig:
                 line += f"; {tenant.limits.tokens_per_minute} tokens/min"
             if tenant.priority:
                 line += f"; priority {tenant.priority}"
+            if relaxed := tenant.policies.relaxed():
+                line += f"; allows {', '.join(relaxed)}"
             lines.append(line)
         lines.append(f"ok: {len(self.tenants)} tenants, {len(self.variants)} variants "
                      f"(sha256 {self.source_sha256[:12]})")
@@ -206,6 +215,33 @@ class LimitsSpec(_Strict):
                           "admission, corrected to the reported usage); more are answered 429 (type 'tokens').")
 
 
+_Deny = Annotated[Literal["deny", "allow"] | None, _must("deny or allow")]
+
+
+class PoliciesSpec(_Strict):
+    """Request shapes a weight edit cannot defend against; absent keys: the config-level value, else refused."""
+
+    assistant_prefill: _Deny = Field(
+        None, description="deny (default): chat requests that pre-write the reply (last message the assistant's, "
+                          "continue_final_message: true, add_generation_prompt: false) are answered 400; allow: "
+                          "served.")
+    raw_completions: _Deny = Field(
+        None, description="deny (default): /v1/completions (a raw prompt, which can contain a half-written "
+                          "assistant turn) is answered 400; allow: served.")
+    control_tokens_in_content: Annotated[Literal["reject", "allow"] | None, _must("reject or allow")] = Field(
+        None, description="reject (default): chat messages, tools or template arguments containing the served "
+                          "tokenizer's special/added token strings (forged turns) are answered 400; allow: served.")
+
+
+def _resolve_policies(*layers: PoliciesSpec) -> RequestPolicies:
+    """The first value set, tenant before config level, else the safe default: one place for the precedence."""
+    values = {}
+    for name in PoliciesSpec.model_fields:
+        values[name] = next((v for layer in layers if (v := getattr(layer, name)) is not None),
+                            getattr(SAFE_DEFAULTS, name))
+    return RequestPolicies(**values)
+
+
 class TenantSpec(_Strict):
     """One caller: its API key(s), the variant it gets and the variants it may name."""
 
@@ -224,6 +260,8 @@ class TenantSpec(_Strict):
     priority: Annotated[int, Field(ge=-1000, le=1000), _must("a whole number from -1000 to 1000")] = Field(
         0, description="vLLM scheduling priority of this tenant's requests (lower = earlier; needs vllm serve "
                        "--scheduling-policy priority when not 0). Clients cannot set their own.")
+    policies: PoliciesSpec = Field(PoliciesSpec(), description="This tenant's request policies; a key absent "
+                                                               "here takes the config-level policies' value.")
 
 
 def _variant_alpha_problem(alpha: float, lo: float, hi: float | None, allow_negative: bool) -> str | None:
@@ -306,6 +344,9 @@ class TenantFile(_Strict):
                          "request). Below 1 the refusal *rate* stays unbiased and the layer's per-request work "
                          "shrinks (it neither keeps nor decodes the text of the others); counts, tokens and "
                          "latency still cover every request.")
+    policies: PoliciesSpec = Field(
+        PoliciesSpec(), description="Request policies of every tenant that does not set its own (key by key); "
+                                    "absent keys: deny / reject, safe for an untrusted tenant.")
     variants: Annotated[
         dict[Name, Annotated[float | Literal["baked"], _must("a number or 'baked'"), AfterValidator(_check_variant)]],
         Field(min_length=1), _must("a non-empty mapping of name: alpha (a number or 'baked')"),
@@ -371,7 +412,7 @@ def parse_tenant_config(data: Any, environ: dict[str, str] | None = None) -> Ten
                               tuple(t.allowed_variants if t.allowed_variants is not None else [t.default_variant]),
                               t.experiment and Experiment(t.experiment.name, tuple(t.experiment.arms.items())),
                               TenantLimits(t.limits.max_concurrent_requests, t.limits.tokens_per_minute),
-                              t.priority)
+                              t.priority, _resolve_policies(t.policies, spec.policies))
                  for name, t in spec.tenants.items()},
         key_digests={digest: name for name, t in spec.tenants.items() for digest in _digests(t, environ)},
         alpha_min=bounds.min, alpha_max=math.inf if bounds.max is None else bounds.max,
@@ -382,7 +423,8 @@ def parse_tenant_config(data: Any, environ: dict[str, str] | None = None) -> Ten
 
 #: the model whose keys are known at each place an unknown key can appear (names of tenants left out)
 _KNOWN = {(): TenantFile, ("alpha_bounds",): AlphaBounds, ("tenants",): TenantSpec,
-          ("tenants", "experiment"): ExperimentSpec, ("tenants", "limits"): LimitsSpec}
+          ("tenants", "experiment"): ExperimentSpec, ("tenants", "limits"): LimitsSpec,
+          ("policies",): PoliciesSpec, ("tenants", "policies"): PoliciesSpec}
 
 
 #: a key printed as is in a location; anything else (newlines, quotes, empty) is printed as its repr

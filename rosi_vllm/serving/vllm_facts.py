@@ -14,8 +14,10 @@ from ..vllm_glue.compat import (
     runtime_lora_updating_allowed,
     scheduling_policy,
     served_model_name,
+    served_tokenizer,
     server_state,
 )
+from .request_policy import ControlTokens
 from .service import ServedModel
 
 
@@ -32,6 +34,7 @@ def served_model_facts(app) -> ServedModel:
     direction = load_direction(loader_config.direction)
     baked = direction.recommended_alpha if loader_config.alpha is None else loader_config.alpha
     lora_enabled = vllm_config.lora_config is not None and runtime_lora_updating_allowed()
+    tokenizer = served_tokenizer(app)
     return ServedModel(
         name=served_model_name(models),
         model_dir=str(vllm_config.model_config.model),
@@ -44,4 +47,6 @@ def served_model_facts(app) -> ServedModel:
         read=direction.read_kind,
         window=direction.window,
         priority_scheduling=scheduling_policy(vllm_config) == "priority",
+        # read once here: the strings a forged turn is made of (request_policy.py); None: no tokenizer to ask
+        control_tokens=None if tokenizer is None else ControlTokens.from_tokenizer(tokenizer),
     )

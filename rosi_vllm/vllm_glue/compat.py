@@ -52,6 +52,15 @@ def server_state(app: Any) -> tuple[Any, Any] | None:
     return vllm_config, models
 
 
+def served_tokenizer(app: Any) -> Any | None:
+    """The tokenizer the API server renders prompts with (`app.state.engine_client.tokenizer`, vLLM's renderer's).
+
+    None when the server has none (``--skip-tokenizer-init``) or this is not a vLLM app.
+    """
+    client = getattr(getattr(app, "state", None), "engine_client", None)
+    return getattr(client, "tokenizer", None)
+
+
 def served_model_name(models: Any) -> str:
     """The first ``--served-model-name`` (or the model path), as clients name it."""
     return models.base_model_paths[0].name

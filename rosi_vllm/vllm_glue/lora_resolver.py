@@ -3,7 +3,9 @@
 vLLM asks registered resolvers for adapter names it has not loaded yet (with
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=true``). This one asks a lookup function
 (the tenant layer's, wired by the plugin) for the folder of an adapter name.
-The lookup answers only for α values the *current* tenant config serves, so a
+The lookup answers only for α values the current tenant config serves or an
+admitted, unfinished request was routed to (the config it was admitted under,
+so a reload between admission and resolution cannot turn it into a 404); a
 client naming ``rosi-alpha-1000`` gets vLLM's ordinary "model does not exist"
 (and the middleware never lets a client name adapters anyway).
 """

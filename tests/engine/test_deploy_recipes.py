@@ -108,7 +108,14 @@ def check_tenant_traffic(server: Server, model_name: str) -> None:
     acme = complete(KEYS["ACME_API_KEY"], user="recipe-user")
     assert acme.status_code == 200, acme.text
     assert acme.headers["x-rosi-tenant"] == "acme" and acme.headers["x-rosi-experiment"] == "acme-hardening-1"
-    kids = complete(KEYS["KIDS_APP_API_KEY"])  # default variant strict: a rank-1 adapter on the baked weights
+    # kids-app keeps the example's safe policies: no raw prompts, so it chats
+    refused = complete(KEYS["KIDS_APP_API_KEY"])
+    assert refused.status_code == 400 and "raw_completions" in refused.text, refused.text
+    kids = requests.post(server.url + "/v1/chat/completions", timeout=120,
+                         headers={"Authorization": f"Bearer {KEYS['KIDS_APP_API_KEY']}"},
+                         json={"model": model_name, "messages": [{"role": "user", "content": "Hello"}],
+                               "max_tokens": 4, "temperature": 0})
+    # default variant strict: a rank-1 adapter on the baked weights
     assert kids.status_code == 200, kids.text
     assert kids.headers["x-rosi-variant"] == "strict" and kids.headers["x-rosi-alpha"] == "96"
     assert complete(None).status_code == 401

@@ -44,6 +44,9 @@ def tenant_config(limited_concurrency: int = 2) -> dict:
 
     return {
         "max_body_bytes": 65536,
+        # raw prompts for the traffic here; prefill and forged turns keep the safe defaults, so the fuzz
+        # below also meets those rejections (tests/engine/test_tenant_policies.py measures them)
+        "policies": {"raw_completions": "allow"},
         "variants": {"standard": "baked", "alias": 8, "private": 8},  # all the baked α: no adapters
         "tenants": {
             "interactive": tenant("interactive", priority=0),
@@ -316,14 +319,27 @@ def test_schemathesis_through_the_middleware(server):
     engine_before = _engine_requests(server)
     fuzz([None, "sk-wrong-key"], 20, 3)
     unauthenticated_at_engine = _engine_requests(server) - engine_before
+    policies_before = _policy_rejections(server)
     fuzz(["fuzz"], 25, 3)
     FIGURES["fuzz"] = {"operations": len(operations), "cases": sum(tried.values()), "by_key": dict(tried),
+                       # fuzz keeps the safe prefill and control-token policies: generated chat bodies meet them
+                       "policy_rejections": _policy_rejections(server) - policies_before,
                        "statuses": {str(k): v for k, v in sorted(statuses.items())},
                        "served_200": served.total(), "unauthenticated_at_engine": unauthenticated_at_engine,
                        "server_errors": sum(v for k, v in statuses.items() if k >= 500)}
     assert not problems, problems[:10]
     assert unauthenticated_at_engine == 0
     assert served.total() > 0, "the fuzz never got a request served: it checked nothing"
+
+
+def _policy_rejections(server) -> float:
+    """Requests the tenant policies refused (rosi_rejected_requests_total, the three policy reasons)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "rosi_rejected_requests_total"
+               and s.labels.get("reason") in ("assistant_prefill", "raw_completions", "control_tokens_in_content"))
 
 
 def _engine_requests(server) -> float:

@@ -42,6 +42,7 @@ def tenant_config(flex_alpha: float = 64.0) -> dict:
                 "allowed_variants": allowed or [default], **extra}
 
     return {
+        "policies": {"raw_completions": "allow"},  # the tests compare raw-prompt logprobs across deployments
         "alpha_bounds": {"min": 0, "max": 128},
         "variants": {"base": 0, "standard": "baked", "strict": STRICT, "flex": flex_alpha},
         "tenants": {

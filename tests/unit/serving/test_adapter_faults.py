@@ -22,7 +22,7 @@ from rosi_vllm.serving.metrics import RosiMetrics
 from rosi_vllm.serving.middleware import RosiTenantMiddleware
 from rosi_vllm.serving.tenant_config import key_digest
 from tests.helpers import write_direction
-from tests.unit.serving.test_middleware import KEY, FakeEngineApp, call, fake_vllm_state
+from tests.unit.serving.test_middleware import KEY, RAW_ALLOWED, FakeEngineApp, call, fake_vllm_state
 
 
 def _mount(path, options: str) -> bool:
@@ -70,7 +70,7 @@ def test_unwritable_adapter_cache_fails_only_the_adapter_variant(tiny_model, tmp
     direction = write_direction(model, tmp_path / "d.safetensors", alpha=8.0)
     config = tmp_path / "tenants.yaml"
     config.write_text(yaml.safe_dump({
-        "version": 1, "variants": {"standard": "baked", "strict": 16},
+        "version": 1, "policies": RAW_ALLOWED, "variants": {"standard": "baked", "strict": 16},
         "tenants": {"acme": {"api_key_sha256": [key_digest(KEY)], "default_variant": "standard",
                              "allowed_variants": ["standard", "strict"]}}}))
     registry = CollectorRegistry()

@@ -17,9 +17,9 @@ from rosi_vllm.serving.metrics import RosiMetrics
 from rosi_vllm.serving.middleware import RosiTenantMiddleware
 from rosi_vllm.serving.tenant_config import key_digest
 from tests.helpers import write_direction
-from tests.unit.serving.test_middleware import KEY, FakeEngineApp, call, fake_vllm_state
+from tests.unit.serving.test_middleware import KEY, RAW_ALLOWED, FakeEngineApp, call, fake_vllm_state
 
-GOOD = yaml.safe_dump({"version": 1, "variants": {"standard": "baked"},
+GOOD = yaml.safe_dump({"version": 1, "policies": RAW_ALLOWED, "variants": {"standard": "baked"},
                        "tenants": {"acme": {"api_key_sha256": [key_digest(KEY)], "default_variant": "standard"}}})
 
 

@@ -22,6 +22,19 @@ from rosi_vllm.serving.tenant_config import key_digest
 from tests.helpers import write_direction
 
 KEY = "sk-unit-test-key"
+#: the tests send raw prompts to /v1/completions, which the safe default refuses (request_policy.py)
+RAW_ALLOWED = {"raw_completions": "allow"}
+#: the fake tokenizer's control tokens (ChatML's, Phi's, Llama 2's)
+CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|assistant|>", "<|user|>", "<s>", "</s>")
+
+
+class FakeTokenizer:
+    """Stand-in for the served tokenizer: only what `ControlTokens.from_tokenizer` reads."""
+
+    all_special_tokens = ["<|endoftext|>", "<s>", "</s>"]
+
+    def get_added_vocab(self):
+        return {token: 100 + i for i, token in enumerate(CONTROL_TOKENS)} | {"   ": 99}
 
 
 def fake_vllm_state(model, direction, lora=False, policy="fcfs"):
@@ -32,7 +45,8 @@ def fake_vllm_state(model, direction, lora=False, policy="fcfs"):
             load_config=SimpleNamespace(load_format="rosi", model_loader_extra_config={"direction": str(direction)}),
             lora_config=object() if lora else None,
             model_config=SimpleNamespace(model=str(model))),
-        openai_serving_models=SimpleNamespace(base_model_paths=[SimpleNamespace(name="served")]))
+        openai_serving_models=SimpleNamespace(base_model_paths=[SimpleNamespace(name="served")]),
+        engine_client=SimpleNamespace(tokenizer=FakeTokenizer()))
 
 
 class FakeEngineApp:
@@ -95,7 +109,7 @@ def setup(tiny_model, tmp_path, monkeypatch):
     direction = write_direction(model, tmp_path / "d.safetensors", alpha=8.0)
     config = tmp_path / "tenants.yaml"
     config.write_text(yaml.safe_dump({
-        "version": 1, "variants": {"standard": "baked", "strict": 16},
+        "version": 1, "policies": RAW_ALLOWED, "variants": {"standard": "baked", "strict": 16},
         "tenants": {"acme": {"api_key_sha256": [key_digest(KEY)], "default_variant": "standard"}}}))
     return model, direction, config
 
@@ -209,7 +223,7 @@ def test_responses_name_the_model_the_client_asked_for(setup, monkeypatch, strea
     monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "true")
     model, direction, config = setup
     config.write_text(yaml.safe_dump({
-        "version": 1, "variants": {"standard": "baked", "strict": 16},
+        "version": 1, "policies": RAW_ALLOWED, "variants": {"standard": "baked", "strict": 16},
         "tenants": {"acme": {"api_key_sha256": [key_digest(KEY)], "default_variant": "standard",
                              "allowed_variants": ["standard", "strict"]}}}))
     downstream = FakeEngineApp("Sure thing")

@@ -20,11 +20,11 @@ from rosi_vllm.serving.middleware import RosiTenantMiddleware
 from rosi_vllm.serving.routing import adapter_name
 from rosi_vllm.serving.tenant_config import key_digest
 from tests.helpers import write_direction
-from tests.unit.serving.test_middleware import FakeEngineApp, call, fake_vllm_state
+from tests.unit.serving.test_middleware import RAW_ALLOWED, FakeEngineApp, call, fake_vllm_state
 
 KEYS = {"acme": "sk-acme-hostile", "beta": "sk-beta-hostile"}
 CONFIG = {
-    "version": 1, "max_body_bytes": 4096,
+    "version": 1, "policies": RAW_ALLOWED, "max_body_bytes": 4096,
     "variants": {"base": 0, "standard": "baked", "strict": 16, "other": 24},
     "tenants": {
         "acme": {"api_key_sha256": [key_digest(KEYS["acme"])], "default_variant": "standard",

@@ -17,13 +17,13 @@ from rosi_vllm.serving.metrics import RosiMetrics
 from rosi_vllm.serving.middleware import RosiTenantMiddleware
 from rosi_vllm.serving.tenant_config import key_digest
 from tests.helpers import write_direction
-from tests.unit.serving.test_middleware import KEY, FakeEngineApp, call, fake_vllm_state
+from tests.unit.serving.test_middleware import KEY, RAW_ALLOWED, FakeEngineApp, call, fake_vllm_state
 
 OTHER = "sk-unit-other-key"
 
 
 def write(config, **acme):
-    data = {"version": 1, "max_body_bytes": 2048, "variants": {"standard": "baked"},
+    data = {"version": 1, "policies": RAW_ALLOWED, "max_body_bytes": 2048, "variants": {"standard": "baked"},
             "tenants": {"acme": {"api_key_sha256": [key_digest(KEY)], "default_variant": "standard", **acme},
                         "other": {"api_key_sha256": [key_digest(OTHER)], "default_variant": "standard"}}}
     config.write_text(yaml.safe_dump(data))

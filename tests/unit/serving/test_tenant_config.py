@@ -91,11 +91,13 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _SCALARS = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
-            | st.text(max_size=12) | st.sampled_from([BAKED, "base", "strict", "standard", "BETA_KEY", "1"]))
+            | st.text(max_size=12) | st.sampled_from([BAKED, "base", "strict", "standard", "BETA_KEY", "1", "allow",
+                                                        "deny", "reject", "Allow"]))
 _KEYS = st.text(max_size=10) | st.integers(-5, 5) | st.booleans() | st.sampled_from(
     ["version", "variants", "tenants", "alpha_bounds", "min", "max", "arms", "name", "experiment",
      "default_variant", "allowed_variants", "api_key_sha256", "api_key_env", "user_header", "limits", "priority",
-     "max_concurrent_requests", "tokens_per_minute", "max_body_bytes", "judge_sample_rate"])
+     "max_concurrent_requests", "tokens_per_minute", "max_body_bytes", "judge_sample_rate", "policies",
+     "assistant_prefill", "raw_completions", "control_tokens_in_content"])
 _YAML = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
                      max_leaves=20)
 
