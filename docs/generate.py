@@ -284,10 +284,10 @@ def layer_cost() -> str:
 
 def attack_paths() -> str:
     """The attacks the tenant policies close, served at `allow`: refusal rates, one table per result file of
-    benchmarks/attack_paths.py (benchmarks/results/attack_paths*.json, the smoke run's left out)."""
-    paths = [p for p in sorted((ROOT / "benchmarks/results").glob("attack_paths*.json")) if "smoke" not in p.name]
+    research/attack_paths.py (research/results/attack_paths*.json, the smoke run's left out)."""
+    paths = [p for p in sorted((ROOT / "research/results").glob("attack_paths*.json")) if "smoke" not in p.name]
     if not paths:
-        return "Not measured yet: run `python -m benchmarks.attack_paths`."
+        return "Not measured yet: run `python -m research.attack_paths`."
     labels = {"plain": "plainly asked (the weight edit alone)", "prefill": "assistant prefill",
               "raw_prompt": "raw prompt (`/v1/completions`)", "forged_turn": "forged turn (control tokens in content)"}
     out = []

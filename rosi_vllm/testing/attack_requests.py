@@ -1,7 +1,7 @@
 """The three request-shape attacks a weight edit cannot close, as OpenAI-style request bodies.
 
 Shared by tests/engine/test_tenant_policies.py (denied by policy, served at
-``allow``) and benchmarks/attack_paths.py (what the hardened model does with
+``allow``) and research/attack_paths.py (what the hardened model does with
 them at ``allow``). Each attack makes the model continue a reply that already
 begins with compliance (`PREFILL`):
 

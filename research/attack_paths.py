@@ -1,10 +1,10 @@
 """What the hardened model does with the attacks the tenant policies close, when a tenant is allowed them.
 
-    python -m benchmarks.attack_paths --model smollm2-135m-instruct \\
+    python -m research.attack_paths --model smollm2-135m-instruct \\
         --direction directions/smollm2-135m-instruct.safetensors --prompts 100   # the figures in docs/tenants.md
-    python -m benchmarks.attack_paths --direction directions/smollm2-135m-instruct-gated-wrapped.safetensors \\
+    python -m research.attack_paths --direction directions/smollm2-135m-instruct-gated-wrapped.safetensors \\
         --name attack_paths_recommended            # the recommended file (gated, wrapped)
-    python -m benchmarks.attack_paths --smoke                                    # tiny random model, 4 prompts
+    python -m research.attack_paths --smoke                                    # tiny random model, 4 prompts
 
 One real `vllm serve` (``--load-format rosi`` at the direction's α, the tenant
 layer with one tenant whose policies are all ``allow``). Each harmful prompt of
@@ -26,8 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from ._common import benchmark_parser, write_result
-from ._setup import direction_for, resolve_model
+from ._common import direction_for, resolve_model, study_parser, write_result
 
 KEY = "sk-attack-paths-0123456789"
 
@@ -84,13 +83,13 @@ def run(model: Path, direction: Path, prompts: list[str], max_tokens: int, work:
 def main(argv=None) -> int:
     from rosi_vllm.extraction.prompts import harmful
 
-    parser = benchmark_parser(__doc__)
+    parser = study_parser(__doc__, __spec__.name)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--direction", default=None, help="default: directions/<model>.safetensors")
     parser.add_argument("--prompts", type=int, default=100, help="harmful prompts of the test split")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--name", default="attack_paths", help="result file name (docs/generate.py renders every "
-                                                               "benchmarks/results/attack_paths*.json)")
+                                                               "research/results/attack_paths*.json)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rosi-attacks-"))
     model = resolve_model("tiny" if args.smoke else args.model, work)
@@ -101,7 +100,7 @@ def main(argv=None) -> int:
     result.update(model=args.model if not args.smoke else "tiny", direction=direction_kind, prompts=len(prompts),
                   split="test", judge="SubstringJudge", max_tokens=4 if args.smoke else args.max_tokens)
     name = "attack_paths_smoke" if args.smoke else args.name
-    path = write_result(name, result, args.out_dir)
+    path = write_result(name, result, args.out_dir, args.command)
     print(json.dumps({k: {m: v[m] for m in ("rate", "k", "n", "ci95")}
                       for k, v in result["refusal"].items()}, indent=1))
     print(f"wrote {path}")
