@@ -20,10 +20,29 @@ from tests.helpers import ROOT, run_smoke_in_process
 SMOKE_ENV = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
-def run_smoke(module: str, out_dir: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out-dir", str(out_dir)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+@pytest.fixture(scope="module")
+def served_smokes(tmp_path_factory) -> dict[str, Path]:
+    """The P1 and P3 smoke runs (each serves its engines in turn), started at once in processes of their own: a
+    smoke run checks what the benchmark writes, not its timings, and the two overlap on the cores. module → its
+    output folder."""
+    runs = {}
+    for module in ("p1_inference", "p3_adapters"):
+        out = tmp_path_factory.mktemp(module)
+        log = open(out / "smoke.log", "w")
+        runs[module] = (out, log, subprocess.Popen(
+            [sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out-dir", str(out)], cwd=ROOT,
+            stdout=log, stderr=subprocess.STDOUT, env=SMOKE_ENV))
+    for out, log, proc in runs.values():
+        proc.wait(timeout=900)
+        log.close()
+    return {module: (out, proc.returncode, (out / "smoke.log").read_text()[-4000:])
+            for module, (out, _, proc) in runs.items()}
+
+
+def smoke_output(served_smokes, module: str) -> Path:
+    out, returncode, log_tail = served_smokes[module]
+    assert returncode == 0, log_tail
+    return out
 
 
 def load(out_dir: Path, name: str) -> dict:
@@ -35,9 +54,8 @@ def load(out_dir: Path, name: str) -> dict:
 
 
 @pytest.mark.engine
-def test_p1_inference_smoke(tmp_path):
-    run_smoke("p1_inference", tmp_path)
-    data = load(tmp_path, "p1_inference_smoke")
+def test_p1_inference_smoke(served_smokes):
+    data = load(smoke_output(served_smokes, "p1_inference"), "p1_inference_smoke")
     for level in ("1", "4"):
         row = data["ratios_rosi_over_base"][level]
         assert all(v > 0 for v in row.values())
@@ -46,9 +64,8 @@ def test_p1_inference_smoke(tmp_path):
 
 
 @pytest.mark.engine
-def test_p3_adapters_smoke(tmp_path):
-    run_smoke("p3_adapters", tmp_path)
-    data = load(tmp_path, "p3_adapters_smoke")
+def test_p3_adapters_smoke(served_smokes):
+    data = load(smoke_output(served_smokes, "p3_adapters"), "p3_adapters_smoke")
     assert set(data["throughput_ratio_vs_baked"]) == {"lora-default", "adapters x1", "adapters x4"}
     assert all(cell["failed"] == 0 for arm in data["arms"].values() for cell in arm.values())
 

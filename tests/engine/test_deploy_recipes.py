@@ -130,35 +130,42 @@ def recipe_inputs(tiny_model, tmp_path_factory):
     return model, write_direction(model, tmp_path_factory.mktemp("recipes") / "tiny-llama.safetensors", alpha=8.0)
 
 
-def test_kubernetes_single_node_deployment_serves_with_tp2_and_the_plugin_in_both_workers(recipe_inputs, tmp_path):
+@pytest.fixture(scope="module")
+def recipe_servers(recipe_inputs, tmp_path_factory):
+    """Both recipes' servers, started at once: most of a start-up is Python imports and the model load, which
+    overlap on the two cores, so the pair comes up in less time than one after the other."""
     model, direction = recipe_inputs
-    args, env, container = kubernetes_single_node(tmp_path, model, direction)
-    tp = int(next(a.split("=")[1] for a in args if a.startswith("--tensor-parallel-size=")))
+    k8s, compose = tmp_path_factory.mktemp("k8s"), tmp_path_factory.mktemp("compose")
+    k8s_args, k8s_env, container = kubernetes_single_node(k8s, model, direction)
+    tp = int(next(a.split("=")[1] for a in k8s_args if a.startswith("--tensor-parallel-size=")))
+    compose_args, compose_env = compose_service(compose, model, direction)
+    servers = {"k8s": launch(k8s_args, k8s_env, k8s / "k8s.log", tp),
+               "compose": launch(compose_args, compose_env, compose / "compose.log", tp=1)}
+    try:
+        yield {"k8s": (servers["k8s"], k8s_args, container, tp), "compose": (servers["compose"], compose_args)}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def test_kubernetes_single_node_deployment_serves_with_tp2_and_the_plugin_in_both_workers(recipe_servers):
+    server, args, container, tp = recipe_servers["k8s"]
     assert tp == 2
-    server = launch(args, env, tmp_path / "k8s.log", tp)
-    try:
-        up, _ = wait_until(server, timeout=400)
-        assert up, server.log()[-4000:]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            path = container[probe]["httpGet"]["path"]
-            assert requests.get(server.url + path, timeout=10).status_code == 200, probe
-        log = server.log()
-        assert log.count("rosi: direction=") == tp, log[-4000:]  # each TP worker injected its own copy
-        assert "fingerprint verified" in log
-        check_tenant_traffic(server, served_name(args))
-        assert KEYS["ACME_API_KEY"] not in server.log()
-    finally:
-        server.stop()
+    up, _ = wait_until(server, timeout=400)
+    assert up, server.log()[-4000:]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        path = container[probe]["httpGet"]["path"]
+        assert requests.get(server.url + path, timeout=10).status_code == 200, probe
+    log = server.log()
+    assert log.count("rosi: direction=") == tp, log[-4000:]  # each TP worker injected its own copy
+    assert "fingerprint verified" in log
+    check_tenant_traffic(server, served_name(args))
+    assert KEYS["ACME_API_KEY"] not in server.log()
 
 
-def test_compose_vllm_service_serves_tenants(recipe_inputs, tmp_path):
-    model, direction = recipe_inputs
-    args, env = compose_service(tmp_path, model, direction)
-    server = launch(args, env, tmp_path / "compose.log", tp=1)
-    try:
-        up, _ = wait_until(server, timeout=400)
-        assert up, server.log()[-4000:]
-        assert server.log().count("rosi: direction=") == 1
-        check_tenant_traffic(server, served_name(args))
-    finally:
-        server.stop()
+def test_compose_vllm_service_serves_tenants(recipe_servers):
+    server, args = recipe_servers["compose"]
+    up, _ = wait_until(server, timeout=400)
+    assert up, server.log()[-4000:]
+    assert server.log().count("rosi: direction=") == 1
+    check_tenant_traffic(server, served_name(args))

@@ -15,6 +15,7 @@ per case would cost ~35 s each for no additional path through vLLM.
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 import requests
@@ -191,16 +192,36 @@ def test_loader_refuses(case, tiny_model, tmp_path):
         assert SERVED_CASES[stage] == case, f"{case} now fails at stage {stage}: pick another served case"
 
 
-@pytest.mark.parametrize("case", sorted(SERVED_CASES.values()))
-def test_serve_fails_closed(case, tiny_model, tmp_path):
-    model, extra, message = _case_inputs(case, tiny_model, tmp_path)
-    server = start_server(model, tmp_path / "serve.log", extra=extra)
+@pytest.fixture(scope="module")
+def served_refusals(tiny_model, tmp_path_factory):
+    """One `vllm serve` per served case, all started at once (each fails at load; most of a start is Python
+    imports, which overlap on the two cores), waited for together: case → (came_up, exited, returncode, log)."""
+    started = {}
+    for case in sorted(SERVED_CASES.values()):
+        work = tmp_path_factory.mktemp(case)
+        model, extra, message = _case_inputs(case, tiny_model, work)
+        started[case] = (start_server(model, work / "serve.log", extra=extra), message)
+    outcomes, pending, deadline = {}, dict(started), time.monotonic() + 300
     try:
-        came_up, exited = wait_until(server, timeout=300)
+        while pending and time.monotonic() < deadline:  # every server polled every 0.5 s, as `wait_until` does
+            for case, (server, message) in list(pending.items()):
+                if server.healthy() or server.proc.poll() is not None:
+                    outcomes[case] = (server.healthy(), server.proc.poll() is not None, server.proc.returncode,
+                                      message)
+                    del pending[case]
+            time.sleep(0.5)
+        for case, (server, message) in pending.items():
+            outcomes[case] = (False, False, None, message)
     finally:
-        server.stop()
-    log = server.log()
+        for server, _ in started.values():
+            server.stop()
+    return {case: (*outcomes[case][:3], server.log(), outcomes[case][3]) for case, (server, _) in started.items()}
+
+
+@pytest.mark.parametrize("case", sorted(SERVED_CASES.values()))
+def test_serve_fails_closed(case, served_refusals):
+    came_up, exited, returncode, log, message = served_refusals[case]
     assert not came_up, f"server came up despite {case}"
-    assert exited and server.proc.returncode != 0
+    assert exited and returncode != 0
     error_lines = [line for line in log.splitlines() if "rosi: " in line and message in line]
     assert error_lines, f"expected a line with {message!r}; log tail:\n{log[-3000:]}"
