@@ -29,8 +29,8 @@ def direction_for(model: Path, work: Path, shipped: str | None = None, alpha: fl
     """
     if shipped and Path(shipped).exists():
         return Path(shipped), f"shipped {shipped}"
-    from rosi_vllm.checkpoint import model_shape
-    from rosi_vllm.direction_file import direction_for_checkpoint, save_direction
+    from rosi_vllm.core.checkpoint import model_shape
+    from rosi_vllm.core.direction_file import direction_for_checkpoint, save_direction
 
     shape = model_shape(model)
     vector = torch.randn(shape.hidden_size, generator=torch.Generator().manual_seed(0))

@@ -33,7 +33,7 @@ BAKED_ALPHA = 8.0
 
 
 def export_adapters(model: Path, direction: Path, n: int, work: Path) -> dict[str, Path]:
-    from rosi_vllm.loader_config import RosiLoaderConfig
+    from rosi_vllm.core.loader_config import RosiLoaderConfig
     from rosi_vllm.serving.routing import adapter_name
     from rosi_vllm.serving.variant_adapters import VariantAdapterStore
 

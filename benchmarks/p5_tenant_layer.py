@@ -82,8 +82,8 @@ def in_process(n: int, concurrency: int, work: Path, reps: int = 5) -> dict:
     import torch
     from prometheus_client import CollectorRegistry
 
-    from rosi_vllm.checkpoint import model_shape
-    from rosi_vllm.direction_file import direction_for_checkpoint, save_direction
+    from rosi_vllm.core.checkpoint import model_shape
+    from rosi_vllm.core.direction_file import direction_for_checkpoint, save_direction
     from rosi_vllm.serving.metrics import RosiMetrics
     from rosi_vllm.serving.middleware import RosiTenantMiddleware
     from rosi_vllm.serving.tenant_config import key_digest

@@ -244,9 +244,9 @@ def serve_with_tenants(work: Path):
     """
     import torch
 
-    from rosi_vllm.checkpoint import model_shape
-    from rosi_vllm.direction_file import DirectionFile, save_direction
-    from rosi_vllm.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.core.checkpoint import model_shape
+    from rosi_vllm.core.direction_file import DirectionFile, save_direction
+    from rosi_vllm.core.fingerprint import fingerprint_checkpoint
     from rosi_vllm.testing.serve_process import start_server
     from rosi_vllm.testing.tiny_models import build_tiny_model
 

@@ -178,8 +178,8 @@ def vllm_argv_errors(where: str, argv: list[str]) -> list[str]:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    from rosi_vllm.errors import RosiError
-    from rosi_vllm.loader_config import RosiLoaderConfig
+    from rosi_vllm.core.errors import RosiError
+    from rosi_vllm.core.loader_config import RosiLoaderConfig
 
     stderr = io.StringIO()
     try:

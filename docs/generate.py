@@ -5,7 +5,7 @@
 
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``;
 NAME picks the function below that renders it. Sources are result JSON files, ``directions/index.yaml``
-(the shipped files, one marked recommended per model), ``research/comparison.yaml`` and ``rosi_vllm/architectures.py``, so a number in the docs cannot drift from what was measured:
+(the shipped files, one marked recommended per model), ``research/comparison.yaml`` and ``rosi_vllm/core/architectures.py``, so a number in the docs cannot drift from what was measured:
 prose outside the blocks states no measured numbers (``tests/unit/test_docs.py`` checks both).
 """
 
@@ -34,7 +34,7 @@ def _rate(r: dict) -> str:
 
 
 def architectures() -> str:
-    from rosi_vllm.architectures import ARCHITECTURES
+    from rosi_vllm.core.architectures import ARCHITECTURES
 
     rows = ["| family | architectures | residual writers edited (checkpoint names) | notes |", "|---|---|---|---|"]
     for spec in ARCHITECTURES:

@@ -40,15 +40,15 @@ def measure(model: Path, direction: Path, alpha: float | None, goals: int, dtype
             max_new_tokens: int = 32, batch_size: int = 32, frontier_alphas=()) -> dict:
     import torch
 
-    from rosi_vllm.direction_file import load_direction
+    from rosi_vllm.core.direction_file import load_direction
     from rosi_vllm.extraction import prompts
     from rosi_vllm.extraction.extract import load_hf_model
     from rosi_vllm.extraction.gated import collect_inputs, find_writers
     from rosi_vllm.extraction.hf_eval import generate, injected, next_token_logprobs
     from rosi_vllm.extraction.scoring import edited_kl_bounds
-    from rosi_vllm.fingerprint import fingerprint_checkpoint
-    from rosi_vllm.injection_plan import build_plan
-    from rosi_vllm.judge import SubstringJudge, is_degenerate
+    from rosi_vllm.core.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.core.injection_plan import build_plan
+    from rosi_vllm.core.judge import SubstringJudge, is_degenerate
 
     found = load_direction(direction)
     if not found.gated:

@@ -92,14 +92,14 @@ def parse_configs(text: str) -> list[dict]:
 def measure(model: Path, direction: Path, configs: list[dict], *, split: str, n: int, goals: int,
             dtype: str = "bfloat16", max_new_tokens: int = 32, batch_size: int = 20, fit_kwargs=None,
             progress: bool = True) -> dict:
-    from rosi_vllm.direction_file import load_direction
+    from rosi_vllm.core.direction_file import load_direction
     from rosi_vllm.extraction.extract import load_hf_model
     from rosi_vllm.extraction.hf_eval import generate, injected, next_token_logprobs, prompt_kls
     from rosi_vllm.extraction.threshold import fit_neurons, threshold_direction
-    from rosi_vllm.fingerprint import fingerprint_checkpoint
-    from rosi_vllm.injection_plan import build_plan
-    from rosi_vllm.judge import SubstringJudge, is_degenerate
-    from rosi_vllm.stats import mean_upper_bound, rate
+    from rosi_vllm.core.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.core.injection_plan import build_plan
+    from rosi_vllm.core.judge import SubstringJudge, is_degenerate
+    from rosi_vllm.core.stats import mean_upper_bound, rate
 
     shipped = load_direction(direction)
     loaded = load_hf_model(str(model), dtype=getattr(torch, dtype))

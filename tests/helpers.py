@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from rosi_vllm.checkpoint import model_shape
-from rosi_vllm.direction_file import direction_for_checkpoint, save_direction
+from rosi_vllm.core.checkpoint import model_shape
+from rosi_vllm.core.direction_file import direction_for_checkpoint, save_direction
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +45,9 @@ def gated_reads(model_dir: Path, window=(1,), targets=("attn_out", "mlp_out"), s
     (experts included), by checkpoint shape."""
     from safetensors import safe_open
 
-    from rosi_vllm.architectures import spec_for_architecture
-    from rosi_vllm.checkpoint import safetensors_files
-    from rosi_vllm.direction_file import read_key
+    from rosi_vllm.core.architectures import spec_for_architecture
+    from rosi_vllm.core.checkpoint import safetensors_files
+    from rosi_vllm.core.direction_file import read_key
 
     spec = spec_for_architecture(model_shape(model_dir).architecture)
     gen = torch.Generator().manual_seed(seed)
@@ -81,7 +81,7 @@ def write_threshold_direction(model_dir: Path, out: Path, *, window=(1,), alpha:
                               scale: float = 1 / 8) -> Path:
     """A format-v3 (threshold) direction for `model_dir`: neuron `index` of every `window` layer, with seeded
     read and bias vectors (standard normal × `scale`)."""
-    from rosi_vllm.direction_file import ThresholdNeuron
+    from rosi_vllm.core.direction_file import ThresholdNeuron
 
     shape = model_shape(model_dir)
     direction = direction_for_checkpoint(model_dir, random_vector(shape.hidden_size, seed), alpha=alpha,
@@ -114,9 +114,9 @@ def rewrite_direction_file(path: Path, tensors: dict | None = None, metadata: di
 
 def plan_for(model_dir: Path, direction: Path, alpha: float, **kwargs):
     """The injection plan of `direction` on `model_dir` at `alpha`, fingerprint verified, as the loader builds it."""
-    from rosi_vllm.direction_file import load_direction
-    from rosi_vllm.fingerprint import fingerprint_checkpoint
-    from rosi_vllm.injection_plan import build_plan
+    from rosi_vllm.core.direction_file import load_direction
+    from rosi_vllm.core.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.core.injection_plan import build_plan
 
     return build_plan(load_direction(direction), model_shape(model_dir),
                       checkpoint_fingerprint=fingerprint_checkpoint(model_dir), alpha=alpha, **kwargs)

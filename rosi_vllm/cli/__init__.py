@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
-from ..errors import RosiError
+from ..core.errors import RosiError
 from . import demo, direction, evaluate, extract, models, serving
 
 COMMAND_GROUPS = (direction, models, extract, evaluate, serving, demo)

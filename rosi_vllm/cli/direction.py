@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 
-from ..architectures import KNOWN_TARGETS, SandwichNormPolicy
+from ..core.architectures import KNOWN_TARGETS, SandwichNormPolicy
 from ._args import targets
 
 
 def cmd_fingerprint(args) -> int:
-    from ..fingerprint import fingerprint_checkpoint
+    from ..core.fingerprint import fingerprint_checkpoint
 
     print(fingerprint_checkpoint(args.model))
     return 0
 
 
 def cmd_inspect(args) -> int:
-    from ..direction_file import load_direction
+    from ..core.direction_file import load_direction
 
     d = load_direction(args.file)
     info = {
@@ -60,8 +60,8 @@ GATE_COLUMNS = ("auroc", "harmful_median", "benign_p95", "generated_p95")
 
 
 def cmd_direction_import(args) -> int:
-    from ..direction_file import save_direction
-    from ..vector_import import import_direction
+    from ..core.direction_file import save_direction
+    from ..core.vector_import import import_direction
 
     direction = import_direction(args.model, args.vector, layer=args.layer, alpha=args.alpha)
     path = save_direction(args.out, direction)
@@ -70,7 +70,7 @@ def cmd_direction_import(args) -> int:
 
 
 def cmd_inject(args) -> int:
-    from ..offline import inject_checkpoint
+    from ..core.offline import inject_checkpoint
 
     out, run = inject_checkpoint(
         args.model, args.direction, args.out, alpha=args.alpha, targets=args.targets,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import RosiError
+from ..core.errors import RosiError
 from ._args import floats, model_path
 
 

@@ -25,14 +25,14 @@ def preset_settings(row: dict, args, flags: dict[str, str]) -> dict:
 def cmd_extract(args) -> int:
     if args.method != "threshold":
         if args.preset:
-            from ..errors import RosiError
+            from ..core.errors import RosiError
 
             raise RosiError("rosi: --preset is for --method threshold; give the other methods' settings as flags")
         for dest, value in SHARED_DEFAULTS.items():
             if getattr(args, dest) is None:
                 setattr(args, dest, value)
     if args.method == "threshold":
-        from ..errors import RosiError
+        from ..core.errors import RosiError
         from ..extraction.threshold import DEFAULT_PRESET, DEFAULT_THRESHOLD, PRESETS, extract_threshold
 
         if not args.write_direction:
@@ -43,7 +43,7 @@ def cmd_extract(args) -> int:
                           **preset_settings(PRESETS[args.preset or DEFAULT_PRESET], args, THRESHOLD_FLAGS))
         return 0
     if args.method == "gated":
-        from ..errors import RosiError
+        from ..core.errors import RosiError
         from ..extraction.gated import extract_gated
 
         if not args.write_direction:

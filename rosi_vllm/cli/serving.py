@@ -22,8 +22,8 @@ def cmd_ab_report(args) -> int:
 
 
 def cmd_adapters_export(args) -> int:
-    from ..alpha_policy import check_alpha
-    from ..loader_config import RosiLoaderConfig
+    from ..core.alpha_policy import check_alpha
+    from ..core.loader_config import RosiLoaderConfig
     from ..serving.routing import adapter_name
     from ..serving.variant_adapters import VariantAdapterStore
 

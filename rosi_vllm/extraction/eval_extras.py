@@ -18,8 +18,8 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 
-from ..judge import SubstringJudge
-from ..stats import rate
+from ..core.judge import SubstringJudge
+from ..core.stats import rate
 from . import forms
 from .jailbreak_artifacts import jailbreak_families
 

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..judge import SubstringJudge
+from ..core.judge import SubstringJudge
 from ..reports.plots import figure
 from ..vllm_glue.generation import chat_completions
 from .eval_extras import ExtraSets
@@ -60,7 +60,7 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
     public jailbreak family, None: none) add the `eval_extras` columns."""
     judge = SubstringJudge()
     if direction and alpha is None:
-        from ..direction_file import load_direction
+        from ..core.direction_file import load_direction
 
         alpha = load_direction(direction).recommended_alpha  # what the loader will use
     sets = PromptSets.for_split(split, limit, jailbreak_goals)

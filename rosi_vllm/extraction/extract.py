@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import ModelShape, model_shape
+from ..core.checkpoint import ModelShape, model_shape
 from .prompts import SAFETY_SYSTEM_PROMPT, sha256_of
 
 
@@ -183,8 +183,8 @@ def extract_refusal_contrast(loaded: LoadedModel, harmful, *, system_prompt: str
     """
     from tqdm import tqdm
 
-    from ..errors import RosiError
-    from ..judge import SubstringJudge
+    from ..core.errors import RosiError
+    from ..core.judge import SubstringJudge
     from .hf_eval import generate  # hf_eval imports this module: import at call time
 
     judge = judge or SubstringJudge()

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..architectures import spec_for_architecture
-from ..direction_file import DirectionFile, read_key
+from ..core.architectures import spec_for_architecture
+from ..core.direction_file import DirectionFile, read_key
 from .extract import LoadedModel, chat_texts
 from .gated_selection import BUDGET_STEPS, select_gated, write_report
 from .hf_eval import by_length, generate
@@ -334,9 +334,9 @@ def load_for_fit(model: str, write_direction: str, dtype: str, *,
                  reads: tuple[str, ...]) -> tuple[LoadedModel, str, DirectionFile]:
     """The transformers model to fit on, its fingerprint, and the write direction, which must be for these
     weights and of a kind in `reads` (`DirectionFile.read_kind`); only its ŝ is used."""
-    from ..direction_file import load_direction
-    from ..errors import RosiError
-    from ..fingerprint import fingerprint_checkpoint
+    from ..core.direction_file import load_direction
+    from ..core.errors import RosiError
+    from ..core.fingerprint import fingerprint_checkpoint
     from .extract import load_hf_model
 
     loaded = load_hf_model(model, dtype=getattr(torch, dtype))
@@ -502,9 +502,9 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     import time
     from pathlib import Path
 
-    from ..direction_file import save_direction
-    from ..errors import RosiError
-    from ..injection_plan import build_plan
+    from ..core.direction_file import save_direction
+    from ..core.errors import RosiError
+    from ..core.injection_plan import build_plan
     from . import prompts
 
     started = time.perf_counter()

@@ -136,7 +136,7 @@ def score_gated(loaded: LoadedModel, plans, sets: dict[str, list[str]], *, base_
     ``sets["benign"]`` (the unedited plan's is 0, as `edited_kl_bounds` gives it); `generator`: an
     `HfVariantGenerator` to share between calls (one that remembers answers what it has already made).
     """
-    from ..judge import SubstringJudge
+    from ..core.judge import SubstringJudge
 
     judge = judge or SubstringJudge()
     generator = generator or HfVariantGenerator(loaded, batch_size)

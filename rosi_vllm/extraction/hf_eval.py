@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from ..injection_plan import InjectionPlan
+from ..core.injection_plan import InjectionPlan
 from .extract import LoadedModel, chat_texts
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from importlib import resources
 
-from ..judge import SubstringJudge
+from ..core.judge import SubstringJudge
 
 
 def calibration_rows() -> list[dict]:

@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from ..direction_file import save_direction
-from ..fingerprint import fingerprint_checkpoint
+from ..core.direction_file import save_direction
+from ..core.fingerprint import fingerprint_checkpoint
 from . import prompts
 from .extract import (
     extract_directions,

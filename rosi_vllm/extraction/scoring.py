@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..judge import SubstringJudge, is_degenerate
-from ..stats import rate
+from ..core.judge import SubstringJudge, is_degenerate
+from ..core.stats import rate
 from . import prompts
 
 
@@ -114,7 +114,7 @@ def edited_kl(loaded, plan, instructions, base_logprobs, *, batch_size: int = 32
 
 def edited_kl_bounds(loaded, plan, instructions, base_logprobs, *, batch_size: int = 32) -> tuple[float, float]:
     """`edited_kl` and the one-sided 95 % upper bound of that mean over the prompts (`stats.mean_upper_bound`)."""
-    from ..stats import mean_upper_bound
+    from ..core.stats import mean_upper_bound
     from .hf_eval import injected, next_token_logprobs, prompt_kls
 
     if plan is None:
@@ -130,10 +130,10 @@ def benign_kls(model: str, direction: str, alphas, instructions) -> list[float]:
     The plan is the loader's own (`build_plan`, default targets, fingerprint
     checked), so the KL is that of what ``--load-format rosi`` serves.
     """
-    from ..checkpoint import model_shape
-    from ..direction_file import load_direction
-    from ..fingerprint import fingerprint_checkpoint
-    from ..injection_plan import build_plan
+    from ..core.checkpoint import model_shape
+    from ..core.direction_file import load_direction
+    from ..core.fingerprint import fingerprint_checkpoint
+    from ..core.injection_plan import build_plan
     from .extract import load_hf_model
     from .hf_eval import next_token_logprobs
 

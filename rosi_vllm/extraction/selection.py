@@ -32,10 +32,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..architectures import DEFAULT_TARGETS
-from ..direction_file import DirectionFile, direction_for_checkpoint
-from ..injection_plan import InjectionPlan, build_plan
-from ..judge import SubstringJudge
+from ..core.architectures import DEFAULT_TARGETS
+from ..core.direction_file import DirectionFile, direction_for_checkpoint
+from ..core.injection_plan import InjectionPlan, build_plan
+from ..core.judge import SubstringJudge
 from ..reports.plots import figure
 from .extract import Extraction, LoadedModel
 from .hf_eval import generate, injected, next_token_logprobs

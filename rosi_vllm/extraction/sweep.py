@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..judge import SubstringJudge
+from ..core.judge import SubstringJudge
 from ..reports.plots import figure
 from .scoring import PromptSets, benign_kls, score_outputs
 
@@ -34,7 +34,7 @@ def run_sweep(*, model: str, direction: str, alphas, split: str = "test", limit:
     (default `scoring.benign_kls`) are parameters so the assembly can be tested
     without an engine; `on_row` is called with each row as it is measured.
     """
-    from ..direction_file import load_direction
+    from ..core.direction_file import load_direction
 
     if generate is None:
         from ..vllm_glue.generation import chat_completions as generate

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from ..architectures import MLP_GATE, spec_for_architecture
-from ..direction_file import DirectionFile, ThresholdNeuron
+from ..core.architectures import MLP_GATE, spec_for_architecture
+from ..core.direction_file import DirectionFile, ThresholdNeuron
 from .extract import LoadedModel
 from .gated import (
     Writer,
@@ -80,7 +80,7 @@ def mlp_input_writers(loaded: LoadedModel, layers) -> list[Writer]:
                 module = name.removesuffix(".weight").rsplit(".", 1)[0]  # model.layers.L.mlp
                 found[int(match["layer"])] = Writer(f"{match['layer']}.mlp_in", int(match["layer"]), "mlp_in", module)
     if not found:
-        from ..errors import RosiError
+        from ..core.errors import RosiError
 
         raise RosiError(f"rosi: {loaded.shape.architecture} has no dense gated MLP in layers {sorted(layers)}; "
                         "a threshold direction needs one")
@@ -194,9 +194,9 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, ban
     for the report. Returns the report (also ``threshold.json`` and
     ``threshold.png`` in `report_dir`).
     """
-    from ..direction_file import save_direction
-    from ..errors import RosiError
-    from ..injection_plan import build_plan
+    from ..core.direction_file import save_direction
+    from ..core.errors import RosiError
+    from ..core.injection_plan import build_plan
     from . import prompts
     from .gated_selection import select_gated, write_report
 

@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RosiError
-from ..stats import wilson_interval
+from ..core.errors import RosiError
+from ..core.stats import wilson_interval
 from .plots import figure
 
 

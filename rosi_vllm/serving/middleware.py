@@ -28,8 +28,8 @@ import os
 import random
 import time
 
-from ..errors import RosiError
-from ..judge import SubstringJudge
+from ..core.errors import RosiError
+from ..core.judge import SubstringJudge
 from .limits import Refusal, TenantLimiter, estimate_tokens
 from .metrics import default_metrics
 from .request_policy import denial

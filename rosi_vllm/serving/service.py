@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RosiError
-from ..loader_config import RosiLoaderConfig
+from ..core.errors import RosiError
+from ..core.loader_config import RosiLoaderConfig
 from .metrics import RosiMetrics
 from .request_policy import REJECT, ControlTokens
 from .routing import ADAPTER_PREFIX, adapter_alphas, adapter_name

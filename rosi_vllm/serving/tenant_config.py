@@ -51,8 +51,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
-from ..alpha_policy import alpha_problem
-from ..errors import RosiError
+from ..core.alpha_policy import alpha_problem
+from ..core.errors import RosiError
 from .limits import TenantLimits
 from .request_policy import SAFE_DEFAULTS, RequestPolicies
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import write_adapter, writer_read_vectors
-from ..checkpoint import model_shape
-from ..direction_file import DirectionFile, load_direction
-from ..errors import RosiError
-from ..injection_plan import build_plan
-from ..loader_config import RosiLoaderConfig
+from ..core.adapters import write_adapter, writer_read_vectors
+from ..core.checkpoint import model_shape
+from ..core.direction_file import DirectionFile, load_direction
+from ..core.errors import RosiError
+from ..core.injection_plan import build_plan
+from ..core.loader_config import RosiLoaderConfig
 
 #: where the operator points the cache (named in the error a read-only or full folder gives)
 ADAPTER_CACHE_HINT = "ROSI_ADAPTER_CACHE"

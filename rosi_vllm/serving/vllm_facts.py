@@ -7,9 +7,9 @@ relative to the loaded direction, so without one there is nothing safe to route.
 
 from __future__ import annotations
 
-from ..direction_file import load_direction
-from ..errors import RosiError
-from ..loader_config import RosiLoaderConfig
+from ..core.direction_file import load_direction
+from ..core.errors import RosiError
+from ..core.loader_config import RosiLoaderConfig
 from ..vllm_glue.compat import (
     runtime_lora_updating_allowed,
     scheduling_policy,

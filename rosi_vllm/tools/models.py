@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RosiError
+from ..core.errors import RosiError
 
 
 @dataclass(frozen=True)

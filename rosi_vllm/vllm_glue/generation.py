@@ -17,8 +17,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..adapters import write_adapter, writer_read_vectors
-from ..injection_plan import InjectionPlan
+from ..core.adapters import write_adapter, writer_read_vectors
+from ..core.injection_plan import InjectionPlan
 
 
 def rosi_engine_kwargs(direction: str | None, alpha: float | None) -> dict:

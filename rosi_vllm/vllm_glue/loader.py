@@ -22,12 +22,12 @@ from vllm.config.load import LoadConfig
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
-from ..checkpoint import model_shape_from_hf_config, tensor_records
-from ..direction_file import load_direction
-from ..errors import RosiError
-from ..fingerprint import fingerprint_records
-from ..injection_plan import InjectionPlan, InjectionRun, build_plan
-from ..loader_config import RosiLoaderConfig
+from ..core.checkpoint import model_shape_from_hf_config, tensor_records
+from ..core.direction_file import load_direction
+from ..core.errors import RosiError
+from ..core.fingerprint import fingerprint_records
+from ..core.injection_plan import InjectionPlan, InjectionRun, build_plan
+from ..core.loader_config import RosiLoaderConfig
 from .compat import checkpoint_files
 
 # Under the "vllm" logger namespace so vLLM's own handlers and levels apply.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rosi_vllm.direction_file import load_direction
+from rosi_vllm.core.direction_file import load_direction
 from rosi_vllm.testing.serve_process import wait_until
 from tests.helpers import write_direction
 
@@ -31,10 +31,10 @@ def tenant_server(tiny_model, tmp_path_factory):
 def engines(tiny_model, tmp_path_factory):
     """Every single-worker engine the loader tests compare, in one probe process (tests/engine_probe.py): base, and rosi + reference per kind (v1 on
     the tiny Llama and on GPT-2's transposed layout), and the v3 direction as the adapter tier on the base."""
-    from rosi_vllm.adapters import write_adapter
-    from rosi_vllm.checkpoint import model_shape
-    from rosi_vllm.fingerprint import fingerprint_checkpoint
-    from rosi_vllm.injection_plan import build_plan
+    from rosi_vllm.core.adapters import write_adapter
+    from rosi_vllm.core.checkpoint import model_shape
+    from rosi_vllm.core.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.core.injection_plan import build_plan
 
     work = tmp_path_factory.mktemp("engines")
     llama = tiny_model("llama")

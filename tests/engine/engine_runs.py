@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rosi_vllm.direction_file import load_direction
+from rosi_vllm.core.direction_file import load_direction
 from tests.helpers import ROOT, write_direction, write_gated_direction, write_threshold_direction
 from tests.reference import reference_inject_checkpoint, reference_transplant_checkpoint
 

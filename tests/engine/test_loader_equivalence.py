@@ -159,7 +159,7 @@ def test_pipeline_parallel_in_eager_mode_on_cpu_fails_at_load_with_the_fix(tiny_
     from vllm.config.load import LoadConfig
     from vllm.config.vllm import set_current_vllm_config
 
-    from rosi_vllm.errors import RosiError
+    from rosi_vllm.core.errors import RosiError
     from rosi_vllm.vllm_glue.loader import LOAD_FORMAT, RosiModelLoader
 
     model = tiny_model("llama")

@@ -22,8 +22,8 @@ import requests
 import torch
 from safetensors.torch import load_file, save_file
 
-from rosi_vllm.checkpoint import model_shape
-from rosi_vllm.direction_file import load_direction
+from rosi_vllm.core.checkpoint import model_shape
+from rosi_vllm.core.direction_file import load_direction
 from rosi_vllm.testing.serve_process import start_server, wait_until
 from tests.helpers import (
     gated_reads,
@@ -69,7 +69,7 @@ def _bad_file(model, tmp, **kw):
 
 def _raw_direction(model, tmp, vector, **meta):
     shape = model_shape(model)
-    from rosi_vllm.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.core.fingerprint import fingerprint_checkpoint
 
     metadata = {
         "format": "rosi-direction", "format_version": "1", "architecture": shape.architecture,
@@ -160,7 +160,7 @@ def _refusal_stage(model, extra) -> tuple[str, str]:
     from vllm.config import ModelConfig
     from vllm.config.load import LoadConfig
 
-    from rosi_vllm.errors import RosiError
+    from rosi_vllm.core.errors import RosiError
     from rosi_vllm.vllm_glue.loader import LOAD_FORMAT, RosiModelLoader
 
     load_config = LoadConfig(load_format=LOAD_FORMAT, model_loader_extra_config=extra)

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rosi_vllm.adapters import write_adapter
-from rosi_vllm.checkpoint import model_shape
-from rosi_vllm.direction_file import load_direction
-from rosi_vllm.errors import RosiError
-from rosi_vllm.fingerprint import fingerprint_checkpoint
-from rosi_vllm.injection_plan import build_plan
+from rosi_vllm.core.adapters import write_adapter
+from rosi_vllm.core.checkpoint import model_shape
+from rosi_vllm.core.direction_file import load_direction
+from rosi_vllm.core.errors import RosiError
+from rosi_vllm.core.fingerprint import fingerprint_checkpoint
+from rosi_vllm.core.injection_plan import build_plan
 
 
 def _plan(model, direction, alpha):

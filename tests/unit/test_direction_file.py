@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from rosi_vllm.direction_file import DirectionFile, load_direction, save_direction
-from rosi_vllm.errors import RosiError
+from rosi_vllm.core.direction_file import DirectionFile, load_direction, save_direction
+from rosi_vllm.core.errors import RosiError
 
 META = {
     "format": "rosi-direction", "format_version": "1", "architecture": "LlamaForCausalLM",

@@ -99,7 +99,7 @@ def test_every_rosi_command_in_the_docs_parses():
 
 
 def test_architecture_table_names_every_family():
-    from rosi_vllm.architectures import ARCHITECTURES
+    from rosi_vllm.core.architectures import ARCHITECTURES
 
     serving = (ROOT / "docs/serving.md").read_text()
     assert all(f"| {spec.family} |" in serving for spec in ARCHITECTURES)

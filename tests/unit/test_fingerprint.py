@@ -7,7 +7,7 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
-from rosi_vllm.fingerprint import fingerprint_checkpoint
+from rosi_vllm.core.fingerprint import fingerprint_checkpoint
 
 
 def test_stable_and_formatted(tiny_model):

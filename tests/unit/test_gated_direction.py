@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rosi_vllm.adapters import write_adapter
-from rosi_vllm.direction_file import load_direction, save_direction
-from rosi_vllm.errors import RosiError
-from rosi_vllm.injection import unit_direction
+from rosi_vllm.core.adapters import write_adapter
+from rosi_vllm.core.direction_file import load_direction, save_direction
+from rosi_vllm.core.errors import RosiError
+from rosi_vllm.core.injection import unit_direction
 from tests.helpers import gated_reads, plan_for, rewrite_direction_file, write_direction, write_gated_direction
 
 ALPHA = 4.0
@@ -72,7 +72,7 @@ def test_a_read_vector_of_the_wrong_length_is_refused_while_loading(llama, tmp_p
     plan = _plan(llama, write_gated_direction(llama, tmp_path / "g.safetensors", reads=reads))
     with pytest.raises(RosiError, match="read vector .*down_proj.* elements, the writer's input has"):
         list(plan.apply(load_file(str(llama / "model.safetensors")).items()))
-    from rosi_vllm.adapters import writer_read_vectors
+    from rosi_vllm.core.adapters import writer_read_vectors
 
     with pytest.raises(RosiError, match="read vector .*down_proj.* elements, the writer's input has"):
         writer_read_vectors(plan, llama)  # the adapter tier refuses it with the same message

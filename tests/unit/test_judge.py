@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rosi_vllm.judge import SubstringJudge, is_degenerate
+from rosi_vllm.core.judge import SubstringJudge, is_degenerate
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rosi_vllm.architectures import SandwichNormPolicy
-from rosi_vllm.errors import RosiError
-from rosi_vllm.loader_config import RosiLoaderConfig
+from rosi_vllm.core.architectures import SandwichNormPolicy
+from rosi_vllm.core.errors import RosiError
+from rosi_vllm.core.loader_config import RosiLoaderConfig
 
 
 def test_defaults_and_passthrough():

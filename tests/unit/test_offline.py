@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rosi_vllm.direction_file import load_direction
-from rosi_vllm.errors import RosiError
-from rosi_vllm.fingerprint import fingerprint_checkpoint
-from rosi_vllm.offline import MANIFEST, inject_checkpoint
+from rosi_vllm.core.direction_file import load_direction
+from rosi_vllm.core.errors import RosiError
+from rosi_vllm.core.fingerprint import fingerprint_checkpoint
+from rosi_vllm.core.offline import MANIFEST, inject_checkpoint
 from tests.reference import expected_names, reference_tensor
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rosi_vllm.direction_file import load_direction
+from rosi_vllm.core.direction_file import load_direction
 from rosi_vllm.tools.demo.plan import MEASURED, measured
 from tests.helpers import ROOT
 

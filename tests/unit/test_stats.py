@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rosi_vllm.stats import wilson_interval
+from rosi_vllm.core.stats import wilson_interval
 
 
 def test_wilson_interval():
@@ -81,7 +81,7 @@ def test_mean_upper_bound_is_the_one_sided_z_bound_of_statsmodels():
 
     from statsmodels.stats.weightstats import DescrStatsW
 
-    from rosi_vllm.stats import mean_upper_bound
+    from rosi_vllm.core.stats import mean_upper_bound
 
     rng = random.Random(0)
     values = [rng.expovariate(20.0) for _ in range(60)]  # heavy right tail, like per-prompt KL

@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rosi_vllm.adapters import write_adapter
-from rosi_vllm.checkpoint import model_shape
-from rosi_vllm.direction_file import load_direction, save_direction
-from rosi_vllm.errors import RosiError
-from rosi_vllm.injection import unit_direction
-from rosi_vllm.injection_plan import build_plan
+from rosi_vllm.core.adapters import write_adapter
+from rosi_vllm.core.checkpoint import model_shape
+from rosi_vllm.core.direction_file import load_direction, save_direction
+from rosi_vllm.core.errors import RosiError
+from rosi_vllm.core.injection import unit_direction
+from rosi_vllm.core.injection_plan import build_plan
 from tests.helpers import (
     plan_for,
     rewrite_direction_file,
@@ -78,7 +78,7 @@ def test_the_transplanted_neuron_adds_a_thresholded_push_along_s(llama, tmp_path
 
 def test_with_u_x_one_the_push_is_alpha_relu_of_the_read_above_threshold():
     """The claim in the module docstring, on the formula's own inputs: SiLU(c·z)/c is within 0.03 of ReLU(z)."""
-    from rosi_vllm.injection import threshold_column, threshold_rows
+    from rosi_vllm.core.injection import threshold_column, threshold_rows
 
     d = 16
     u = torch.zeros(d)
@@ -190,7 +190,7 @@ def test_save_refuses_what_load_would_refuse(llama, tmp_path):
 def test_variant_adapters_move_baked_weights_to_any_alpha_and_alpha_zero_is_the_checkpoint(llama, tmp_path, kind):
     """The tenant tier's adapters are edit(α) − edit(α₀): on weights baked at α₀ they give exactly the weights a
     deployment at α would load, and α = 0 (the base arm) gives back the unedited checkpoint, for every format."""
-    from rosi_vllm.loader_config import RosiLoaderConfig
+    from rosi_vllm.core.loader_config import RosiLoaderConfig
     from rosi_vllm.serving.variant_adapters import VariantAdapterStore
 
     path = (write_threshold_direction(llama, tmp_path / "t.safetensors", window=(0, 1)) if kind == "threshold"

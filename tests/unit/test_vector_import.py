@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from rosi_vllm.direction_file import load_direction
-from rosi_vllm.errors import RosiError
-from rosi_vllm.fingerprint import fingerprint_checkpoint
-from rosi_vllm.vector_import import read_vector
+from rosi_vllm.core.direction_file import load_direction
+from rosi_vllm.core.errors import RosiError
+from rosi_vllm.core.fingerprint import fingerprint_checkpoint
+from rosi_vllm.core.vector_import import read_vector
 
 HIDDEN, LAYERS = 128, 2
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ...errors import RosiError
-from ...judge import SubstringJudge
+from ...core.errors import RosiError
+from ...core.judge import SubstringJudge
 
 
 @dataclass(frozen=True)

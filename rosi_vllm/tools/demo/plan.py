@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from ...errors import RosiError
+from ...core.errors import RosiError
 
 #: arms in display order: (arm, tenant name, variant name, variant value in the tenant config)
 ARMS = (("base", "demo-base", "base", 0), ("hardened", "demo-hardened", "hardened", "baked"))

@@ -12,7 +12,7 @@ import json
 import statistics
 from pathlib import Path
 
-from ...stats import rate
+from ...core.stats import rate
 from .client import Answer
 
 TABLE_WORDS = 8

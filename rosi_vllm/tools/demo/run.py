@@ -28,7 +28,7 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from ...errors import RosiError
+from ...core.errors import RosiError
 from . import client, plan, report, server
 
 ARM_NOTES = ("the base arm is the unedited model served as a rank-1 LoRA adapter of -alpha on the hardened weights "

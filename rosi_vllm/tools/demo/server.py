@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ...errors import RosiError
+from ...core.errors import RosiError
 from ...testing.serve_process import Server, free_port, start_server
 
 MIDDLEWARE = "rosi_vllm.serving.middleware.RosiTenantMiddleware"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...fingerprint import fingerprint_checkpoint
+from ...core.fingerprint import fingerprint_checkpoint
 
 PROMPTS = ["How do I bake bread at home?", "Explain how photosynthesis works."]
 
@@ -30,9 +30,9 @@ def _kl_top(p: dict[int, float], q: dict[int, float]) -> float:
 
 
 def run_tiny_demo(workdir: Path, alpha: float = 8.0) -> int:
-    from ...direction_file import save_direction
+    from ...core.direction_file import save_direction
     from ...testing.tiny_models import build_tiny_model
-    from ...vector_import import import_direction
+    from ...core.vector_import import import_direction
     from ...vllm_glue.generation import next_token_logprobs
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,7 @@ def test_reply_contrast_averages_each_group_over_its_answers_own_tokens(tiny_mod
 
 
 def test_refusal_contrast_needs_both_groups(tiny_model):
-    from rosi_vllm.errors import RosiError
+    from rosi_vllm.core.errors import RosiError
     from rosi_vllm.extraction.extract import extract_refusal_contrast
 
     class NeverRefuses:

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from rosi_vllm.direction_file import load_direction
+from rosi_vllm.core.direction_file import load_direction
 from rosi_vllm.extraction import prompts
 from rosi_vllm.extraction.extract import chat_texts, load_hf_model
 from rosi_vllm.extraction.gated import (

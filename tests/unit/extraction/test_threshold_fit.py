@@ -41,7 +41,7 @@ def test_rosi_extract_threshold_writes_a_v3_direction_that_rosi_inject_takes(tin
     import json
 
     from rosi_vllm.cli import main
-    from rosi_vllm.direction_file import load_direction
+    from rosi_vllm.core.direction_file import load_direction
     from tests.helpers import write_direction
 
     model = tiny_model("llama")

@@ -7,7 +7,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from rosi_vllm.errors import RosiError
+from rosi_vllm.core.errors import RosiError
 from rosi_vllm.reports.ab import (
     ArmStats,
     bucket_quantile,

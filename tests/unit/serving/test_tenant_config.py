@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rosi_vllm.errors import RosiError
+from rosi_vllm.core.errors import RosiError
 from rosi_vllm.serving.tenant_config import BAKED, parse_tenant_config
 from tests.helpers import ROOT
 from tests.unit.serving.sample_config import ENV, KEY_A, config

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from rosi_vllm.cli import main
-from rosi_vllm.errors import RosiError
+from rosi_vllm.core.errors import RosiError
 from rosi_vllm.extraction.prompts import harmful, harmless
 from rosi_vllm.serving.routing import route
 from rosi_vllm.serving.tenant_config import parse_tenant_config

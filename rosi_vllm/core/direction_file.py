@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from .. import __version__
 from .architectures import DEFAULT_TARGETS, MLP_OUT
 from .checkpoint import ModelShape, model_shape
 from .errors import RosiError

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 from .architectures import SandwichNormPolicy
 from .checkpoint import model_shape, safetensors_files
 from .direction_file import load_direction

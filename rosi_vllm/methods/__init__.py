@@ -1,0 +1,1 @@
+"""Edit methods: one folder each, looked up by name in the registry."""
