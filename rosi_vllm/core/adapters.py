@@ -10,40 +10,29 @@ on one copy of the base weights, chosen per request. Only the standard
 
 A threshold direction (format v3) replaces one neuron's gate row, up row and down
 column. Each replacement is itself a rank-1 delta on the base weight, new minus
-old at that neuron: ``lora_B = e_j``, ``lora_A = (row' − row)ᵀ`` for gate_proj
-and up_proj, ``lora_B = α·ŝ/c − col``, ``lora_A = e_jᵀ`` for down_proj. The old
-slices are read once (`NeuronSlice`); only the down column depends on α.
+old at that neuron. Each method's factors are its own (`rosi_vllm.methods`, the
+method's `edit.py`); this module reads the base weights once and writes PEFT's format.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .architectures import MLP_GATE, MLP_OUT, Layout
+from .architectures import Layout
 from .checkpoint import safetensors_files
 from .errors import RosiError
-from .injection import check_neuron_index, check_read_vector
 from .injection_plan import InjectionPlan
 
 PEFT_PREFIX = "base_model.model."
 
 
-@dataclass(frozen=True)
-class NeuronSlice:
-    """v3: the base weight's row (gate/up) or column (down) at the transplanted neuron, and the neuron count."""
-
-    index: int
-    neurons: int
-    old: torch.Tensor  # float32
-
-
-def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str, torch.Tensor | NeuronSlice | None]:
+def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str, object]:
     """The read vector r of every residual writer the plan targets: h (gated) or w̄ (float32 row mean), read once;
-    for a threshold plan, the base slice each transplant replaces (`NeuronSlice`).
+    for a threshold plan, the base slice each transplant replaces: whatever the plan's method needs
+    (`Method.adapter_read`).
 
     None marks a writer outside a gated window: present, not edited. What is read
     depends only on the base weights and the direction file, not on α, so callers
@@ -51,7 +40,7 @@ def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str,
     """
     from safetensors import safe_open
 
-    reads: dict[str, torch.Tensor | None] = {}
+    reads: dict[str, object] = {}
     for path in safetensors_files(model_dir):
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
@@ -63,56 +52,11 @@ def writer_read_vectors(plan: InjectionPlan, model_dir: str | Path) -> dict[str,
                 if not plan.edits_layer(hit[1]):
                     reads[name] = None
                     continue
-                if plan.transplants:
-                    reads[name] = _neuron_slice(plan, name, hit, f.get_slice(name))
-                    continue
-                fitted = plan.read_vector(name)
-                if fitted is not None:
-                    check_read_vector(fitted, f.get_slice(name).get_shape()[1], repr(name))
-                reads[name] = fitted if fitted is not None else f.get_tensor(name).to(torch.float32).mean(dim=0)
+                reads[name] = plan.method.adapter_read(plan, name, plan._hit(name), f.get_slice(name))
     return reads
 
 
-def _neuron_slice(plan: InjectionPlan, name: str, hit: tuple, stored) -> NeuronSlice:
-    writer, layer = hit
-    axis = 1 if writer.target == MLP_OUT else 0
-    shape = stored.get_shape()
-    index = plan.transplants[layer].index
-    check_neuron_index(index, shape[axis], repr(name))
-    old = stored[:, index] if axis else stored[index]
-    return NeuronSlice(index, shape[axis], old.to(torch.float32).reshape(-1))
-
-
-def _one_hot(index: int, size: int) -> torch.Tensor:
-    vector = torch.zeros(size)
-    vector[index] = 1.0
-    return vector
-
-
-def _slice_after(plan: InjectionPlan | None, name: str, read: NeuronSlice) -> torch.Tensor:
-    """v3: the slice at the neuron once `plan` is applied (None, or α = 0: the base weight's own)."""
-    if plan is None or plan.alpha == 0:
-        return read.old
-    writer, layer = plan.target(name)
-    if writer.target == MLP_OUT:
-        return plan.down_column
-    transplant = plan.transplants[layer]
-    return transplant.gate_row if writer.target == MLP_GATE else transplant.up_row
-
-
-def _factors(plan: InjectionPlan, name: str, read: torch.Tensor | NeuronSlice,
-             baseline: InjectionPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lora_A [1, d_in], lora_B [d_out, 1]) of one matrix: the plan's edit minus the baseline's, float32."""
-    if not isinstance(read, NeuronSlice):
-        return read[None, :], ((plan.alpha - (baseline.alpha if baseline else 0.0)) * plan.unit_dir)[:, None]
-    delta = _slice_after(plan, name, read) - _slice_after(baseline, name, read)
-    one_hot = _one_hot(read.index, read.neurons)
-    if plan.target(name)[0].target == MLP_OUT:
-        return one_hot[None, :], delta[:, None]
-    return delta[None, :], one_hot[:, None]
-
-
-def lora_tensors(plan: InjectionPlan, reads: dict[str, torch.Tensor | NeuronSlice | None],
+def lora_tensors(plan: InjectionPlan, reads: dict[str, object],
                  dtype: torch.dtype = torch.float32, baseline: InjectionPlan | None = None) -> dict[str, torch.Tensor]:
     """PEFT state dict of the plan's rank-1 deltas; refuses if a target is missing in any layer.
 
@@ -127,7 +71,7 @@ def lora_tensors(plan: InjectionPlan, reads: dict[str, torch.Tensor | NeuronSlic
             run.record_present(*plan.target(name))
             continue
         module = PEFT_PREFIX + name.removesuffix(".weight")
-        lora_a, lora_b = _factors(plan, name, read, baseline)
+        lora_a, lora_b = plan.method.adapter_factors(plan, name, read, baseline)
         tensors[f"{module}.lora_A.weight"] = lora_a.to(dtype).contiguous().clone()
         tensors[f"{module}.lora_B.weight"] = lora_b.to(dtype).contiguous().clone()  # no shared storage
         run.record_edit(*plan.target(name))
@@ -140,7 +84,7 @@ def target_module_names(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 
 def write_adapter(plan: InjectionPlan, model_dir: str | Path, out_dir: str | Path, *,
-                  reads: dict[str, torch.Tensor | NeuronSlice | None] | None = None, dtype: torch.dtype = torch.float32,
+                  reads: dict[str, object] | None = None, dtype: torch.dtype = torch.float32,
                   baseline: InjectionPlan | None = None) -> Path:
     """Write `plan` as a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors); with
     `baseline`, for weights that already carry that plan (`lora_tensors`)."""

@@ -4,6 +4,8 @@ Layout (see directions/README.md for the operator-facing description):
 
 * tensor ``direction``: float32, shape ``[hidden_size]``. Stored as extracted;
   consumers normalise it to unit norm themselves.
+* each edit method's own section (its keys and tensors, and their checks) is
+  written in its folder, `rosi_vllm/methods/<name>/format.py`; summarised here:
 * v2 only (``read: gated``): one float32 read vector per edited residual writer,
   tensor ``read.<layer>.<target>`` (``read.<layer>.<target>.expert.<E>`` for a
   mixture-of-experts expert), shape ``[d_in]`` of that writer. The edit becomes
@@ -39,7 +41,6 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from .architectures import DEFAULT_TARGETS, MLP_OUT
 from .checkpoint import ModelShape, model_shape
 from .errors import RosiError
 from .fingerprint import fingerprint_checkpoint
@@ -49,14 +50,11 @@ FORMAT_NAME = "rosi-direction"
 FORMAT_VERSION = "1"  # the paper's read vector w̄, computed from the weights at load
 GATED_FORMAT_VERSION = "2"  # fitted read vectors in the file
 THRESHOLD_FORMAT_VERSION = "3"  # one transplanted MLP neuron per edited layer
-READABLE_VERSIONS = (FORMAT_VERSION, GATED_FORMAT_VERSION, THRESHOLD_FORMAT_VERSION)
 TENSOR_NAME = "direction"
-READ_PREFIX = "read."
-READ_GATED = "gated"
-READ_THRESHOLD = "threshold"
-NEURON_PREFIX = "neuron."
+READ_PREFIX = "read."  # a read vector's tensor name is READ_PREFIX + `read_key` (gated's section)
 
-# Metadata keys. Provenance keys are free-form beyond the ones named here.
+# Metadata keys of the shared header; provenance keys are free-form beyond the ones named here. A method's own
+# keys are in its format.py.
 K_FORMAT = "format"
 K_VERSION = "format_version"
 K_ARCH = "architecture"
@@ -65,16 +63,21 @@ K_LAYERS = "num_layers"
 K_LAYER = "layer"
 K_ALPHA = "recommended_alpha"
 K_FINGERPRINT = "model_fingerprint"
-K_READ = "read"  # v2: "gated"
-K_WINDOW = "window"  # v2: JSON list of the layers with read vectors
-K_FIT = "fit"  # v2: JSON object, the fit's settings
-K_GATE = "gate"  # v2/v3: JSON object, per read vector (v3: per layer): held-out gate statistics
-K_NEURONS = "neurons"  # v3: JSON object, layer → index of the transplanted MLP neuron
-K_THRESHOLD = "threshold"  # v3: t, in units of g·x (whose harmful median the fit sets to 1)
-K_SHARPNESS = "sharpness"  # v3: c, how closely act(c·z)/c follows ReLU(z)
+# Keys more than one method's section uses
+K_READ = "read"  # the method: "gated", "threshold" (v1 files have none)
+K_WINDOW = "window"  # JSON list of the edited layers
+K_FIT = "fit"  # JSON object, the fit's settings
+K_GATE = "gate"  # JSON object, per read vector (v3: per layer): held-out gate statistics
 PROVENANCE_PREFIX = "provenance."
 PROVENANCE_KEYS = ("tool_version", "created", "method", "harmful_sha256", "harmless_sha256", "system_prompt")
 REQUIRED_KEYS = (K_FORMAT, K_VERSION, K_ARCH, K_HIDDEN, K_LAYERS, K_LAYER, K_ALPHA, K_FINGERPRINT)
+
+
+def _registry():
+    """The methods registry, imported when first asked: the methods build on this module."""
+    from .. import methods
+
+    return methods
 
 
 @dataclass(frozen=True)
@@ -116,45 +119,36 @@ class DirectionFile:
         return bool(self.neurons)
 
     @property
+    def method(self):
+        """The edit method whose section this file carries (`rosi_vllm.methods`)."""
+        return _registry().method_of(self)
+
+    @property
     def read_kind(self) -> str:
         """What the edit reads: "mean" (v1, the paper's w̄), "gated" (v2) or "threshold" (v3)."""
-        return READ_THRESHOLD if self.thresholded else READ_GATED if self.gated else "mean"
+        return self.method.read
 
     @property
     def format_version(self) -> str:
-        return {READ_THRESHOLD: THRESHOLD_FORMAT_VERSION, READ_GATED: GATED_FORMAT_VERSION}.get(
-            self.read_kind, FORMAT_VERSION)
+        return self.method.format_version
 
     @property
     def default_targets(self) -> tuple[str, ...]:
         """The writers this direction edits when the operator names none: those with read vectors (v2), the
         MLP's down projection (v3), else all."""
-        if self.thresholded:
-            return (MLP_OUT,)
-        if not self.gated:
-            return DEFAULT_TARGETS
-        return tuple(t for t in DEFAULT_TARGETS if any(key.split(".")[1] == t for key in self.reads))
+        return self.method.default_targets(self)
 
     @property
     def window(self) -> tuple[int, ...]:
         """Layers with read vectors (v2) or transplanted neurons (v3); empty for v1, where every layer is edited."""
-        if self.thresholded:
-            return tuple(sorted(self.neurons))
-        return tuple(sorted({read_key_layer(key) for key in self.reads}))
+        return self.method.window(self)
 
     @property
     def direction_id(self) -> str:
-        """Content id: the first 12 hex of sha256 of the float32 bytes of the direction (and read vectors, v2;
-        and each neuron with t and c, v3)."""
+        """Content id: the first 12 hex of sha256 of the float32 bytes of the direction and of the method's
+        section (read vectors, v2; each neuron with t and c, v3)."""
         digest = hashlib.sha256(self.direction.to(torch.float32).contiguous().numpy().tobytes())
-        for key in sorted(self.reads):
-            digest.update(key.encode())
-            digest.update(self.reads[key].to(torch.float32).contiguous().numpy().tobytes())
-        for layer in sorted(self.neurons):
-            neuron = self.neurons[layer]
-            digest.update(f"{layer}:{neuron.index}:{self.threshold!r}:{self.sharpness!r}".encode())
-            for vector in (neuron.read, neuron.bias):
-                digest.update(vector.to(torch.float32).contiguous().numpy().tobytes())
+        self.method.digest(self, digest)
         return digest.hexdigest()[:12]
 
     @property
@@ -171,15 +165,8 @@ class DirectionFile:
             K_LAYER: str(self.layer),
             K_ALPHA: repr(float(self.recommended_alpha)),
             K_FINGERPRINT: self.model_fingerprint,
+            **self.method.metadata(self),
         }
-        if self.thresholded:
-            meta.update({K_READ: READ_THRESHOLD, K_WINDOW: json.dumps(list(self.window)),
-                         K_NEURONS: json.dumps({str(k): v.index for k, v in sorted(self.neurons.items())}),
-                         K_THRESHOLD: repr(float(self.threshold)), K_SHARPNESS: repr(float(self.sharpness)),
-                         K_FIT: json.dumps(self.fit, sort_keys=True), K_GATE: json.dumps(self.gate, sort_keys=True)})
-        elif self.gated:
-            meta.update({K_READ: READ_GATED, K_WINDOW: json.dumps(list(self.window)),
-                         K_FIT: json.dumps(self.fit, sort_keys=True), K_GATE: json.dumps(self.gate, sort_keys=True)})
         for key, value in self.provenance.items():
             meta[PROVENANCE_PREFIX + key] = value if isinstance(value, str) else json.dumps(value)
         return meta
@@ -194,7 +181,7 @@ def read_key_layer(key: str) -> int:
     return int(key.split(".", 1)[0])
 
 
-def _parse_read_key(key: str, where: str, num_layers: int) -> None:
+def parse_read_key(key: str, where: str, num_layers: int) -> None:
     parts = key.split(".")
     valid = (len(parts) in (2, 4) and parts[0].isdigit() and parts[1] in ("attn_out", "mlp_out")
              and (len(parts) == 2 or (parts[2] == "expert" and parts[3].isdigit())))
@@ -243,28 +230,23 @@ def save_direction(path: str | Path, direction_file: DirectionFile) -> Path:
     _check_vector(vector, direction_file.hidden_size, str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sections = [m for m in _registry().METHODS if m.tensor_prefix and m.carried_by(direction_file)]
     tensors = {TENSOR_NAME: vector}
-    for key, read in direction_file.reads.items():
-        read = read.detach().to(torch.float32).contiguous().cpu()
-        _check_read(key, read, str(path))
-        tensors[READ_PREFIX + key] = direction_file.reads[key] = read
-    if direction_file.gated and direction_file.thresholded:
-        raise RosiError(f"rosi: {str(path)!r}: a direction is gated (v2) or threshold (v3), not both")
-    if direction_file.thresholded:
-        _check_threshold_settings(direction_file.threshold, direction_file.sharpness, str(path))
-    for layer, neuron in direction_file.neurons.items():
-        for part, vector in (("read", neuron.read), ("bias", neuron.bias)):
-            vector = vector.detach().to(torch.float32).contiguous().cpu()
-            _check_neuron_vector(f"{layer}.{part}", vector, direction_file.hidden_size, str(path))
-            tensors[f"{NEURON_PREFIX}{layer}.{part}"] = vector
+    for method in sections:
+        tensors.update(method.tensors(direction_file, str(path)))
+    if len(sections) > 1:
+        kinds = " or ".join(f"{m.read} (v{m.format_version})" for m in sorted(sections, key=lambda m: int(m.format_version)))
+        raise RosiError(f"rosi: {str(path)!r}: a direction is {kinds}, not both")
     save_file(tensors, str(path), metadata=direction_file.metadata())
     return path
 
 
 def load_direction(path: str | Path) -> DirectionFile:
-    """Read and validate a v1 or v2 direction file; every defect is a `RosiError`."""
+    """Read and validate a direction file of any method; every defect is a `RosiError`."""
     from safetensors import SafetensorError, safe_open
 
+    registry = _registry()
+    prefixes = [m.tensor_prefix for m in registry.METHODS if m.tensor_prefix]
     path = Path(path)
     where = str(path)
     if not path.is_file():
@@ -276,11 +258,9 @@ def load_direction(path: str | Path) -> DirectionFile:
             if TENSOR_NAME not in names:
                 raise RosiError(f"rosi: {where!r} has no tensor {TENSOR_NAME!r} (found {names})")
             vector = f.get_tensor(TENSOR_NAME)
-            reads = {name[len(READ_PREFIX):]: f.get_tensor(name) for name in names if name.startswith(READ_PREFIX)}
-            neuron_tensors = {name[len(NEURON_PREFIX):]: f.get_tensor(name) for name in names
-                              if name.startswith(NEURON_PREFIX)}
-            others = sorted(set(names) - {TENSOR_NAME} - {READ_PREFIX + k for k in reads}
-                            - {NEURON_PREFIX + k for k in neuron_tensors})
+            sections = {prefix: {name[len(prefix):]: f.get_tensor(name) for name in names if name.startswith(prefix)}
+                        for prefix in prefixes}
+            others = sorted(name for name in names if name != TENSOR_NAME and not name.startswith(tuple(prefixes)))
     except (SafetensorError, OSError, ValueError) as exc:
         if isinstance(exc, RosiError):
             raise
@@ -289,10 +269,10 @@ def load_direction(path: str | Path) -> DirectionFile:
     if meta.get(K_FORMAT) != FORMAT_NAME:
         raise RosiError(f"rosi: {where!r} is not a ROSI direction file (format={meta.get(K_FORMAT)!r})")
     version = meta.get(K_VERSION)
-    if version not in READABLE_VERSIONS:
+    if version not in registry.BY_VERSION:
         raise RosiError(
             f"rosi: {where!r} has format_version {version!r}; this rosi-vllm reads versions "
-            f"{', '.join(READABLE_VERSIONS)}"
+            f"{', '.join(registry.READABLE_VERSIONS)}"
         )
     if others:
         raise RosiError(f"rosi: {where!r} has unexpected tensors {others[:5]}")
@@ -310,101 +290,14 @@ def load_direction(path: str | Path) -> DirectionFile:
         raise RosiError(f"rosi: {where!r} direction is {vector.dtype}; format v1 stores float32")
     _check_vector(vector, hidden, where)
     provenance = {k[len(PROVENANCE_PREFIX):]: v for k, v in meta.items() if k.startswith(PROVENANCE_PREFIX)}
-    if version == THRESHOLD_FORMAT_VERSION:
-        return _load_threshold(meta, vector, reads, neuron_tensors, provenance, where,
-                               (meta[K_ARCH], hidden, layers, layer, alpha, meta[K_FINGERPRINT]))
-    if neuron_tensors:
-        raise RosiError(f"rosi: {where!r} is format_version {version} but carries version-3 neuron tensors "
-                        f"{sorted(NEURON_PREFIX + k for k in neuron_tensors)[:4]}; a file is one version or another")
-    fit, gate = _check_version_contents(version, meta, reads, layers, where)
+    method = registry.BY_VERSION[version]
+    registry.refuse_foreign_tensors(method, registry.METHODS, sections, where)
+    section = method.load(meta, sections, hidden_size=hidden, num_layers=layers, where=where)
     return DirectionFile(vector, meta[K_ARCH], hidden, layers, layer, alpha, meta[K_FINGERPRINT], provenance,
-                         reads=reads, fit=fit, gate=gate)
+                         **section)
 
 
-def _load_threshold(meta: dict, vector: torch.Tensor, reads: dict, neuron_tensors: dict, provenance: dict,
-                    where: str, identity: tuple) -> DirectionFile:
-    """v3: ``read: threshold``, a neuron index per window layer, its read and bias vectors, t and c; nothing else."""
-    _, hidden, num_layers, *_ = identity
-    if reads:
-        raise RosiError(f"rosi: {where!r} is format_version 3 but carries version-2 read vectors "
-                        f"{sorted(READ_PREFIX + k for k in reads)[:4]}; a file is one version or another")
-    if meta.get(K_READ) != READ_THRESHOLD:
-        raise RosiError(f"rosi: {where!r} is format_version 3 but its read is {meta.get(K_READ)!r}, not 'threshold'")
-    try:
-        window = json.loads(meta.get(K_WINDOW, "null"))
-        indices = json.loads(meta.get(K_NEURONS, "null"))
-        fit, gate = json.loads(meta.get(K_FIT, "{}")), json.loads(meta.get(K_GATE, "{}"))
-        threshold, sharpness = float(meta.get(K_THRESHOLD, "nan")), float(meta.get(K_SHARPNESS, "nan"))
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise RosiError(f"rosi: {where!r} has malformed version-3 metadata ({exc})") from None
-    if not isinstance(indices, dict) or not indices or not all(
-            k.isdigit() and isinstance(v, int) and v >= 0 for k, v in indices.items()):
-        raise RosiError(f"rosi: {where!r} is format_version 3 but its neurons metadata {indices!r} is not a "
-                        'non-empty {"<layer>": <neuron index>} object')
-    _check_threshold_settings(threshold, sharpness, where)
-    layers = sorted(int(k) for k in indices)
-    if window != layers:
-        raise RosiError(f"rosi: {where!r} declares window {window} but has neurons for layers {layers}")
-    if layers[-1] >= num_layers:
-        raise RosiError(f"rosi: {where!r} has a neuron for layer {layers[-1]}, but the model has {num_layers} layers")
-    expected = {f"{layer}.{part}" for layer in layers for part in ("read", "bias")}
-    if set(neuron_tensors) != expected:
-        missing, extra = sorted(expected - set(neuron_tensors)), sorted(set(neuron_tensors) - expected)
-        raise RosiError(f"rosi: {where!r} neuron tensors do not match its neurons metadata (missing "
-                        f"{[NEURON_PREFIX + k for k in missing[:4]]}, unexpected {[NEURON_PREFIX + k for k in extra[:4]]})")
-    for key, tensor in neuron_tensors.items():
-        _check_neuron_vector(key, tensor, hidden, where)
-    neurons = {layer: ThresholdNeuron(indices[str(layer)], neuron_tensors[f"{layer}.read"],
-                                      neuron_tensors[f"{layer}.bias"]) for layer in layers}
-    return DirectionFile(vector, *identity, provenance, fit=fit, gate=gate, neurons=neurons,
-                         threshold=threshold, sharpness=sharpness)
-
-
-def _check_threshold_settings(threshold: float, sharpness: float, where: str) -> None:
-    import math
-
-    if not (math.isfinite(threshold) and math.isfinite(sharpness) and sharpness > 0):
-        raise RosiError(f"rosi: {where!r} needs a finite threshold and a positive finite sharpness "
-                        f"(got threshold={threshold!r}, sharpness={sharpness!r})")
-
-
-def _check_neuron_vector(key: str, vector: torch.Tensor, hidden_size: int, where: str) -> None:
-    if vector.dtype != torch.float32 or vector.ndim != 1 or vector.shape[0] != hidden_size:
-        raise RosiError(f"rosi: {where!r} neuron tensor {NEURON_PREFIX + key!r} must be float32 [{hidden_size}] "
-                        f"(the MLP input), got {vector.dtype} {tuple(vector.shape)}")
-    if not torch.isfinite(vector).all():
-        raise RosiError(f"rosi: {where!r} neuron tensor {NEURON_PREFIX + key!r} contains NaN or inf")
-
-
-def _check_version_contents(version: str, meta: dict, reads: dict, num_layers: int, where: str) -> tuple[dict, dict]:
-    """v1 has no read vectors or v2 keys; v2 has read vectors, ``read: gated`` and a window that matches them."""
-    v2_keys = sorted(k for k in (K_READ, K_WINDOW, K_FIT, K_GATE, K_NEURONS, K_THRESHOLD, K_SHARPNESS) if k in meta)
-    if version == FORMAT_VERSION:
-        if reads or v2_keys:
-            found = ([READ_PREFIX + k for k in sorted(reads)] + v2_keys)[:5]
-            raise RosiError(f"rosi: {where!r} is format_version 1 but carries version-2/3 keys {found}; "
-                            "a file is one version or another")
-        return {}, {}
-    if meta.get(K_READ) != READ_GATED:
-        raise RosiError(f"rosi: {where!r} is format_version 2 but its read is {meta.get(K_READ)!r}, not 'gated'")
-    if not reads:
-        raise RosiError(f"rosi: {where!r} is format_version 2 (gated) but has no read vectors")
-    for key, read in reads.items():
-        _parse_read_key(key, where, num_layers)
-        _check_read(key, read, where)
-    try:
-        window = json.loads(meta.get(K_WINDOW, "null"))
-        fit, gate = json.loads(meta.get(K_FIT, "{}")), json.loads(meta.get(K_GATE, "{}"))
-    except json.JSONDecodeError as exc:
-        raise RosiError(f"rosi: {where!r} has malformed version-2 metadata ({exc})") from None
-    layers_with_reads = sorted({read_key_layer(k) for k in reads})
-    if window != layers_with_reads:
-        raise RosiError(f"rosi: {where!r} declares window {window} but has read vectors for layers "
-                        f"{layers_with_reads}")
-    return fit, gate
-
-
-def _check_read(key: str, read: torch.Tensor, where: str) -> None:
+def check_read(key: str, read: torch.Tensor, where: str) -> None:
     if read.dtype != torch.float32 or read.ndim != 1 or read.numel() == 0:
         raise RosiError(f"rosi: {where!r} read vector {READ_PREFIX + key!r} must be a 1-D float32 tensor, "
                         f"got {read.dtype} {tuple(read.shape)}")

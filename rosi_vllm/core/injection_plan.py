@@ -8,9 +8,9 @@ tensors (vLLM's weight iterator, or a safetensors
 file being rewritten offline) and swaps each residual writer for its edited
 copy. It checks at the end of the stream that every requested target was found
 in every layer, so an architecture whose names drifted cannot come up
-half-hardened. A threshold direction (format v3) edits one neuron per window
-layer instead: a row of gate_proj and up_proj and a column of down_proj, matched
-and counted the same way. No vLLM import: the offline `rosi inject` path and the loader
+half-hardened. What each matched writer becomes is its method's edit
+(`rosi_vllm.methods`: w̄ or a fitted read vector, or a transplanted neuron),
+matched and counted the same way whatever the method. No vLLM import: the offline `rosi inject` path and the loader
 share this code, which is what makes them equivalent.
 """
 
@@ -26,9 +26,6 @@ import torch
 from .alpha_policy import check_alpha
 from .architectures import (
     EMBED,
-    MLP_GATE,
-    MLP_OUT,
-    MLP_UP,
     ArchitectureSpec,
     ResidualWriter,
     SandwichNormPolicy,
@@ -36,9 +33,8 @@ from .architectures import (
     validate_targets,
 )
 from .checkpoint import ModelShape
-from .direction_file import DirectionFile, read_key
+from .direction_file import DirectionFile
 from .errors import RosiError
-from .injection import inject, replace_slice, threshold_column, threshold_rows
 
 
 @dataclass
@@ -54,15 +50,6 @@ class InjectionStats:
     @property
     def total(self) -> int:
         return sum(self.edited.values())
-
-
-@dataclass(frozen=True)
-class Transplant:
-    """v3: what one layer's neuron becomes (`injection.threshold_rows`); the down column is the plan's."""
-
-    index: int
-    gate_row: torch.Tensor
-    up_row: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -82,8 +69,10 @@ class InjectionPlan:
     #: gated and threshold: the only layers edited; None: every layer
     window: frozenset[int] | None = None
     #: threshold (format v3): layer → its neuron's new rows; with `down_column`, its new down_proj column
-    transplants: Mapping[int, Transplant] = field(default_factory=dict)
+    transplants: Mapping = field(default_factory=dict)
     down_column: torch.Tensor | None = None
+    #: the edit method (`rosi_vllm.methods`) whose edit each matched writer gets
+    method: object = None
 
     @property
     def edit_key(self) -> tuple:
@@ -107,21 +96,6 @@ class InjectionPlan:
     def edits_layer(self, layer: int | None) -> bool:
         """Whether writers of `layer` are edited: every layer, or a gated direction's window."""
         return self.window is None or layer in self.window
-
-    def read_vector(self, name: str, hit: tuple | None = None) -> torch.Tensor | None:
-        """h for the writer `name` (gated), or None for the paper's w̄; a gated writer without h fails closed.
-
-        ``hit``: `_hit(name)` when the caller already matched the name.
-        """
-        if not self.reads:
-            return None
-        writer, layer, expert = hit or self._hit(name)
-        key = read_key(layer, writer.target, expert)
-        if key not in self.reads:
-            kind = ("a mixture-of-experts writer: gated mode needs a read vector for every expert"
-                    if expert is not None else "a writer in the window without a read vector")
-            raise RosiError(f"rosi: {name!r} is {kind} (no read.{key}); refusing a partial injection")
-        return self.reads[key]
 
     def target(self, name: str) -> tuple[ResidualWriter, int | None] | None:
         """The writer `name` is if it is to be edited; None for other tensors and for extra layers."""
@@ -180,28 +154,10 @@ class InjectionRun:
             self.record_present(writer, layer)
             return tensor
         started = time.perf_counter()
-        if self.plan.transplants:
-            edited = self._transplant(name, tensor, *hit)
-        else:
-            edited = inject(tensor, self.plan.unit_dir, self.plan.alpha, writer.layout,
-                            self.plan.read_vector(name, hit), name)
+        edited = self.plan.method.edit(self.plan, name, tensor, hit)
         self.stats.math_seconds += time.perf_counter() - started
         self.record_edit(writer, layer)
         return edited
-
-    def _transplant(self, name: str, tensor: torch.Tensor, writer: ResidualWriter, layer: int,
-                    expert: int | None) -> torch.Tensor:
-        """v3: the layer's neuron gets its gate row, up row or down column (`injection.threshold_rows`)."""
-        if expert is not None:
-            raise RosiError(f"rosi: {name!r} is a mixture-of-experts expert; a threshold (format v3) direction "
-                            "transplants a neuron of a dense MLP and cannot edit expert layers")
-        if self.plan.alpha == 0:  # α = 0 is the unedited model in every format, not a neuron that writes nothing
-            return tensor
-        transplant = self.plan.transplants[layer]
-        if writer.target == MLP_OUT:
-            return replace_slice(tensor, transplant.index, self.plan.down_column, axis=1, name=repr(name))
-        row = transplant.gate_row if writer.target == MLP_GATE else transplant.up_row
-        return replace_slice(tensor, transplant.index, row, axis=0, name=repr(name))
 
     def record_edit(self, writer: ResidualWriter, layer: int | None) -> None:
         """Count one matrix edited by other means (an adapter built for it); `check_complete` reads the counts."""
@@ -240,8 +196,7 @@ class InjectionRun:
         per_target = ", ".join(f"{t}={self.stats.edited[t]}" for t in plan.targets)
         other = self.stats.left_to_other_stages
         elsewhere = f" (+{other} in other pipeline stages' layers, edited there)" if other else ""
-        read = (f" read=threshold window={sorted(plan.window)}" if plan.transplants
-                else f" read=gated window={sorted(plan.window)}" if plan.reads else "")
+        read = plan.method.describe(plan)
         return (
             f"rosi: direction={plan.direction_id}{read} alpha={plan.alpha:g} "
             f"edited {self.stats.total} matrices ({per_target}){elsewhere} "
@@ -267,10 +222,10 @@ def build_plan(
     ``targets`` None: the direction's own (every residual writer for v1; the
     writers a gated v2 direction has read vectors for).
     """
+    method = direction_file.method
     targets = validate_targets(direction_file.default_targets if targets is None else targets)
     spec = spec_for_architecture(shape.architecture)
-    if direction_file.thresholded:
-        targets = _threshold_targets(spec, targets)
+    targets = method.plan_targets(spec, targets)
     if direction_file.architecture != shape.architecture:
         raise RosiError(
             f"rosi: direction was extracted from a {direction_file.architecture}, "
@@ -307,8 +262,7 @@ def build_plan(
     missing = [t for t in targets if not any(w.target == t for w in writers)]
     if missing:
         raise RosiError(f"rosi: architecture family {spec.family!r} has no writer for target(s) {missing}")
-    if direction_file.gated:
-        _check_gated(direction_file, targets)
+    method.check_plan(direction_file, targets)
     return InjectionPlan(
         spec=spec,
         writers=writers,
@@ -318,36 +272,7 @@ def build_plan(
         num_layers=shape.num_layers,
         direction_id=direction_file.direction_id,
         fingerprint_verified=checkpoint_fingerprint is not None,
-        reads=dict(direction_file.reads),
-        window=frozenset(direction_file.window) if direction_file.gated or direction_file.thresholded else None,
-        transplants={layer: Transplant(n.index, *threshold_rows(n.read, n.bias, direction_file.threshold,
-                                                                 direction_file.sharpness))
-                     for layer, n in direction_file.neurons.items()},
-        down_column=(threshold_column(direction_file.unit, chosen_alpha, direction_file.sharpness)
-                     if direction_file.thresholded else None),
+        window=frozenset(direction_file.window) if direction_file.window else None,
+        method=method,
+        **method.plan_fields(direction_file, chosen_alpha),
     )
-
-
-def _threshold_targets(spec: ArchitectureSpec, targets: tuple[str, ...]) -> tuple[str, ...]:
-    """v3 edits the MLP only: its down projection and the two input projections of the same neuron."""
-    if targets != (MLP_OUT,):
-        raise RosiError(f"rosi: a threshold (format v3) direction edits the MLP (targets ['mlp_out']); "
-                        f"got {list(targets)}")
-    if not spec.mlp_inputs:
-        raise RosiError(f"rosi: a threshold (format v3) direction transplants a neuron of a gated MLP "
-                        f"(gate and up projections); architecture family {spec.family!r} has none")
-    return (MLP_OUT, MLP_GATE, MLP_UP)
-
-
-def _check_gated(direction_file: DirectionFile, targets: tuple[str, ...]) -> None:
-    """Every dense writer the plan will edit has its read vector (experts are checked as they stream)."""
-    if EMBED in targets:
-        raise RosiError("rosi: target 'embed' has no read vector in a gated (format v2) direction; "
-                        "use targets attn_out and mlp_out")
-    dense = {key for key in direction_file.reads if ".expert." not in key}
-    experts = {key.split(".expert.")[0] for key in direction_file.reads if ".expert." in key}
-    needed = [read_key(layer, target) for layer in direction_file.window for target in targets]
-    missing = [key for key in needed if key not in dense and key not in experts]
-    if missing:
-        raise RosiError(f"rosi: gated direction has no read vector for {len(missing)} writer(s) in its window "
-                        f"({', '.join('read.' + k for k in missing[:4])}); refusing a partial injection")
