@@ -73,6 +73,7 @@ class TenantService:
         #: α → requests admitted on its adapter and not finished: resolvable whatever a reload did since
         self._admitted: dict[float, int] = {}
         self._admitted_lock = threading.Lock()  # the resolver asks from a worker thread
+        self._adapter_names: tuple | None = None  # (config, baked α, adapter name → α): `_adapter_index`
         metrics.config_generation.set(self.generation)
 
     # -- binding to the engine -------------------------------------------------------------
@@ -186,12 +187,21 @@ class TenantService:
         """α of a ``rosi-alpha-*`` adapter name, if the current config serves it or an admitted request needs it."""
         if self.served is None or not lora_name.startswith(ADAPTER_PREFIX):
             return None
-        with self._admitted_lock:
+        alpha = self._adapter_index().get(lora_name)
+        if alpha is not None:
+            return alpha
+        with self._admitted_lock:  # few: the α values of requests still running since a reload dropped them
             admitted = list(self._admitted)
-        for alpha in [*adapter_alphas(self.config, self.served.baked_alpha), *admitted]:
-            if adapter_name(alpha) == lora_name:
-                return alpha
-        return None
+        return next((a for a in admitted if adapter_name(a) == lora_name), None)
+
+    def _adapter_index(self) -> dict[str, float]:
+        """Adapter name → α for the current config: built once per config and baked α (a reload swaps
+        `self.config`), so a resolver call is one lookup, not a scan of every variant."""
+        config, baked = self.config, self.served.baked_alpha
+        cached = self._adapter_names
+        if cached is None or cached[0] is not config or cached[1] != baked:
+            cached = self._adapter_names = (config, baked, {adapter_name(a): a for a in adapter_alphas(config, baked)})
+        return cached[2]
 
     # -- hot reload ------------------------------------------------------------------------
     def _file_state(self):
