@@ -14,13 +14,12 @@ Optional columns (`eval_extras`): refusal per request form with the style-shift 
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..core.judge import SubstringJudge
-from ..reports.plots import figure
+from ..reports.plots import figure, write_json_and_plot
 from ..vllm_glue.generation import chat_completions
 from .eval_extras import ExtraSets
 from .judge_calibration import calibrate
@@ -120,10 +119,7 @@ def plot_eval(results: list[dict], labels: list[str], path) -> None:
 
 
 def write_report(result: dict, out: str | Path, label: str) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    plot_eval([result], [label], out.with_suffix(".png"))
+    write_json_and_plot(result, out, lambda png: plot_eval([result], [label], png))
 
 
 SUMMARY_KEYS = ("harmful_refusal", "benign_refusal", "borderline_refusal", "jailbreak_attack_success", "degenerate",

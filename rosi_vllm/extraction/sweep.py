@@ -12,11 +12,10 @@ the keys `benchmarks/report.py` reads (``model``, ``rows[*].alpha``,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..core.judge import SubstringJudge
-from ..reports.plots import figure
+from ..reports.plots import figure, write_json_and_plot
 from .scoring import PromptSets, benign_kls, score_outputs
 
 #: The curves drawn, in this order, with their legend labels.
@@ -88,9 +87,4 @@ def plot_sweep(result: dict, path) -> None:
 
 def write_sweep(result: dict, out: str | Path) -> Path:
     """The JSON at `out` and its plot beside it (same name, ``.png``); returns the PNG's path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    png = out.with_suffix(".png")
-    plot_sweep(result, png)
-    return png
+    return write_json_and_plot(result, out, lambda png: plot_sweep(result, png))[1]

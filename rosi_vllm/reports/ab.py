@@ -15,14 +15,13 @@ medians are bucket-resolution estimates.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import RosiError
 from ..core.stats import wilson_interval
-from .plots import figure
+from .plots import figure, write_json_and_plot
 
 
 @dataclass
@@ -214,9 +213,4 @@ def _draw_report(report: dict, ax1, ax2) -> None:
 
 
 def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    png = out.with_suffix(".png")
-    plot_report(report, png)
-    return out, png
+    return write_json_and_plot(report, out, lambda png: plot_report(report, png))

@@ -8,11 +8,11 @@ of the client-side end-to-end time.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 from ...core.stats import rate
+from ...reports.plots import write_json_and_plot
 from .client import Answer
 
 TABLE_WORDS = 8
@@ -188,6 +188,4 @@ def plot(result: dict, path: Path) -> Path:
 
 
 def write_outputs(result: dict, folder: Path) -> tuple[Path, Path]:
-    json_path = folder / "demo.json"
-    json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    return json_path, plot(result, folder / "demo.png")
+    return write_json_and_plot(result, folder / "demo.json", lambda png: plot(result, png), ensure_ascii=False)
