@@ -37,7 +37,7 @@ def tiny_gated_direction(work: Path, dtype: str = "float32") -> tuple[Path, Path
     cached = _TINY_GATED.get(dtype)
     if cached and all(p.exists() for p in (*cached, cached[1].with_suffix("") / "gate.json")):
         return cached
-    from rosi_vllm.extraction.gated import extract_gated
+    from rosi_vllm.methods.gated.fit import extract_gated
 
     model = resolve_model("tiny", work)
     write, _ = direction_for(model, work)

@@ -27,7 +27,7 @@ from ._common import study_parser, write_result
 def main(argv=None) -> int:
     import torch
 
-    from rosi_vllm.extraction.gated import auroc, benign_top_space, fit_read_vector
+    from rosi_vllm.extraction.read_fit import auroc, benign_top_space, fit_read_vector
 
     args = study_parser(__doc__, __spec__.name).parse_args(argv)
     d, n, n_harm, rho = (512, 3000, 300, 0.7) if args.smoke else (4864, 12000, 1500, 0.7)

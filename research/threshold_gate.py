@@ -31,7 +31,7 @@ gate_proj, a row of up_proj, a column of down_proj), no hook, no kernel. This
 benchmark measured it before it was a product; it is now direction format v3
 (`rosi extract --method threshold`), and each config below is applied through
 that format's own plan, as the loader applies it. The fit is the product's
-(`rosi_vllm.extraction.threshold.fit_neurons`). Variants, applied in place to the
+(`rosi_vllm.methods.threshold.fit.fit_neurons`). Variants, applied in place to the
 transformers model: unedited,
 the shipped gated file at its recommended α (`--direction`, the reference), and
 each `--configs` entry ``layers:α:t`` (``+A``: with the file's own linear gate at
@@ -55,7 +55,7 @@ from pathlib import Path
 
 import torch
 
-from rosi_vllm.extraction.threshold import SHARPNESS
+from rosi_vllm.methods.threshold.fit import SHARPNESS
 from rosi_vllm.reports.plots import figure
 
 from ._common import resolve_model, study_parser, tiny_gated_direction, write_with_plot
@@ -95,7 +95,7 @@ def measure(model: Path, direction: Path, configs: list[dict], *, split: str, n:
     from rosi_vllm.core.direction_file import load_direction
     from rosi_vllm.extraction.extract import load_hf_model
     from rosi_vllm.extraction.hf_eval import generate, injected, next_token_logprobs, prompt_kls
-    from rosi_vllm.extraction.threshold import fit_neurons, threshold_direction
+    from rosi_vllm.methods.threshold.fit import fit_neurons, threshold_direction
     from rosi_vllm.core.fingerprint import fingerprint_checkpoint
     from rosi_vllm.core.injection_plan import build_plan
     from rosi_vllm.core.judge import SubstringJudge, is_degenerate

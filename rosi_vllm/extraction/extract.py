@@ -31,42 +31,14 @@ last prompt token is always at position −1.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..core.checkpoint import ModelShape, model_shape
+from .hf_eval import generate
+from .hf_model import LoadedModel, chat_texts, load_hf_model  # noqa: F401  (load_hf_model: callers' entry point)
 from .prompts import SAFETY_SYSTEM_PROMPT, sha256_of
-
-
-@dataclass
-class LoadedModel:
-    model: object
-    tokenizer: object
-    path: Path
-
-    @property
-    def num_layers(self) -> int:
-        return self.model.config.num_hidden_layers
-
-    @functools.cached_property
-    def shape(self) -> ModelShape:
-        """Architecture and sizes from the checkpoint's config, read once."""
-        return model_shape(self.path)
-
-
-def load_hf_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
-    model.eval()
-    return LoadedModel(model, tokenizer, Path(model_dir))
 
 
 def resolve_system_prompt(choice: str | None) -> str | None:
@@ -76,18 +48,6 @@ def resolve_system_prompt(choice: str | None) -> str | None:
     if choice == "safety":
         return SAFETY_SYSTEM_PROMPT
     return Path(choice).read_text(encoding="utf-8").strip()
-
-
-def chat_texts(tokenizer, instructions, system_prompt: str | None = None, prefill: str = "") -> list[str]:
-    """Each instruction as one user turn, ready for the assistant's reply; `prefill`: the reply's first words,
-    already written (an assistant-prefill request, as a client that continues the final message sends it)."""
-    texts = []
-    for instruction in instructions:
-        messages = [{"role": "user", "content": instruction}]
-        if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill)
-    return texts
 
 
 @torch.no_grad()
@@ -185,7 +145,6 @@ def extract_refusal_contrast(loaded: LoadedModel, harmful, *, system_prompt: str
 
     from ..core.errors import RosiError
     from ..core.judge import SubstringJudge
-    from .hf_eval import generate  # hf_eval imports this module: import at call time
 
     judge = judge or SubstringJudge()
     harmful = list(harmful)

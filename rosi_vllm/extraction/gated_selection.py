@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .extract import LoadedModel
+from .hf_model import LoadedModel
 from .scoring import edited_kl_bounds, score_variant
 from .selection import MAX_ADDED_BENIGN_REFUSAL, MAX_ADDED_DEGENERATE, MAX_KL, HfVariantGenerator
 
@@ -262,14 +262,12 @@ class GatedSelection:
 
 def write_report(report: dict, out, report_dir, stem: str, plot: Callable[[dict, object], None]) -> object:
     """`stem`.json and `stem`.png of an extraction in `report_dir` (default: beside `out`, named after it)."""
-    import json
     from pathlib import Path
 
+    from ..reports.plots import write_json_and_plot
+
     report_dir = Path(report_dir or Path(out).with_suffix(""))
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, report_dir / f"{stem}.png")
-    return report_dir / f"{stem}.json"
+    return write_json_and_plot(report, report_dir / f"{stem}.json", lambda png: plot(report, png))[0]
 
 
 def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows, alphas, *, val_n: int,

@@ -15,7 +15,7 @@ import contextlib
 import torch
 
 from ..core.injection_plan import InjectionPlan
-from .extract import LoadedModel, chat_texts
+from .hf_model import LoadedModel, chat_texts
 
 
 @contextlib.contextmanager

@@ -37,7 +37,8 @@ from ..core.direction_file import DirectionFile, direction_for_checkpoint
 from ..core.injection_plan import InjectionPlan, build_plan
 from ..core.judge import SubstringJudge
 from ..reports.plots import figure
-from .extract import Extraction, LoadedModel
+from .extract import Extraction
+from .hf_model import LoadedModel
 from .hf_eval import generate, injected, next_token_logprobs
 from .scoring import edited_kl, score_variant
 

@@ -15,6 +15,7 @@ layer, every residual writer. A method overrides what it changes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,6 +26,26 @@ from ..core.errors import RosiError
 if TYPE_CHECKING:
     from ..core.direction_file import DirectionFile
     from ..core.injection_plan import InjectionPlan
+
+
+#: a layer's gate is good enough to edit only if its held-out AUROC reaches this (every fit's default)
+MIN_AUROC = 0.9
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """The selection settings every method's fit shares (validation split sizes, completion lengths, batch).
+
+    Each method's `config.py` extends it; its defaults are the only defaults: the fit's keyword defaults and
+    `rosi extract`'s flags and help text read them.
+    """
+
+    alphas: tuple[float, ...] | None = None  # None: the method's own grid (mean: selected around the model's scale)
+    val_n: int = 60  # validation prompts per set, stage 2
+    stage1_n: int = 24  # validation prompts per set, stage 1 grid
+    stage1_tokens: int = 16  # completion length, stage 1
+    max_new_tokens: int = 32  # completion length, stage 2
+    batch_size: int = 32
 
 
 class Method:
@@ -41,8 +62,6 @@ class Method:
     #: prefixes of other methods' tensors this method's file reports among its stray keys rather than by their
     #: method's name (the v1 reader's wording, older than the newer sections it names)
     foreign_tensors_as_keys: tuple[str, ...] = ()
-    #: the fit: the module `rosi extract --method <read>` runs, imported only then (extraction code)
-    fit_module: str = ""
 
     # -- file format section ----------------------------------------------------------------
     def carried_by(self, direction_file: DirectionFile) -> bool:

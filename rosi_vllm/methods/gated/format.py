@@ -28,7 +28,6 @@ class GatedFormat(Method):
     tensor_prefix = READ_PREFIX
     tensor_noun = "read vectors"
     metadata_keys = (K_READ, K_WINDOW, K_FIT, K_GATE)
-    fit_module = "rosi_vllm.methods.gated.fit"
 
     def carried_by(self, direction_file) -> bool:
         return bool(direction_file.reads)

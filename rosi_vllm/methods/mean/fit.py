@@ -1,30 +1,38 @@
-"""`rosi extract` end to end: extract per-layer directions, select layer and α, write the file and report."""
+"""The paper's fit (format v1): `rosi extract --method mean-diff | refusal-contrast[-reply]` end to end.
+
+Extract per-layer directions, select layer and α, write the file and its report.
+"""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from ..core.direction_file import save_direction
-from ..core.fingerprint import fingerprint_checkpoint
-from . import prompts
-from .extract import (
+from ...core.direction_file import save_direction
+from ...core.fingerprint import fingerprint_checkpoint
+from ...extraction import prompts
+from ...extraction.extract import (
     extract_directions,
     extract_refusal_contrast,
     load_hf_model,
     resolve_system_prompt,
 )
-from .selection import direction_file_for, plot_selection, select
+from ...extraction.selection import direction_file_for, plot_selection, select
+from ...reports.plots import write_json_and_plot
+from .config import MeanConfig
+
+DEFAULTS = MeanConfig()
 
 
 def extract_and_select(model: str, out: str | Path, *, model_label: str, method: str = "mean-diff",
-                       harmful_file: str | None = None, harmless_file: str | None = None, n_pairs: int = 50,
-                       n_harmful: int = 200, layer: int | None = None, alpha: float | None = None,
-                       layers: list[int] | None = None, alphas: list[float] | None = None,
-                       system_prompt: str = "none", val_n: int = 60, stage1_n: int = 24, max_new_tokens: int = 32,
-                       stage1_tokens: int = 16, batch_size: int = 32, report_dir: str | Path | None = None,
-                       backend: str = "hf") -> Path:
+                       harmful_file: str | None = None, harmless_file: str | None = None,
+                       n_pairs: int = DEFAULTS.n_pairs, n_harmful: int = DEFAULTS.n_harmful, layer: int | None = None,
+                       alpha: float | None = None, layers: list[int] | None = None,
+                       alphas: list[float] | None = DEFAULTS.alphas, system_prompt: str = DEFAULTS.system_prompt,
+                       val_n: int = DEFAULTS.val_n, stage1_n: int = DEFAULTS.stage1_n,
+                       max_new_tokens: int = DEFAULTS.max_new_tokens, stage1_tokens: int = DEFAULTS.stage1_tokens,
+                       batch_size: int = DEFAULTS.batch_size, report_dir: str | Path | None = None,
+                       backend: str = DEFAULTS.backend) -> Path:
     """Write the direction file (and, when layer or α was selected, the selection report); return its path."""
     harmful = prompts.read_prompt_file(harmful_file) if harmful_file else prompts.harmful("extraction")
     harmless = prompts.read_prompt_file(harmless_file) if harmless_file else prompts.harmless("extraction")
@@ -65,12 +73,10 @@ def extract_and_select(model: str, out: str | Path, *, model_label: str, method:
     path = save_direction(out, direction)
     if report is not None:
         report_dir = Path(report_dir or Path(out).with_suffix(""))
-        report_dir.mkdir(parents=True, exist_ok=True)
         payload = {"model": model_label, "direction_file": str(path), "extract_seconds": extract_seconds,
                    "method": method, "system_prompt": system_prompt, "n_harmful": len(harmful),
                    "n_refused": extraction.n_refused, "n_complied": extraction.n_complied, **report.to_dict()}
-        (report_dir / "selection.json").write_text(json.dumps(payload, indent=2) + "\n")
-        plot_selection(report, report_dir / "selection.png")
+        write_json_and_plot(payload, report_dir / "selection.json", lambda png: plot_selection(report, png))
         print(f"report: {report_dir / 'selection.json'} and selection.png")
     print(f"wrote {path} (direction {direction.direction_id}, layer {layer}, alpha {alpha:g})")
     return path

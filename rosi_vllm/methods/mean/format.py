@@ -11,7 +11,6 @@ class MeanFormat(Method):
     read = "mean"
     format_version = FORMAT_VERSION
     foreign_tensors_as_keys = (READ_PREFIX,)
-    fit_module = "rosi_vllm.methods.mean.fit"
 
     def carried_by(self, direction_file) -> bool:
         return True  # the registry asks it last: a file with no other method's section is the paper's

@@ -9,9 +9,9 @@ t, a full push above it.
 
 Per candidate layer L, on the MLP's normalised input x (the residual after the
 post-attention norm, captured by a pre-hook on the MLP module):
-- g: the gated fit's read vector (`gated.fit_read_vector`, AlphaSteer's null-space
+- g: the gated fit's read vector (`extraction.read_fit.fit_read_vector`, AlphaSteer's null-space
   regression at ρ 0.7, λ 1), scaled so the harmful median of g·x is 1, on the same
-  prompt sources as the gated fit (`gated.collect_sources`);
+  prompt sources as the gated fit (`extraction.writer_inputs.collect_sources`);
 - u: a ridge fit of ``u·x ≈ 1`` over every fitted position. RMS-normalised
   residuals share a large common component, so one vector reads ≈ 1 everywhere; it
   supplies the bias a bias-free MLP lacks (held-out u·x spread: in the report);
@@ -27,46 +27,18 @@ from __future__ import annotations
 import copy
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
-from ..core.architectures import MLP_GATE, spec_for_architecture
-from ..core.direction_file import DirectionFile, ThresholdNeuron
-from .extract import LoadedModel
-from .gated import (
-    Writer,
-    collect_sources,
-    find_writers,
-    fit_read_vector,
-    gate_statistics,
-    load_for_fit,
-    split_sources,
-)
+from ...core.architectures import MLP_GATE, spec_for_architecture
+from ...core.direction_file import DirectionFile, ThresholdNeuron
+from ...extraction.hf_model import LoadedModel
+from ...extraction.method_fit import require_windows, select_and_save, start_fit
+from ...extraction.read_fit import fit_read_vector, gate_statistics
+from ...extraction.writer_inputs import Writer, collect_sources, find_writers, split_sources
+from .config import PRESETS, SHARPNESS, ThresholdConfig  # noqa: F401  (PRESETS: callers' entry point)
 
-#: c: SiLU(c·z)/c is within 0.03 of ReLU(z) for |z| ≥ 0.3 at c = 10
-SHARPNESS = 10.0
-#: t, in units of g·x, whose harmful median the fit sets to 1: half of the typical harmful read
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_ALPHAS = (16.0, 24.0, 32.0, 48.0)
-DEFAULT_MIN_AUROC = 0.9
-
-#: `rosi extract --method threshold --preset NAME`: `extract_threshold`'s settings, one row per preset; a flag
-#: given on the command line overrides its row. ``quick`` is sized for the issue's budget (fit and selection in
-#: five minutes for a 0.5B model on 2 CPU cores): the middle fifth of the layers, two α, shorter fit answers,
-#: and short completions of one length in both stages, so that stage 2 reuses what stage 1 generated.
-#: ``thorough`` is what the shipped Qwen direction was selected with (a third of the layers, four α, the
-#: longer validation split, α bisected to the KL budget).
-PRESETS: dict[str, dict] = {
-    "quick": {"band": (0.4, 0.6), "alphas": (24.0, 32.0), "n_harmful": 120, "wrapped": 32,
-              "answer_tokens": 16, "val_n": 32, "stage1_n": 12, "stage1_tokens": 12, "max_new_tokens": 12,
-              "finalists": 2, "budget_steps": 0, "batch_size": 32, "dtype": "bfloat16"},
-    "thorough": {"band": (1 / 3, 2 / 3), "alphas": DEFAULT_ALPHAS, "n_harmful": 120, "wrapped": 40,
-                 "answer_tokens": 32, "val_n": 60, "stage1_n": 24, "stage1_tokens": 16, "max_new_tokens": 32,
-                 "finalists": 3, "budget_steps": 3, "batch_size": 16, "dtype": "bfloat16"},
-}
-DEFAULT_PRESET = "quick"
-
+DEFAULTS = ThresholdConfig()
 
 def mlp_input_writers(loaded: LoadedModel, layers) -> list[Writer]:
     """One pseudo-writer per layer whose inputs are its MLP's normalised input (the module holding the gate)."""
@@ -80,16 +52,16 @@ def mlp_input_writers(loaded: LoadedModel, layers) -> list[Writer]:
                 module = name.removesuffix(".weight").rsplit(".", 1)[0]  # model.layers.L.mlp
                 found[int(match["layer"])] = Writer(f"{match['layer']}.mlp_in", int(match["layer"]), "mlp_in", module)
     if not found:
-        from ..core.errors import RosiError
+        from ...core.errors import RosiError
 
         raise RosiError(f"rosi: {loaded.shape.architecture} has no dense gated MLP in layers {sorted(layers)}; "
                         "a threshold direction needs one")
     return [found[layer] for layer in sorted(found)]
 
 
-def quietest_neurons(loaded: LoadedModel, layers, instructions, *, batch_size: int = 16) -> dict[int, int]:
+def quietest_neurons(loaded: LoadedModel, layers, instructions, *, batch_size: int = DEFAULTS.batch_size) -> dict[int, int]:
     """Per layer: the neuron whose mean |activation| × down-column norm over the benign replies is smallest."""
-    from .hf_eval import generate
+    from ...extraction.hf_eval import generate
 
     downs = {w.layer: loaded.model.get_submodule(w.module_name) for w in find_writers(loaded, set(layers), ("mlp_out",))}
     activity = {layer: torch.zeros(module.weight.shape[1]) for layer, module in downs.items()}
@@ -118,10 +90,11 @@ def fit_bias(inputs: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
     return u.float()
 
 
-def fit_neurons(loaded: LoadedModel, layers, *, n_harmful: int = 120, wrapped: int = 40, answer_tokens: int = 32,
-                batch_size: int = 16, progress: bool = True) -> tuple[dict[int, ThresholdNeuron], dict[int, dict]]:
+def fit_neurons(loaded: LoadedModel, layers, *, n_harmful: int = DEFAULTS.n_harmful, wrapped: int = DEFAULTS.wrapped,
+                answer_tokens: int = DEFAULTS.answer_tokens, batch_size: int = DEFAULTS.batch_size,
+                progress: bool = True) -> tuple[dict[int, ThresholdNeuron], dict[int, dict]]:
     """g, u and the neuron of every layer, with held-out statistics of g·x (and of u·x, which should be ≈ 1)."""
-    from . import prompts
+    from ...extraction import prompts
 
     writers = mlp_input_writers(loaded, set(layers))
     harmful, benign = collect_sources(loaded, writers, n_harmful=n_harmful, answer_tokens=answer_tokens,
@@ -147,7 +120,7 @@ def fit_neurons(loaded: LoadedModel, layers, *, n_harmful: int = 120, wrapped: i
     return neurons, stats
 
 
-def candidate_windows(stats: dict[int, dict], min_auroc: float = DEFAULT_MIN_AUROC,
+def candidate_windows(stats: dict[int, dict], min_auroc: float = DEFAULTS.min_auroc,
                       sizes=(1, 2, 3)) -> list[tuple[int, ...]]:
     """Per size, the run of adjacent layers, each gate at least `min_auroc`, with the best mean held-out AUROC."""
     good = sorted(layer for layer, s in stats.items() if s["auroc"] >= min_auroc)
@@ -161,7 +134,7 @@ def candidate_windows(stats: dict[int, dict], min_auroc: float = DEFAULT_MIN_AUR
 
 
 def threshold_direction(write: DirectionFile, neurons: dict[int, ThresholdNeuron], stats: dict[int, dict], window,
-                        *, threshold: float = DEFAULT_THRESHOLD, sharpness: float = SHARPNESS,
+                        *, threshold: float = DEFAULTS.threshold, sharpness: float = SHARPNESS,
                         fit: dict | None = None) -> DirectionFile:
     """A format-v3 copy of the write direction `write` transplanting `window`'s neurons."""
     direction = copy.copy(write)
@@ -179,13 +152,15 @@ def band_layers(num_layers: int, band: tuple[float, float]) -> list[int]:
     return list(range(int(band[0] * num_layers), int(band[1] * num_layers)))
 
 
-def extract_threshold(model: str, write_direction: str, out, *, layers=None, band=(1 / 3, 2 / 3),
-                      alphas=DEFAULT_ALPHAS, threshold: float = DEFAULT_THRESHOLD,
-                      min_auroc: float = DEFAULT_MIN_AUROC, n_harmful: int = 120, wrapped: int = 40,
-                      answer_tokens: int = 32, val_n: int = 60, stage1_n: int = 24, stage1_tokens: int = 16,
-                      max_new_tokens: int = 32, finalists: int = 3, batch_size: int = 16, budget_steps: int = 3,
-                      dtype: str = "bfloat16", report_dir=None, preset: str | None = None,
-                      progress: bool = True) -> dict:
+def extract_threshold(model: str, write_direction: str, out, *, layers=None, band=DEFAULTS.band,
+                      alphas=DEFAULTS.alphas, threshold: float = DEFAULTS.threshold,
+                      min_auroc: float = DEFAULTS.min_auroc, n_harmful: int = DEFAULTS.n_harmful,
+                      wrapped: int = DEFAULTS.wrapped, answer_tokens: int = DEFAULTS.answer_tokens,
+                      val_n: int = DEFAULTS.val_n, stage1_n: int = DEFAULTS.stage1_n,
+                      stage1_tokens: int = DEFAULTS.stage1_tokens, max_new_tokens: int = DEFAULTS.max_new_tokens,
+                      finalists: int = DEFAULTS.finalists, batch_size: int = DEFAULTS.batch_size,
+                      budget_steps: int = DEFAULTS.budget_steps, dtype: str = DEFAULTS.dtype, report_dir=None,
+                      preset: str | None = None, progress: bool = True) -> dict:
     """`rosi extract --method threshold`: fit neurons, check their gates, select window and α, write format v3.
 
     `write_direction`: a v1 or v2 direction file for this checkpoint whose vector is
@@ -194,69 +169,49 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, ban
     for the report. Returns the report (also ``threshold.json`` and
     ``threshold.png`` in `report_dir`).
     """
-    from ..core.direction_file import save_direction
-    from ..core.errors import RosiError
-    from ..core.injection_plan import build_plan
-    from . import prompts
-    from .gated_selection import select_gated, write_report
+    from ...extraction import prompts
 
-    started = time.perf_counter()
-    loaded, fingerprint, write = load_for_fit(model, write_direction, dtype, reads=("mean", "gated"))
-    n = loaded.num_layers
-    layers = list(layers or band_layers(n, band))
-    neurons, stats = fit_neurons(loaded, layers, n_harmful=n_harmful, wrapped=wrapped, answer_tokens=answer_tokens,
-                                 batch_size=batch_size, progress=progress)
+    run = start_fit(model, write_direction, dtype, reads=("mean", "gated"))
+    started = run.started
+    layers = list(layers or band_layers(run.loaded.num_layers, band))
+    neurons, stats = fit_neurons(run.loaded, layers, n_harmful=n_harmful, wrapped=wrapped,
+                                 answer_tokens=answer_tokens, batch_size=batch_size, progress=progress)
     fitted = time.perf_counter()
     fit = {"fit": "nullspace", "rho": 0.7, "lambda": 1.0, "bias": "ridge u·x≈1", "neuron": "quietest on benign"}
-    windows = candidate_windows(stats, min_auroc)
-    if not windows:
-        raise RosiError(f"rosi: no layer's gate reached held-out AUROC {min_auroc}; lower --min-auroc or widen --layers")
+    windows = require_windows(candidate_windows(stats, min_auroc), min_auroc)
     if progress:
         print("gate: " + ", ".join(f"L{layer} AUROC {s['auroc']:.3f}" for layer, s in sorted(stats.items()))
               + f"; candidate windows {[list(w) for w in windows]} ({fitted - started:.0f} s)")
 
-    def direction_of(window):
-        return threshold_direction(write, neurons, stats, window, threshold=threshold, fit=fit)
+    def report_of(selection) -> dict:
+        return {
+            "stage_seconds": {"load_collect_and_fit": round(fitted - started, 1),
+                              "select": round(time.perf_counter() - fitted, 1), **selection.seconds},
+            "preset": preset, "batch_size": batch_size, "stage1_n": stage1_n, "stage1_tokens": stage1_tokens,
+            "max_new_tokens": max_new_tokens, "finalists": finalists, "budget_steps": budget_steps,
+            "n_harmful_fit": n_harmful, "wrapped": wrapped, "answer_tokens": answer_tokens, "val_n": val_n,
+            "threshold": threshold, "sharpness": SHARPNESS, "alphas": list(alphas), "layers": layers, "fit": fit,
+            "gates": {str(layer): s for layer, s in sorted(stats.items())}, "windows": [list(w) for w in windows],
+            "dtype": dtype,
+        }
 
-    def plan_of(spec):
-        window, _, alpha = spec
-        return build_plan(direction_of(window), loaded.shape, alpha=alpha, checkpoint_fingerprint=fingerprint)
-
-    templates = prompts.fit_wrapper_templates()
-    selection = select_gated(loaded, plan_of, [(w, ("mlp_out",)) for w in windows], alphas, val_n=val_n,
-                             stage1_n=stage1_n, stage1_tokens=stage1_tokens, max_new_tokens=max_new_tokens,
-                             finalists=finalists, batch_size=batch_size, budget_steps=budget_steps,
-                             wrapper_templates=templates if wrapped else None, progress=progress)
-    best = selection.best
-    direction = direction_of(best.window)
-    direction.recommended_alpha = best.alpha
-    direction.provenance = {**write.provenance, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                            "write_direction": Path(write_direction).name,
-                            "method": "extract: threshold neurons (rosi_vllm.extraction.threshold)",
-                            "extract_seconds": f"{time.perf_counter() - started:.1f}"}
-    path = save_direction(out, direction)
-    report = {
-        "model": model, "direction_file": str(path), "write_direction": str(write_direction),
-        "seconds": round(time.perf_counter() - started, 1),
-        "stage_seconds": {"load_collect_and_fit": round(fitted - started, 1),
-                          "select": round(time.perf_counter() - fitted, 1), **selection.seconds},
-        "preset": preset, "batch_size": batch_size, "stage1_n": stage1_n, "stage1_tokens": stage1_tokens,
-        "max_new_tokens": max_new_tokens, "finalists": finalists, "budget_steps": budget_steps,
-        "n_harmful_fit": n_harmful, "wrapped": wrapped, "answer_tokens": answer_tokens, "val_n": val_n,
-        "threshold": threshold, "sharpness": SHARPNESS, "alphas": list(alphas), "layers": layers, "fit": fit,
-        "gates": {str(layer): s for layer, s in sorted(stats.items())}, "windows": [list(w) for w in windows],
-        "dtype": dtype, **selection.report(),
-    }
-    written = write_report(report, out, report_dir, "threshold", plot_neuron_gates)
-    if progress:
-        print(f"selected {best.summary()}, t={threshold:g}")
-        print(f"wrote {path} (format v3, direction {direction.direction_id}); report {written}")
-    return report
+    return select_and_save(
+        run, lambda window, _targets: threshold_direction(run.write, neurons, stats, window, threshold=threshold,
+                                                          fit=fit),
+        [(w, ("mlp_out",)) for w in windows], alphas,
+        selection_settings={"val_n": val_n, "stage1_n": stage1_n, "stage1_tokens": stage1_tokens,
+                            "max_new_tokens": max_new_tokens, "finalists": finalists, "batch_size": batch_size,
+                            "budget_steps": budget_steps},
+        wrapper_templates=prompts.fit_wrapper_templates() if wrapped else None,
+        method="extract: threshold neurons (rosi_vllm.methods.threshold.fit)", out=out, report_dir=report_dir,
+        stem="threshold", plot=plot_neuron_gates, report_of=report_of,
+        provenance={"created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        summary_suffix=f", t={threshold:g}", progress=progress)
 
 
 def plot_neuron_gates(report: dict, path) -> None:
     """Held-out AUROC of g·x per layer, and where harmful and benign reads fall against the threshold."""
-    from ..reports.plots import figure
+    from ...reports.plots import figure
 
     gates = report["gates"]
     layers = sorted(gates, key=int)

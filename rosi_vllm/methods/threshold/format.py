@@ -33,7 +33,6 @@ class ThresholdFormat(Method):
     tensor_prefix = NEURON_PREFIX
     tensor_noun = "neuron tensors"
     metadata_keys = (K_READ, K_WINDOW, K_NEURONS, K_THRESHOLD, K_SHARPNESS, K_FIT, K_GATE)
-    fit_module = "rosi_vllm.methods.threshold.fit"
 
     def carried_by(self, direction_file) -> bool:
         return bool(direction_file.neurons)

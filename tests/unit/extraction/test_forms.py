@@ -114,7 +114,7 @@ def test_auroc_matches_the_mann_whitney_definition():
     assert forms.auroc([1, 2], [1, 2]) == 0.5  # ties count half
     assert math.isnan(forms.auroc([], [1]))
     torch = pytest.importorskip("torch")
-    from rosi_vllm.extraction.gated import auroc as torch_auroc
+    from rosi_vllm.extraction.read_fit import auroc as torch_auroc
 
     pos, neg = [0.3, 1.2, 0.7, 0.7, 2.0], [0.1, 0.7, -0.4, 0.9]
     assert forms.auroc(pos, neg) == pytest.approx(torch_auroc(torch.tensor(pos), torch.tensor(neg)))

@@ -12,17 +12,10 @@ import torch
 from rosi_vllm.core.direction_file import load_direction
 from rosi_vllm.extraction import prompts
 from rosi_vllm.extraction.extract import chat_texts, load_hf_model
-from rosi_vllm.extraction.gated import (
-    WriterInputs,
-    auroc,
-    benign_top_space,
-    collect_inputs,
-    extract_gated,
-    find_writers,
-    fit_read_vector,
-    split_sources,
-)
 from rosi_vllm.extraction.gated_selection import validation_sets
+from rosi_vllm.extraction.read_fit import auroc, benign_top_space, fit_read_vector
+from rosi_vllm.extraction.writer_inputs import WriterInputs, collect_inputs, find_writers, split_sources
+from rosi_vllm.methods.gated.fit import extract_gated
 from tests.helpers import write_direction
 
 
@@ -140,7 +133,7 @@ def test_a_forward_pass_stops_after_the_deepest_writer_with_the_inputs_a_full_pa
 
 
 def test_a_bfloat16_model_s_inputs_are_kept_in_bfloat16_and_fit_as_their_float32_widening(tiny_model):
-    from rosi_vllm.extraction.gated import gate_statistics
+    from rosi_vllm.extraction.read_fit import gate_statistics
 
     loaded = load_hf_model(tiny_model("llama"), dtype=torch.bfloat16)
     writers = find_writers(loaded, {1})

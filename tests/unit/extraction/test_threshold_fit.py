@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rosi_vllm.extraction.threshold import candidate_windows, fit_bias, mlp_input_writers, quietest_neurons
+from rosi_vllm.methods.threshold.fit import candidate_windows, fit_bias, mlp_input_writers, quietest_neurons
 
 
 def test_bias_direction_reads_one_on_inputs_that_share_a_common_component():
@@ -66,7 +66,7 @@ def test_a_preset_row_gives_the_settings_and_a_flag_given_overrides_it(capsys):
 
     from rosi_vllm.cli import main
     from rosi_vllm.cli.extract import THRESHOLD_FLAGS, preset_settings
-    from rosi_vllm.extraction.threshold import PRESETS, band_layers
+    from rosi_vllm.methods.threshold.fit import PRESETS, band_layers
 
     args = argparse.Namespace(**{dest: None for dest in THRESHOLD_FLAGS.values()})
     assert preset_settings(PRESETS["quick"], args, THRESHOLD_FLAGS) == PRESETS["quick"]
@@ -77,7 +77,7 @@ def test_a_preset_row_gives_the_settings_and_a_flag_given_overrides_it(capsys):
     # every key of every row is a keyword of extract_threshold, reachable from a flag or the band
     import inspect
 
-    from rosi_vllm.extraction.threshold import extract_threshold
+    from rosi_vllm.methods.threshold.fit import extract_threshold
 
     keywords = set(inspect.signature(extract_threshold).parameters)
     assert all(set(row) <= keywords and set(row) - {"band"} <= set(THRESHOLD_FLAGS) for row in PRESETS.values())
