@@ -30,14 +30,10 @@ def cmd_inspect(args) -> int:
         "model_fingerprint": d.model_fingerprint,
         "norm": float(d.direction.norm()),
         "format_version": d.format_version,
-        "read": d.read_kind if d.gated or d.thresholded else "mean (w̄ of each weight)",
+        "read": None,  # the method's, below (kept in this place in the listing)
         "provenance": d.provenance,
+        **d.method.inspect(d),
     }
-    if d.gated or d.thresholded:
-        info.update(window=list(d.window), targets=list(d.default_targets), fit=d.fit, gate=d.gate)
-    if d.thresholded:
-        info.update(neurons={str(k): n.index for k, n in sorted(d.neurons.items())}, threshold=d.threshold,
-                    sharpness=d.sharpness)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -116,6 +116,11 @@ class Method:
         """What the load log adds after the direction id (the read and its window)."""
         return ""
 
+    def inspect(self, direction_file: DirectionFile) -> dict:
+        """What `rosi inspect` shows of the section: its read, and for a windowed method the window, targets,
+        fit and gate statistics."""
+        return {"read": self.read}
+
     # -- adapter form ----------------------------------------------------------------------
     def adapter_read(self, plan: InjectionPlan, name: str, hit: tuple, stored):
         """What the adapter of writer `name` needs from the base weights (``stored``: a safetensors slice),

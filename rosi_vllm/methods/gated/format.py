@@ -45,6 +45,11 @@ class GatedFormat(Method):
                 K_FIT: json.dumps(direction_file.fit, sort_keys=True),
                 K_GATE: json.dumps(direction_file.gate, sort_keys=True)}
 
+    def inspect(self, direction_file) -> dict:
+        return {"read": self.read, "window": list(self.window(direction_file)),
+                "targets": list(direction_file.default_targets), "fit": direction_file.fit,
+                "gate": direction_file.gate}
+
     def tensors(self, direction_file, where) -> dict[str, torch.Tensor]:
         tensors = {}
         for key, read in direction_file.reads.items():

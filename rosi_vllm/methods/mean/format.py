@@ -15,6 +15,9 @@ class MeanFormat(Method):
     def carried_by(self, direction_file) -> bool:
         return True  # the registry asks it last: a file with no other method's section is the paper's
 
+    def inspect(self, direction_file) -> dict:
+        return {"read": "mean (w̄ of each weight)"}
+
     def load(self, meta, sections, *, hidden_size, num_layers, where) -> dict:
         stray = [prefix + key for prefix in self.foreign_tensors_as_keys for key in sorted(sections.get(prefix, {}))]
         from .. import METHODS

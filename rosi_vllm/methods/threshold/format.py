@@ -54,6 +54,13 @@ class ThresholdFormat(Method):
                 K_FIT: json.dumps(direction_file.fit, sort_keys=True),
                 K_GATE: json.dumps(direction_file.gate, sort_keys=True)}
 
+    def inspect(self, direction_file) -> dict:
+        return {"read": self.read, "window": list(self.window(direction_file)),
+                "targets": list(direction_file.default_targets), "fit": direction_file.fit,
+                "gate": direction_file.gate,
+                "neurons": {str(k): n.index for k, n in sorted(direction_file.neurons.items())},
+                "threshold": direction_file.threshold, "sharpness": direction_file.sharpness}
+
     def tensors(self, direction_file, where) -> dict[str, torch.Tensor]:
         check_settings(direction_file.threshold, direction_file.sharpness, where)
         tensors = {}
