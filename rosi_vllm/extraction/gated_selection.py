@@ -1,6 +1,6 @@
 """Select the gated edit's window, targets and α on validation text: `rosi extract --method gated`, stage by stage.
 
-The fit (`gated.py`) proposes read vectors and, from their held-out gates, the
+The fit (`methods/gated/fit.py`, `methods/threshold/fit.py`) proposes read vectors and, from their held-out gates, the
 windows worth editing; this module decides which (window, targets, α) ships.
 Candidates are scored against what the product promises, on validation prompts,
 with the real rank-one edit applied, beside the unedited model on the same prompts:
@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..methods.base import SelectionConfig
 from .hf_model import LoadedModel
 from .scoring import edited_kl_bounds, score_variant
 from .selection import MAX_ADDED_BENIGN_REFUSAL, MAX_ADDED_DEGENERATE, MAX_KL, HfVariantGenerator
@@ -40,7 +41,7 @@ from .selection import MAX_ADDED_BENIGN_REFUSAL, MAX_ADDED_DEGENERATE, MAX_KL, H
 #: borderline-benign over-refusal the selection accepts over the unedited model (the issue's target)
 MAX_ADDED_BORDERLINE_REFUSAL = 0.10
 #: bisection steps between a window's last α within the KL budget and its first over it (0: the grid only)
-BUDGET_STEPS = 3
+BUDGET_STEPS = SelectionConfig.budget_steps
 
 #: (window, targets, α): one candidate edit
 Spec = tuple[tuple[int, ...], tuple[str, ...], float]

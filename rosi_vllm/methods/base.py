@@ -45,6 +45,8 @@ class SelectionConfig:
     stage1_n: int = 24  # validation prompts per set, stage 1 grid
     stage1_tokens: int = 16  # completion length, stage 1
     max_new_tokens: int = 32  # completion length, stage 2
+    finalists: int = 3  # candidates scored on the whole validation split with full-length completions
+    budget_steps: int = 3  # bisection steps toward the largest α within the KL budget (0: the grid only)
     batch_size: int = 32
 
 

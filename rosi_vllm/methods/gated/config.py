@@ -24,6 +24,4 @@ class GatedConfig(SelectionConfig):
     wrapped_goals: int = 0  # further goals fitted under each fit-only wrapper
     wrapped_benign: int = 0  # benign requests fitted under the same wrappers
     trailing_wrappers: bool = False
-    finalists: int = 3
-    budget_steps: int = 3  # bisection steps toward the largest α within the KL budget
     dtype: str = "float32"

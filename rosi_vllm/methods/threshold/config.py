@@ -21,8 +21,6 @@ class ThresholdConfig(SelectionConfig):
     n_harmful: int = 120
     wrapped: int = 40  # goals and benign requests fitted under each fit-only wrapper
     answer_tokens: int = 32
-    finalists: int = 3
-    budget_steps: int = 3
     batch_size: int = 16
     dtype: str = "bfloat16"
 
