@@ -31,8 +31,8 @@ import rosi_vllm.serving.middleware as mwmod
 from benchmarks._passthrough import PassThroughMiddleware
 from benchmarks._setup import BENCH_KEY as KEY
 from benchmarks.p5_tenant_layer import _MODEL, _TOKENS, CHAT_MESSAGES, _FakeEngine
-from rosi_vllm.checkpoint import model_shape
-from rosi_vllm.direction_file import direction_for_checkpoint, save_direction
+from rosi_vllm.core.checkpoint import model_shape
+from rosi_vllm.core.direction_file import direction_for_checkpoint, save_direction
 from rosi_vllm.serving.metrics import RosiMetrics
 from rosi_vllm.serving.tenant_config import key_digest
 from rosi_vllm.testing.tiny_models import build_tiny_model

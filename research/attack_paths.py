@@ -11,8 +11,8 @@ layer with one tenant whose policies are all ``allow``). Each harmful prompt of
 the test split is sent plainly (a chat request: the case the weight edit is
 measured on) and as each of the three request-shape attacks of
 `rosi_vllm.testing.attack_requests` (assistant prefill, raw prompt, forged
-turn), greedy; the refusal judge (`rosi_vllm.judge.SubstringJudge`) reads each
-reply, and every rate carries its Wilson 95 % interval (`rosi_vllm.stats`).
+turn), greedy; the refusal judge (`rosi_vllm.core.judge.SubstringJudge`) reads each
+reply, and every rate carries its Wilson 95 % interval (`rosi_vllm.core.stats`).
 A drop from the plain rate is what the policy (at its default, deny) saves.
 """
 
@@ -35,9 +35,9 @@ def run(model: Path, direction: Path, prompts: list[str], max_tokens: int, work:
     import requests
     from transformers import AutoTokenizer
 
-    from rosi_vllm.judge import SubstringJudge
+    from rosi_vllm.core.judge import SubstringJudge
     from rosi_vllm.serving.tenant_config import key_digest
-    from rosi_vllm.stats import rate
+    from rosi_vllm.core.stats import rate
     from rosi_vllm.testing.attack_requests import KINDS, attack, reply_text
     from rosi_vllm.testing.serve_process import start_server, wait_until
 

@@ -233,7 +233,7 @@ def test_policies_resolve_tenant_then_config_level_then_safe_default():
     ("allow", "policies must be a YAML mapping"),
 ])
 def test_bad_policy_values_are_named(policies, expected):
-    from rosi_vllm.errors import RosiError
+    from rosi_vllm.core.errors import RosiError
 
     for data in ({**CONFIG, "policies": policies},
                  {**CONFIG, "tenants": {**CONFIG["tenants"], "locked": {**CONFIG["tenants"]["locked"],
