@@ -15,7 +15,7 @@ Three methods (``rosi extract --method``):
   direction is mean(refused) − mean(complied), both *harmful*. Topic ("this is
   about weapons") cancels, because both groups are harmful; what remains is what
   the model's own refusals have that its compliances lack. Measured on
-  SmolLM2-135M (benchmarks/results/extraction/README.md), the mean-diff vector
+  SmolLM2-135M (research/results/extraction/README.md), the mean-diff vector
   mostly encodes "harmful topic" and does not induce refusal at any α, while the
   refusal-contrast vector does.
 * ``refusal-contrast-reply``: the same two groups, with each answer's residuals
@@ -23,7 +23,7 @@ Three methods (``rosi extract --method``):
   prompt token. The prompt-end contrast is the state in which the model decides
   before it replies; this one is the state a reply is in while it refuses, which
   is what a push has to reach once a reply has begun (Qwen2.5-Coder: the two are
-  nearly orthogonal at layer 12; benchmarks/results/extraction/README.md).
+  nearly orthogonal at layer 12; research/results/extraction/README.md).
 
 Deterministic: float32, eval mode, fixed batch composition, left padding so the
 last prompt token is always at position −1.

@@ -22,7 +22,7 @@ FITS = ("nullspace", "meandiff")
 
 
 #: writers this wide or narrower get the benign spectrum from a float64 eigen-decomposition; wider ones
-#: (Qwen's 4864-wide down_proj input) from a float32 one (`python -m benchmarks.gate_fit_time` times it
+#: (Qwen's 4864-wide down_proj input) from a float32 one (`python -m research.gate_fit_time` times it
 #: beside a full float64 decomposition and the randomized range finder it replaced)
 FLOAT64_BASIS_MAX_DIM = 2048
 

@@ -6,7 +6,7 @@ checkpoint on the default loader), greedy, on one prompt split, and scored by
 `scoring` exactly like a single `rosi eval`: harmful and benign refusal,
 jailbreak success, degeneration, each with a Wilson 95 % interval, and the exact
 benign KL (transformers, the model loaded once for every α). The result keeps
-the keys `benchmarks/report.py` reads (``model``, ``rows[*].alpha``,
+the keys `docs/generate.py` reads (``model``, ``rows[*].alpha``,
 ``rows[*].<rate>.rate``, ``rows[*].benign_kl_nats``).
 """
 

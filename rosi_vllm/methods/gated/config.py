@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..base import MIN_AUROC, SelectionConfig
 
 #: the (fit, ρ, λ) grid `--fit-grid` tries; ρ = 0.7, λ = 1 had the best held-out AUROC in every run recorded
-#: in benchmarks/results/extraction (both models, plain and wrapped), so by default only it and the cheap
+#: in research/results/extraction (both models, plain and wrapped), so by default only it and the cheap
 #: mean-difference baseline (the ablation row) are fitted
 SETTINGS_GRID = (("nullspace", 0.7, 1.0), ("nullspace", 0.5, 1.0), ("nullspace", 0.7, 0.1), ("meandiff", 0.0, 0.0))
 DEFAULT_SETTINGS = (("nullspace", 0.7, 1.0), ("meandiff", 0.0, 0.0))
