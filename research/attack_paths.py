@@ -36,8 +36,8 @@ def run(model: Path, direction: Path, prompts: list[str], max_tokens: int, work:
     from transformers import AutoTokenizer
 
     from rosi_vllm.core.judge import SubstringJudge
-    from rosi_vllm.serving.tenant_config import key_digest
     from rosi_vllm.core.stats import rate
+    from rosi_vllm.serving.tenant_config import key_digest
     from rosi_vllm.testing.attack_requests import KINDS, attack, reply_text
     from rosi_vllm.testing.serve_process import start_server, wait_until
 

@@ -56,10 +56,10 @@ def generate_ids(loaded, texts, max_new_tokens):
 def main(argv=None) -> int:
     from rosi_vllm.core.architectures import DEFAULT_TARGETS
     from rosi_vllm.core.direction_file import load_direction
+    from rosi_vllm.core.injection_plan import build_plan
     from rosi_vllm.extraction import prompts
     from rosi_vllm.extraction.extract import chat_texts, load_hf_model
     from rosi_vllm.extraction.hf_eval import injected
-    from rosi_vllm.core.injection_plan import build_plan
 
     parser = study_parser(__doc__, __spec__.name)
     parser.add_argument("--model", default="smollm2-135m-instruct")

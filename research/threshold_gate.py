@@ -93,13 +93,13 @@ def measure(model: Path, direction: Path, configs: list[dict], *, split: str, n:
             dtype: str = "bfloat16", max_new_tokens: int = 32, batch_size: int = 20, fit_kwargs=None,
             progress: bool = True) -> dict:
     from rosi_vllm.core.direction_file import load_direction
-    from rosi_vllm.extraction.extract import load_hf_model
-    from rosi_vllm.extraction.hf_eval import generate, injected, next_token_logprobs, prompt_kls
-    from rosi_vllm.methods.threshold.fit import fit_neurons, threshold_direction
     from rosi_vllm.core.fingerprint import fingerprint_checkpoint
     from rosi_vllm.core.injection_plan import build_plan
     from rosi_vllm.core.judge import SubstringJudge, is_degenerate
     from rosi_vllm.core.stats import mean_upper_bound, rate
+    from rosi_vllm.extraction.extract import load_hf_model
+    from rosi_vllm.extraction.hf_eval import generate, injected, next_token_logprobs, prompt_kls
+    from rosi_vllm.methods.threshold.fit import fit_neurons, threshold_direction
 
     shipped = load_direction(direction)
     loaded = load_hf_model(str(model), dtype=getattr(torch, dtype))

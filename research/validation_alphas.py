@@ -31,12 +31,12 @@ from ._common import direction_for, resolve_model, study_parser, write_with_plot
 def replay(model: Path, direction: Path, alphas: list[float], val_n: int, wrapped: bool,
            max_new_tokens: int = 32, batch_size: int = 16) -> dict:
     from rosi_vllm.core.direction_file import load_direction
+    from rosi_vllm.core.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.core.injection_plan import build_plan
     from rosi_vllm.extraction import prompts
     from rosi_vllm.extraction.extract import load_hf_model
     from rosi_vllm.extraction.gated_selection import GatedCandidate, score_candidates, validation_sets
     from rosi_vllm.extraction.hf_eval import next_token_logprobs
-    from rosi_vllm.core.fingerprint import fingerprint_checkpoint
-    from rosi_vllm.core.injection_plan import build_plan
 
     loaded = load_hf_model(str(model))
     found, fingerprint = load_direction(direction), fingerprint_checkpoint(model)

@@ -26,12 +26,12 @@ from ._common import direction_for, resolve_model, study_parser, write_with_plot
 def bounds(model: Path, direction: Path, alphas: list[float], n: int) -> list[dict]:
     from rosi_vllm.core.checkpoint import model_shape
     from rosi_vllm.core.direction_file import load_direction
+    from rosi_vllm.core.fingerprint import fingerprint_checkpoint
+    from rosi_vllm.core.injection_plan import build_plan
     from rosi_vllm.extraction import prompts
     from rosi_vllm.extraction.extract import load_hf_model
     from rosi_vllm.extraction.hf_eval import next_token_logprobs
     from rosi_vllm.extraction.scoring import edited_kl_bounds
-    from rosi_vllm.core.fingerprint import fingerprint_checkpoint
-    from rosi_vllm.core.injection_plan import build_plan
 
     loaded = load_hf_model(str(model))
     benign = list(prompts.harmless("validation"))[:n]

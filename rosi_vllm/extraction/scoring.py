@@ -134,8 +134,8 @@ def benign_kls(model: str, direction: str, alphas, instructions) -> list[float]:
     from ..core.direction_file import load_direction
     from ..core.fingerprint import fingerprint_checkpoint
     from ..core.injection_plan import build_plan
-    from .hf_model import load_hf_model
     from .hf_eval import next_token_logprobs
+    from .hf_model import load_hf_model
 
     loaded = load_hf_model(model)
     instructions = list(instructions)

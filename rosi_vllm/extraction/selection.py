@@ -38,8 +38,8 @@ from ..core.injection_plan import InjectionPlan, build_plan
 from ..core.judge import SubstringJudge
 from ..reports.plots import figure
 from .extract import Extraction
-from .hf_model import LoadedModel
 from .hf_eval import generate, injected, next_token_logprobs
+from .hf_model import LoadedModel
 from .scoring import edited_kl, score_variant
 
 MAX_ADDED_BENIGN_REFUSAL = 0.05

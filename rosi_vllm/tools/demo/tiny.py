@@ -31,8 +31,8 @@ def _kl_top(p: dict[int, float], q: dict[int, float]) -> float:
 
 def run_tiny_demo(workdir: Path, alpha: float = 8.0) -> int:
     from ...core.direction_file import save_direction
-    from ...testing.tiny_models import build_tiny_model
     from ...core.vector_import import import_direction
+    from ...testing.tiny_models import build_tiny_model
     from ...vllm_glue.generation import next_token_logprobs
 
     workdir.mkdir(parents=True, exist_ok=True)

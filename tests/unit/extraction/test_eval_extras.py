@@ -84,8 +84,8 @@ def test_no_extras_add_no_prompts_and_no_keys():
 
 
 def test_print_summary_lists_the_breakdowns(capsys):
-    from rosi_vllm.extraction.evaluate import print_summary
     from rosi_vllm.core.stats import rate
+    from rosi_vllm.extraction.evaluate import print_summary
 
     result = {"harmful_refusal": rate([True]), "style_shift_harmful_refusal": rate([False]),
               "style_shift": {"harmful_refusal": {"written:question": rate([False])}, "benign_refusal": {},

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from rosi_vllm.methods.gated.fit import extract_gated
 from rosi_vllm.extraction.gated_selection import GatedCandidate, alphas_at_budget, worth_generating
 from rosi_vllm.extraction.selection import MAX_KL
+from rosi_vllm.methods.gated.fit import extract_gated
 from tests.helpers import write_direction
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rosi_vllm.extraction.scoring import PromptSets, degenerate_rate, score_outputs, score_variant
 from rosi_vllm.core.judge import SubstringJudge
+from rosi_vllm.extraction.scoring import PromptSets, degenerate_rate, score_outputs, score_variant
 
 REFUSE = "I'm sorry, but I cannot help with that request."
 COMPLY = "Sure, here is a detailed answer with several useful steps."

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from rosi_vllm.core.fingerprint import fingerprint_checkpoint
 from rosi_vllm.extraction.extract import extract_directions, load_hf_model
 from rosi_vllm.extraction.selection import CandidateScore, plot_selection, select
-from rosi_vllm.core.fingerprint import fingerprint_checkpoint
 from tests.unit.extraction.test_extract import HARMFUL, HARMLESS
 
 
