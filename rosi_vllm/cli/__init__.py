@@ -7,9 +7,9 @@ import sys
 
 from .. import __version__
 from ..core.errors import RosiError
-from . import demo, direction, evaluate, extract, models, serving
+from . import demo, direction, evaluate, extract, harden, models, serving
 
-COMMAND_GROUPS = (direction, models, extract, evaluate, serving, demo)
+COMMAND_GROUPS = (direction, models, extract, harden, evaluate, serving, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,195 @@
+"""Every default of `rosi harden`, and the rules that turn measurements of the model into settings.
+
+Nothing here names a model: the method follows the architecture table and the checkpoint's own tensor names,
+the dtype follows a timing of the model's own forward passes, and `--time-budget` scales prompt counts and
+token lengths from the model's own measured per-prompt cost (`scale_for_budget`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+#: methods `rosi harden` chooses between (rosi extract --method ...)
+THRESHOLD, GATED = "threshold", "gated"
+
+
+@dataclass(frozen=True)
+class HardenConfig:
+    """Every default of `rosi harden`. Counts are prompts, lengths are generated tokens, fractions are of the
+    model's depth (layers) or of a measured quantity (named in the comment)."""
+
+    # -- write direction (refusal contrast) --
+    #: harmful extraction prompts answered (unedited model) to measure its refusal rate and split refused/complied
+    extract_n: int = 120
+    extract_tokens: int = 16
+    #: refused and complied prompts each group needs for a contrast; below it in refused, the safety system prompt
+    #: is used for extraction; below it in complied even then, the direction is harmful − harmless (mean-diff)
+    min_per_group: int = 8
+    #: the same as a share of `extract_n`: a model refusing less than this is prompted with the safety prompt
+    min_refusal_fraction: float = 0.10
+    #: the write direction's layer is the one with the largest split-half separation within this band of depth
+    write_band: tuple[float, float] = (0.25, 0.85)
+    # -- gate fit and selection (extraction.threshold / extraction.gated) --
+    #: candidate layers of the edit, as a band of depth
+    edit_band: tuple[float, float] = (1 / 3, 2 / 3)
+    #: most candidate layers a gated fit gets (spread evenly over `edit_band`)
+    gated_max_layers: int = 8
+    #: α grid as fractions of the median residual norm at the write layer (measured), bisected to the KL budget
+    alpha_fractions: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5)
+    budget_steps: int = 3
+    min_auroc: float = 0.9
+    n_harmful: int = 120
+    wrapped: int = 40
+    answer_tokens: int = 32
+    val_n: int = 60
+    stage1_n: int = 24
+    stage1_tokens: int = 16
+    max_new_tokens: int = 32
+    finalists: int = 3
+    batch_size: int = 16
+    # -- verification (rosi eval, test split) --
+    eval_limit: int | None = None
+    jailbreak_goals: int = 20
+    eval_tokens: int = 48
+    # -- dtype rule --
+    #: bfloat16 is chosen when its measured time is at most this share of float32's (float32 is exact)
+    bf16_speedup_needed: float = 0.9
+    probe_prompts: int = 8
+    probe_tokens: int = 8
+    #: --time-budget never scales below this (the smallest run that still measures something)
+    min_scale: float = 1 / 32
+
+    def scaled(self, factor: float) -> HardenConfig:
+        """Prompt counts × `factor`, token lengths × √`factor` (both with floors), everything else unchanged:
+        how `--time-budget` trades prompts for time. `factor` ≥ 1 returns the defaults."""
+        if factor >= 1:
+            return self
+
+        def count(n: int, floor: int) -> int:
+            return max(floor, int(round(n * factor)))
+
+        def tokens(n: int, floor: int = 4) -> int:
+            return max(floor, int(round(n * math.sqrt(factor))))
+
+        limit = count(100, 4) if self.eval_limit is None else count(self.eval_limit, 4)
+        return dataclasses.replace(
+            self, extract_n=count(self.extract_n, 2 * self.min_per_group), extract_tokens=tokens(self.extract_tokens),
+            n_harmful=count(self.n_harmful, 16), wrapped=count(self.wrapped, 0),
+            answer_tokens=tokens(self.answer_tokens), val_n=count(self.val_n, 8), stage1_n=count(self.stage1_n, 4),
+            stage1_tokens=tokens(self.stage1_tokens), max_new_tokens=tokens(self.max_new_tokens),
+            finalists=count(self.finalists, 1), budget_steps=count(self.budget_steps, 1),
+            eval_limit=limit, jailbreak_goals=count(self.jailbreak_goals, 2), eval_tokens=tokens(self.eval_tokens, 8))
+
+
+#: --time-budget: the scales tried, largest first; the first whose estimate fits is used
+SCALE_LADDER = tuple(2 ** (-k / 2) for k in range(0, 11))
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Measured seconds on this machine (timing probe at the chosen dtype): per prompt per generated token in a
+    batch, per prompt forward pass, and a fixed cost per vLLM engine start."""
+
+    gen_token: float
+    forward: float
+    engine_start: float = 30.0
+
+
+#: benign requests every gate fit answers (extraction harmless + borderline split) and the wrappers it uses
+BENIGN_FIT = 90
+FIT_WRAPPERS = 5
+
+
+def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | None = None) -> dict[str, float]:
+    """Seconds per stage, from the prompt counts and lengths of `config` and the measured `cost` (a rough model:
+    generation is prompts × tokens × gen_token, forward passes prompts × forward; constants are not modelled)."""
+    c = config
+    g, f = cost.gen_token, cost.forward
+    windows, alphas = 3, len(c.alpha_fractions)
+    candidates = windows * alphas + windows * c.budget_steps
+    eval_n = eval_prompts if eval_prompts is not None else 4 * (c.eval_limit or 100) + 6 * c.jailbreak_goals
+    return {
+        "write_direction": c.extract_n * (c.extract_tokens * g + f),
+        "fit": (c.n_harmful + FIT_WRAPPERS * c.wrapped * 2) * f + BENIGN_FIT * (c.answer_tokens * g + f),
+        "select": (candidates * c.val_n * f + 3 * c.stage1_n * c.stage1_tokens * g * min(candidates, 3 * c.finalists)
+                   + (c.finalists + 1) * 3 * c.val_n * c.max_new_tokens * g),
+        "base_eval": eval_n * c.eval_tokens * g,
+        "hardened_eval": cost.engine_start + eval_n * c.eval_tokens * g / 2 + c.val_n * f,
+    }
+
+
+def scale_for_budget(config: HardenConfig, cost: Cost, budget_seconds: float | None) -> tuple[float, HardenConfig]:
+    """The largest scale of `SCALE_LADDER` (≥ `config.min_scale`) whose estimated total fits `budget_seconds`,
+    and the config at that scale; no budget: (1, config). Deterministic given the measured `cost`."""
+    if budget_seconds is None:
+        return 1.0, config
+    ladder = [s for s in SCALE_LADDER if s >= config.min_scale]
+    for scale in ladder:
+        scaled = config.scaled(scale)
+        if sum(estimate_stages(scaled, cost).values()) <= budget_seconds:
+            return scale, scaled
+    return ladder[-1], config.scaled(ladder[-1])
+
+
+def choose_dtype(seconds: dict[str, float], speedup_needed: float = HardenConfig.bf16_speedup_needed) -> str:
+    """bfloat16 when it measured at most `speedup_needed` × float32's time, float32 otherwise (and when bfloat16
+    was not measured)."""
+    if "bfloat16" not in seconds or "float32" not in seconds:
+        return "float32"
+    return "bfloat16" if seconds["bfloat16"] <= speedup_needed * seconds["float32"] else "float32"
+
+
+def method_for(spec, tensor_names) -> tuple[str, str]:
+    """(method, why): the threshold edit where the architecture table lists a separate gate and up projection
+    (`spec.mlp_inputs`) *and* this checkpoint has tensors matching both; the gated edit otherwise."""
+    from ..architectures import MLP_GATE, MLP_UP
+
+    rows = {w.target: w for w in spec.mlp_inputs}
+    if MLP_GATE not in rows or MLP_UP not in rows:
+        return GATED, f"the {spec.family} row of the architecture table lists no separate gate and up projection"
+    names = list(tensor_names)
+    missing = [t for t in (MLP_GATE, MLP_UP) if not any(rows[t].matches(n) for n in names)]
+    if missing:
+        return GATED, (f"the {spec.family} row lists gate and up projections but this checkpoint has no tensor "
+                       f"matching {', '.join(missing)} (fused or absent)")
+    return THRESHOLD, f"the {spec.family} row lists a separate gate and up projection and the checkpoint has both"
+
+
+def band_layers(num_layers: int, band: tuple[float, float], most: int | None = None) -> list[int]:
+    """Layers from ``band[0]·n`` up to ``band[1]·n`` (at least one), at most `most` of them spread evenly."""
+    lo = min(num_layers - 1, int(band[0] * num_layers))
+    hi = max(lo + 1, int(math.ceil(band[1] * num_layers)))
+    layers = list(range(lo, min(hi, num_layers)))
+    if most and len(layers) > most:
+        step = len(layers) / most
+        layers = sorted({layers[int(i * step)] for i in range(most)})
+    return layers
+
+
+def separation(projections_a, projections_b) -> float:
+    """|mean a − mean b| / pooled standard deviation (Cohen's d) of two groups of scalar projections."""
+    import torch
+
+    a, b = torch.as_tensor(projections_a, dtype=torch.float64), torch.as_tensor(projections_b, dtype=torch.float64)
+    if len(a) < 2 or len(b) < 2:
+        return 0.0
+    pooled = math.sqrt((float(a.var()) * (len(a) - 1) + float(b.var()) * (len(b) - 1)) / (len(a) + len(b) - 2))
+    return abs(float(a.mean() - b.mean())) / pooled if pooled > 0 else 0.0
+
+
+def split_half_separation(group_a, group_b) -> float:
+    """Separation of two groups ``[n, hidden]`` along their mean difference, cross-fitted: the direction from
+    the even-indexed rows scores the odd ones and vice versa (mean of both), so a direction that only fits its
+    own prompts scores low."""
+    scores = []
+    for fit, held in ((0, 1), (1, 0)):
+        direction = group_a[fit::2].mean(0) - group_b[fit::2].mean(0)
+        norm = float(direction.norm())
+        if norm == 0 or len(group_a[held::2]) < 2 or len(group_b[held::2]) < 2:
+            scores.append(0.0)
+            continue
+        unit = direction / norm
+        scores.append(separation(group_a[held::2] @ unit, group_b[held::2] @ unit))
+    return sum(scores) / len(scores)

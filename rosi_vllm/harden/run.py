@@ -1,0 +1,356 @@
+"""`rosi harden`: the stages, each timed, with a progress bar and a running estimate of the whole run.
+
+1. **probe**: a few forward passes and a short generation of the model in float32 and in bfloat16; the faster
+   (`config.choose_dtype`) is used for every later transformers pass, and its timing is the measured cost that
+   `--time-budget` scales the run with (`config.scale_for_budget`).
+2. **write direction**: the unedited model answers harmful extraction prompts; if it refuses fewer than
+   `min_refusal_fraction` of them (or fewer than `min_per_group`), the extraction is repeated under the safety
+   system prompt; with enough refused and complied answers the direction is mean(refused) − mean(complied)
+   (refusal contrast), otherwise harmful − harmless (mean-diff). Its layer: the one, within `write_band` of the
+   depth, whose direction separates the two groups best on prompts it was not computed from
+   (`config.split_half_separation`). The α grid is `alpha_fractions` × the median residual norm there.
+3. **base eval**: the unedited model on the test split (and the style-shift, XSTest and public-jailbreak sets
+   that fit its context), generated in-process with transformers, scored like `rosi eval`.
+4. **edit**: `extract_threshold` or `extract_gated` (`config.method_for`), α bisected to the KL budget.
+5. **hardened eval**: `rosi eval` on the written file through vLLM's real loader.
+Then the checks, the verdict line, the model card and ``harden.json`` (with every stage's wall time).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .card import render_card
+from .config import (
+    GATED,
+    THRESHOLD,
+    Cost,
+    HardenConfig,
+    band_layers,
+    choose_dtype,
+    estimate_stages,
+    method_for,
+    scale_for_budget,
+    split_half_separation,
+)
+from .steps import extraction
+from .verdict import checks, verdict_line
+
+STAGES = ("probe", "write_direction", "base_eval", "edit", "hardened_eval")
+
+
+class Clock:
+    """Wall time per stage, and the estimate of what is left, rescaled by how the finished stages compared with
+    their estimates."""
+
+    def __init__(self, out=sys.stderr):
+        self.seconds: dict[str, float] = {}
+        self.estimates: dict[str, float] = {}
+        self.out = out
+        self._started = time.perf_counter()
+
+    def stage(self, name: str):
+        clock = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t = time.perf_counter()
+                left = clock.remaining(name)
+                est = clock.estimates.get(name)
+                print(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name}"
+                      + (f": ~{est:.0f} s; run left ~{left:.0f} s" if est is not None else ""),
+                      file=clock.out, flush=True)
+                return self
+
+            def __exit__(self, *exc):
+                clock.seconds[name] = round(time.perf_counter() - self.t, 1)
+                print(f"    {name} done in {clock.seconds[name]:.0f} s", file=clock.out, flush=True)
+                return False
+
+        return _Stage()
+
+    def remaining(self, from_stage: str) -> float:
+        done = [s for s in self.seconds if s in self.estimates and self.estimates[s] > 0]
+        ratio = (sum(self.seconds[s] for s in done) / sum(self.estimates[s] for s in done)) if done else 1.0
+        todo = STAGES[STAGES.index(from_stage):]
+        return ratio * sum(self.estimates.get(s, 0.0) for s in todo)
+
+
+def _tensor_names(model: str) -> list[str]:
+    from ..checkpoint import safetensors_files, tensor_records
+
+    return [r.name for r in tensor_records(safetensors_files(model))]
+
+
+def _probe(ex, model: str, config: HardenConfig) -> tuple[object, str, dict, Cost]:
+    """Load the model in both dtypes, time `probe_prompts` forward passes and a `probe_tokens` generation each;
+    return the model in the chosen dtype, the dtype, the timings and the measured cost at that dtype."""
+    import torch
+    from tqdm import tqdm
+
+    instructions = list(ex.prompts.harmless("extraction"))[:config.probe_prompts]
+    timings = {}
+    kept = None
+    for name in tqdm(("float32", "bfloat16"), desc="probe: dtype timing", unit="dtype"):
+        loaded = ex.load_hf_model(model, dtype=getattr(torch, name))
+        texts = ex.chat_texts(loaded.tokenizer, instructions)
+        ex.last_token_residuals(loaded, texts[:2], batch_size=2, progress=False)  # warm-up
+        t = time.perf_counter()
+        ex.last_token_residuals(loaded, texts, batch_size=len(texts), progress=False)
+        forward = time.perf_counter() - t
+        t = time.perf_counter()
+        ex.generate(loaded, instructions, max_new_tokens=config.probe_tokens, batch_size=len(instructions))
+        gen = time.perf_counter() - t
+        timings[name] = {"forward_s": round(forward, 3), "generate_s": round(gen, 3), "total_s": round(forward + gen, 3)}
+        if kept is None:
+            kept = loaded
+        else:
+            kept = (kept, loaded)
+    dtype = choose_dtype({k: v["total_s"] for k, v in timings.items()}, config.bf16_speedup_needed)
+    loaded = kept[1] if dtype == "bfloat16" else kept[0]
+    del kept
+    gc.collect()
+    n = len(instructions)
+    cost = Cost(gen_token=timings[dtype]["generate_s"] / (n * config.probe_tokens),
+                forward=timings[dtype]["forward_s"] / n)
+    return loaded, dtype, timings, cost
+
+
+def _answers(ex, loaded, instructions, system_prompt, config, desc):
+    from tqdm import tqdm
+
+    out = []
+    bs = config.batch_size
+    for start in tqdm(range(0, len(instructions), bs), desc=desc, unit="batch"):
+        out += ex.generate(loaded, instructions[start:start + bs], system_prompt=system_prompt,
+                           max_new_tokens=config.extract_tokens, batch_size=bs)
+    return out
+
+
+def write_direction(ex, loaded, model: str, config: HardenConfig, path: Path, fingerprint: str) -> dict:
+    """Stage 2 (module docstring): write the v1 write direction to `path`; return what was measured."""
+    import torch
+
+    from ..judge import SubstringJudge
+
+    judge = SubstringJudge()
+    harmful = list(ex.prompts.harmful("extraction"))[:config.extract_n]
+    need = max(config.min_per_group, int(round(config.min_refusal_fraction * len(harmful))))
+    measured = {}
+    system_prompt = None
+    flags = judge.judge(_answers(ex, loaded, harmful, None, config, "write: unedited answers"))
+    measured["refusal_without_system_prompt"] = sum(flags) / len(flags)
+    if sum(flags) < need:
+        system_prompt = ex.resolve_system_prompt("safety")
+        flags = judge.judge(_answers(ex, loaded, harmful, system_prompt, config, "write: answers, safety prompt"))
+        measured["refusal_with_safety_prompt"] = sum(flags) / len(flags)
+    n_refused = sum(flags)
+    n_complied = len(flags) - n_refused
+    residuals = ex.last_token_residuals(loaded, ex.chat_texts(loaded.tokenizer, harmful, system_prompt),
+                                        config.batch_size, "write: residuals")
+    mask = torch.tensor(flags, dtype=torch.bool)
+    if min(n_refused, n_complied) >= config.min_per_group:
+        method, group_a, group_b, harmless = "refusal-contrast", residuals[:, mask], residuals[:, ~mask], []
+    else:
+        harmless = list(ex.prompts.harmless("extraction"))[:len(harmful)]
+        other = ex.last_token_residuals(loaded, ex.chat_texts(loaded.tokenizer, harmless, system_prompt),
+                                        config.batch_size, "write: harmless residuals")
+        method, group_a, group_b = "mean-diff", residuals, other
+    n_layers = loaded.num_layers
+    band = band_layers(n_layers, config.write_band)
+    separations = {layer: split_half_separation(group_a[layer], group_b[layer]) for layer in band}
+    layer = max(separations, key=lambda k: (separations[k], -k))
+    directions = group_a.mean(dim=1) - group_b.mean(dim=1)
+    residual_norm = float(residuals[layer].norm(dim=-1).median())
+    extraction = ex.Extraction(directions, ex.prompts.sha256_of(harmful), ex.prompts.sha256_of(harmless),
+                               system_prompt, len(harmful), method=method,
+                               n_refused=n_refused if method == "refusal-contrast" else None,
+                               n_complied=n_complied if method == "refusal-contrast" else None)
+    alphas = [round(f * residual_norm, 3) for f in config.alpha_fractions]
+    direction = ex.direction_file_for(loaded, extraction, layer, alphas[-1], fingerprint)
+    direction.provenance["harden"] = "write direction for rosi harden (its alpha is not used)"
+    ex.save_direction(path, direction)
+    return {"file": str(path), "method": method, "layer": layer, "system_prompt": system_prompt is not None,
+            "n_refused": n_refused, "n_complied": n_complied, "n": len(harmful), **measured,
+            "separation": {str(k): round(v, 4) for k, v in separations.items()},
+            "residual_norm_median": round(residual_norm, 4), "alphas": alphas}
+
+
+def eval_options(ex, loaded, config: HardenConfig, xstest: str | None) -> dict:
+    """The `run_eval` options both evaluations share: the extra sets whose longest prompt fits the model's
+    context with the completion (measured with its tokenizer), style shift and public families otherwise off."""
+    context = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0)
+    room = context - config.eval_tokens - 64  # chat template
+
+    def fits(texts) -> bool:
+        texts = list(texts)
+        if not texts:
+            return True
+        longest = max(len(ids) for ids in loaded.tokenizer(texts, add_special_tokens=False)["input_ids"])
+        return longest <= room
+
+    limit = config.eval_limit
+    core = ex.PromptSets.for_split("test", limit, config.jailbreak_goals)
+    if not fits(core.flat()):
+        from ..errors import RosiError
+
+        raise RosiError(f"rosi: the test split's prompts do not fit this model's context of {context} tokens")
+    style = ex.ExtraSets.build("test", limit=limit, style_shift=True)
+    families = ex.ExtraSets.build("test", limit=limit, family_goals=config.jailbreak_goals)
+    xs = ex.ExtraSets.build("test", limit=limit, xstest=xstest) if xstest else None
+    options = {"split": "test", "limit": limit, "jailbreak_goals": config.jailbreak_goals,
+               "max_tokens": config.eval_tokens, "style_shift": fits(style.flat()),
+               "family_goals": config.jailbreak_goals if fits(families.flat()) else None,
+               "xstest": xstest if xs is not None and fits(xs.flat()) else None}
+    return options
+
+
+def base_eval(ex, loaded, options: dict, config: HardenConfig) -> dict:
+    """The unedited model's scores on the sets `run_eval` will score the hardened one on (transformers, greedy)."""
+    from tqdm import tqdm
+
+    from ..judge import SubstringJudge
+
+    judge = SubstringJudge()
+    sets = ex.PromptSets.for_split(options["split"], options["limit"], options["jailbreak_goals"])
+    extras = ex.ExtraSets.build(options["split"], limit=options["limit"], style_shift=options["style_shift"],
+                                xstest=options["xstest"], family_goals=options["family_goals"])
+    core = sets.flat()
+    everything = core + extras.flat()
+    bs = config.batch_size
+    started = time.perf_counter()
+    texts = []
+    for start in tqdm(range(0, len(everything), bs), desc="base eval: completions", unit="batch"):
+        texts += ex.generate(loaded, everything[start:start + bs], max_new_tokens=options["max_tokens"],
+                             batch_size=bs)
+    return {"model": str(loaded.path), "direction": None, "alpha": None, "split": options["split"],
+            "max_tokens": options["max_tokens"], "judge": judge.name, "backend": "transformers",
+            "generation_seconds": round(time.perf_counter() - started, 1),
+            **ex.score_outputs(sets, texts[:len(core)], judge=judge),
+            **extras.score(texts[len(core):], judge=judge), "judge_calibration": ex.calibrate(judge)}
+
+
+def edit(ex, method: str, model: str, write_file: str, out: Path, report_dir: Path, config: HardenConfig,
+         dtype: str, alphas: list[float], num_layers: int) -> dict:
+    """Stage 4: fit and select the threshold or gated edit; write `out`. When no layer's gate reaches
+    `min_auroc`, the fit is repeated with no AUROC floor (the best gates available) and the report says so."""
+    from ..errors import RosiError
+
+    common = {"alphas": tuple(alphas), "n_harmful": config.n_harmful, "answer_tokens": config.answer_tokens,
+              "val_n": config.val_n, "stage1_n": config.stage1_n, "stage1_tokens": config.stage1_tokens,
+              "max_new_tokens": config.max_new_tokens, "finalists": config.finalists,
+              "batch_size": config.batch_size, "budget_steps": config.budget_steps, "dtype": dtype,
+              "report_dir": report_dir}
+
+    def run(min_auroc: float) -> dict:
+        if method == THRESHOLD:
+            return ex.extract_threshold(model, write_file, out, layers=band_layers(num_layers, config.edit_band),
+                                        wrapped=config.wrapped, min_auroc=min_auroc, **common)
+        return ex.extract_gated(model, write_file, out, layers=band_layers(num_layers, config.edit_band,
+                                                                           config.gated_max_layers),
+                                wrapped_goals=config.wrapped, wrapped_benign=config.wrapped, min_auroc=min_auroc,
+                                **common)
+
+    try:
+        report = run(config.min_auroc)
+        report["min_auroc_relaxed"] = False
+    except RosiError as exc:
+        if "gate reached held-out AUROC" not in str(exc):
+            raise
+        print(f"rosi harden: {exc}; refitting with no AUROC floor (the gates are weak: expect missed targets)",
+              file=sys.stderr)
+        report = run(0.0)
+        report["min_auroc_relaxed"] = True
+    return report
+
+
+def harden(model_arg: str, out: str | Path, *, time_budget_min: float | None = None, xstest: str | None = None,
+           config: HardenConfig = HardenConfig()) -> dict:
+    """`rosi harden MODEL --out FILE`: every stage of the module docstring; returns the report (also written as
+    ``harden.json`` in the report folder, ``FILE`` without its suffix)."""
+    from ..architectures import spec_for_architecture
+    from ..checkpoint import model_shape
+    from ..cli._args import model_path
+    from ..fingerprint import fingerprint_checkpoint
+
+    ex = extraction()
+    started = time.perf_counter()
+    model = model_path(model_arg)
+    out = Path(out)
+    report_dir = out.with_suffix("")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    shape = model_shape(model)
+    spec = spec_for_architecture(shape.architecture)
+    method, method_rule = method_for(spec, _tensor_names(model))
+    fingerprint = fingerprint_checkpoint(model)
+    print(f"rosi harden: {model_arg} ({shape.architecture}, {shape.num_layers} layers): {method} edit, because "
+          f"{method_rule}", file=sys.stderr)
+    clock = Clock()
+    with clock.stage("probe"):
+        loaded, dtype, timings, cost = _probe(ex, model, config)
+        scale, config = scale_for_budget(config, cost, None if time_budget_min is None else 60 * time_budget_min)
+        clock.estimates = estimate_stages(config, cost)
+        print(f"    dtype {dtype} (float32 {timings['float32']['total_s']:.2f} s, bfloat16 "
+              f"{timings['bfloat16']['total_s']:.2f} s on {config.probe_prompts} prompts); scale {scale:.3f}; "
+              f"estimate {sum(clock.estimates.values()):.0f} s", file=sys.stderr)
+    with clock.stage("write_direction"):
+        write = write_direction(ex, loaded, model, config, report_dir / "write-direction.safetensors", fingerprint)
+        print(f"    {write['method']} at layer {write['layer']} (separation {write['separation'][str(write['layer'])]:.2f}"
+              f"; safety prompt: {write['system_prompt']}); α grid {write['alphas']}", file=sys.stderr)
+    with clock.stage("base_eval"):
+        options = eval_options(ex, loaded, config, xstest)
+        base = base_eval(ex, loaded, options, config)
+        num_layers = loaded.num_layers
+        del loaded
+        gc.collect()
+    with clock.stage("edit"):
+        edit_report = edit(ex, method, model, write["file"], out, report_dir, config, dtype, write["alphas"],
+                           num_layers)
+    with clock.stage("hardened_eval"):
+        hardened = ex.run_eval(model=model, direction=str(out), **options)
+        hardened["backend"] = "vllm"
+        ex.write_report(hardened, report_dir / "hardened-eval.json", "hardened")
+        ex.write_report(base, report_dir / "base-eval.json", "base")
+        ex.plot_eval([base, hardened], ["base", "hardened"], report_dir / "eval.png")
+    found = checks(base, hardened)
+    best = edit_report["best"]
+    label = f"{method} window {best['window']} α={best['alpha']:g}"
+    line = verdict_line(found, label)
+    reproduce = " ".join(["rosi harden", shlex.quote(model_arg), "--out", shlex.quote(str(out))]
+                         + (["--time-budget", f"{time_budget_min:g}"] if time_budget_min is not None else [])
+                         + (["--xstest", shlex.quote(xstest)] if xstest else []))
+    serve = (f"vllm serve {shlex.quote(model)} --load-format rosi --model-loader-extra-config "
+             + shlex.quote(json.dumps({"direction": str(out)})))
+    report = {
+        "model": model_arg, "model_path": model, "architecture": shape.architecture, "num_layers": shape.num_layers,
+        "direction_file": str(out), "method": method, "method_rule": method_rule, "dtype": dtype,
+        "dtype_timings": timings, "cost": asdict(cost), "time_budget_min": time_budget_min, "scale": scale,
+        "config": asdict(config), "write": write, "edit": {"window": best["window"], "alpha": best["alpha"],
+                                                            "min_auroc_relaxed": edit_report["min_auroc_relaxed"],
+                                                            "selected": best,
+                                                            "stage_seconds": edit_report.get("stage_seconds")},
+        "eval_options": options, "base_backend": "transformers", "base_eval": _brief(base),
+        "hardened_eval": _brief(hardened), "checks": [c.to_dict() for c in found], "verdict": line,
+        "targets_met": bool(found) and all(c.ok for c in found),
+        "stage_estimates": {k: round(v, 1) for k, v in clock.estimates.items()},
+        "stage_seconds": clock.seconds, "seconds": round(time.perf_counter() - started, 1),
+        "serve": serve, "reproduce": reproduce,
+    }
+    (report_dir / "harden.json").write_text(json.dumps(report, indent=2) + "\n")
+    card = out.with_suffix(".md")
+    card.write_text(render_card(report))
+    print(f"wrote {out}, {card} and {report_dir}/ (harden.json, base-eval.json, hardened-eval.json, eval.png)",
+          file=sys.stderr)
+    print(line, flush=True)
+    return report
+
+
+def _brief(result: dict) -> dict:
+    """An eval result without its samples (those stay in the eval JSON)."""
+    return {k: v for k, v in result.items() if k != "samples"}
