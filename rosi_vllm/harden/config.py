@@ -120,15 +120,18 @@ def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | Non
     }
 
 
-def scale_for_budget(config: HardenConfig, cost: Cost, budget_seconds: float | None) -> tuple[float, HardenConfig]:
+def scale_for_budget(config: HardenConfig, cost: Cost, budget_seconds: float | None,
+                     eval_prompts=None) -> tuple[float, HardenConfig]:
     """The largest scale of `SCALE_LADDER` (≥ `config.min_scale`) whose estimated total fits `budget_seconds`,
-    and the config at that scale; no budget: (1, config). Deterministic given the measured `cost`."""
+    and the config at that scale; no budget: (1, config). Deterministic given the measured `cost`.
+    `eval_prompts`: config → how many prompts each evaluation sends (None: `estimate_stages`' own guess)."""
     if budget_seconds is None:
         return 1.0, config
     ladder = [s for s in SCALE_LADDER if s >= config.min_scale]
     for scale in ladder:
         scaled = config.scaled(scale)
-        if sum(estimate_stages(scaled, cost).values()) <= budget_seconds:
+        n = eval_prompts(scaled) if eval_prompts else None
+        if sum(estimate_stages(scaled, cost, eval_prompts=n).values()) <= budget_seconds:
             return scale, scaled
     return ladder[-1], config.scaled(ladder[-1])
 

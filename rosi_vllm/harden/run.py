@@ -294,8 +294,14 @@ def harden(model_arg: str, out: str | Path, *, time_budget_min: float | None = N
     clock = Clock()
     with clock.stage("probe"):
         loaded, dtype, timings, cost = _probe(ex, model, config)
-        scale, config = scale_for_budget(config, cost, None if time_budget_min is None else 60 * time_budget_min)
-        clock.estimates = estimate_stages(config, cost)
+        def eval_prompts(c: HardenConfig) -> int:
+            return (len(ex.PromptSets.for_split("test", c.eval_limit, c.jailbreak_goals).flat())
+                    + len(ex.ExtraSets.build("test", limit=c.eval_limit, style_shift=True,
+                                             family_goals=c.jailbreak_goals).flat()))
+
+        scale, config = scale_for_budget(config, cost, None if time_budget_min is None else 60 * time_budget_min,
+                                         eval_prompts)
+        clock.estimates = estimate_stages(config, cost, eval_prompts=eval_prompts(config))
         print(f"    dtype {dtype} (float32 {timings['float32']['total_s']:.2f} s, bfloat16 "
               f"{timings['bfloat16']['total_s']:.2f} s on {config.probe_prompts} prompts); scale {scale:.3f}; "
               f"estimate {sum(clock.estimates.values()):.0f} s", file=sys.stderr)
