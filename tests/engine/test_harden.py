@@ -1,0 +1,40 @@
+"""`rosi harden` end to end on a tiny random Qwen2 of 3 layers (a shape no other test uses): one vLLM engine
+(the hardened evaluation), everything else in-process with transformers, the smallest `--time-budget` scale.
+
+A random model refuses nothing, so the targets are missed: the command must say so in its one verdict line
+(exit status 1) and still write every file, not crash."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rosi_vllm.direction_file import load_direction
+from rosi_vllm.fingerprint import fingerprint_checkpoint
+
+
+@pytest.mark.engine
+def test_harden_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
+    model = tiny_model("qwen2", layers=3)
+    out = tmp_path / "tiny-hardened.safetensors"
+    run = subprocess.run([sys.executable, "-m", "rosi_vllm.cli", "harden", str(model), "--out", str(out),
+                          "--time-budget", "0.1"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 1, run.stderr[-4000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("rosi harden:")]
+    assert len(lines) == 1 and "TARGETS MISSED" in lines[0], run.stdout[-2000:]
+    direction = load_direction(out)
+    assert direction.read_kind == "threshold" and direction.model_fingerprint == fingerprint_checkpoint(model)
+    report_dir = tmp_path / "tiny-hardened"
+    report = json.loads((report_dir / "harden.json").read_text())
+    assert report["method"] == "threshold" and report["verdict"] == lines[0] and not report["targets_met"]
+    assert set(report["stage_seconds"]) == {"probe", "write_direction", "base_eval", "edit", "hardened_eval"}
+    assert set(report["dtype_timings"]) == {"float32", "bfloat16"} and report["scale"] < 1
+    for name in ("base-eval.json", "hardened-eval.json", "eval.png", "write-direction.safetensors"):
+        assert (report_dir / name).is_file(), name
+    hardened = json.loads((report_dir / "hardened-eval.json").read_text())
+    assert "benign_kl_nats" in hardened and "harmful_refusal" in hardened
+    card = out.with_suffix(".md").read_text()
+    assert lines[0] in card and "vllm serve" in card and "rosi harden" in card
