@@ -28,7 +28,6 @@ from pathlib import Path
 
 from .card import render_card
 from .config import (
-    GATED,
     THRESHOLD,
     Cost,
     HardenConfig,

@@ -30,4 +30,23 @@ def extraction():
     from ..extraction.selection import direction_file_for
     from ..extraction.threshold import extract_threshold
 
-    return SimpleNamespace(**{name: value for name, value in locals().items() if name != "SimpleNamespace"})
+    return SimpleNamespace(
+        save_direction=save_direction,
+        prompts=prompts,
+        ExtraSets=ExtraSets,
+        plot_eval=plot_eval,
+        run_eval=run_eval,
+        write_report=write_report,
+        Extraction=Extraction,
+        chat_texts=chat_texts,
+        last_token_residuals=last_token_residuals,
+        load_hf_model=load_hf_model,
+        resolve_system_prompt=resolve_system_prompt,
+        extract_gated=extract_gated,
+        generate=generate,
+        calibrate=calibrate,
+        PromptSets=PromptSets,
+        score_outputs=score_outputs,
+        direction_file_for=direction_file_for,
+        extract_threshold=extract_threshold,
+    )
