@@ -144,6 +144,12 @@ def choose_dtype(seconds: dict[str, float], speedup_needed: float = HardenConfig
     return "bfloat16" if seconds["bfloat16"] <= speedup_needed * seconds["float32"] else "float32"
 
 
+def choose_threads(seconds: dict[int, float]) -> int:
+    """The torch thread count that measured fastest (ties: the fewer threads). On a CPU shared with other
+    processes, OpenMP threads that spin-wait for each other can make more threads several times slower."""
+    return min(seconds, key=lambda n: (seconds[n], n))
+
+
 def method_for(spec, tensor_names) -> tuple[str, str]:
     """(method, why): the threshold edit where the architecture table lists a separate gate and up projection
     (`spec.mlp_inputs`) *and* this checkpoint has tensors matching both; the gated edit otherwise."""

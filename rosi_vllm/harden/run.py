@@ -33,6 +33,7 @@ from .config import (
     HardenConfig,
     band_layers,
     choose_dtype,
+    choose_threads,
     estimate_stages,
     method_for,
     scale_for_budget,
@@ -81,6 +82,12 @@ class Clock:
         return ratio * sum(self.estimates.get(s, 0.0) for s in todo)
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _tensor_names(model: str) -> list[str]:
     from ..checkpoint import safetensors_files, tensor_records
 
@@ -100,6 +107,15 @@ def _probe(ex, model: str, config: HardenConfig) -> tuple[object, str, dict, Cos
         loaded = ex.load_hf_model(model, dtype=getattr(torch, name))
         texts = ex.chat_texts(loaded.tokenizer, instructions)
         ex.last_token_residuals(loaded, texts[:2], batch_size=2, progress=False)  # warm-up
+        if kept is None:  # first model: how many torch threads are fastest here and now
+            threads = {}
+            for n in sorted({1, torch.get_num_threads()}):
+                torch.set_num_threads(n)
+                t = time.perf_counter()
+                ex.last_token_residuals(loaded, texts, batch_size=len(texts), progress=False)
+                threads[n] = round(time.perf_counter() - t, 3)
+            torch.set_num_threads(choose_threads(threads))
+            timings["threads"] = threads
         t = time.perf_counter()
         ex.last_token_residuals(loaded, texts, batch_size=len(texts), progress=False)
         forward = time.perf_counter() - t
@@ -111,7 +127,7 @@ def _probe(ex, model: str, config: HardenConfig) -> tuple[object, str, dict, Cos
             kept = loaded
         else:
             kept = (kept, loaded)
-    dtype = choose_dtype({k: v["total_s"] for k, v in timings.items()}, config.bf16_speedup_needed)
+    dtype = choose_dtype({k: v["total_s"] for k, v in timings.items() if k != "threads"}, config.bf16_speedup_needed)
     loaded = kept[1] if dtype == "bfloat16" else kept[0]
     del kept
     gc.collect()
@@ -301,7 +317,8 @@ def harden(model_arg: str, out: str | Path, *, time_budget_min: float | None = N
         scale, config = scale_for_budget(config, cost, None if time_budget_min is None else 60 * time_budget_min,
                                          eval_prompts)
         clock.estimates = estimate_stages(config, cost, eval_prompts=eval_prompts(config))
-        print(f"    dtype {dtype} (float32 {timings['float32']['total_s']:.2f} s, bfloat16 "
+        print(f"    torch threads {torch_threads()} (forward seconds per thread count {timings['threads']}); "
+              f"dtype {dtype} (float32 {timings['float32']['total_s']:.2f} s, bfloat16 "
               f"{timings['bfloat16']['total_s']:.2f} s on {config.probe_prompts} prompts); scale {scale:.3f}; "
               f"estimate {sum(clock.estimates.values()):.0f} s", file=sys.stderr)
     with clock.stage("write_direction"):
@@ -335,7 +352,8 @@ def harden(model_arg: str, out: str | Path, *, time_budget_min: float | None = N
     report = {
         "model": model_arg, "model_path": model, "architecture": shape.architecture, "num_layers": shape.num_layers,
         "direction_file": str(out), "method": method, "method_rule": method_rule, "dtype": dtype,
-        "dtype_timings": timings, "cost": asdict(cost), "time_budget_min": time_budget_min, "scale": scale,
+        "dtype_timings": {k: v for k, v in timings.items() if k != "threads"},
+        "thread_timings": timings["threads"], "torch_threads": torch_threads(), "cost": asdict(cost), "time_budget_min": time_budget_min, "scale": scale,
         "config": asdict(config), "write": write, "edit": {"window": best["window"], "alpha": best["alpha"],
                                                             "min_auroc_relaxed": edit_report["min_auroc_relaxed"],
                                                             "selected": best,

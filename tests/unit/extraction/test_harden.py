@@ -17,6 +17,7 @@ from rosi_vllm.harden.config import (
     HardenConfig,
     band_layers,
     choose_dtype,
+    choose_threads,
     estimate_stages,
     method_for,
     scale_for_budget,
@@ -170,3 +171,9 @@ def test_model_card_renders_what_was_edited_numbers_serve_and_reproduce():
     assert "| benign KL (nats) | 0 | 0.0500 |" in card
     assert "vllm serve /m --load-format rosi" in card and "rosi harden tiny --out /tmp/x.safetensors" in card
     assert "safety" in card and "window: [1], α 2.0" in card
+
+
+def test_thread_choice_from_timings():
+    assert choose_threads({1: 6.9, 2: 38.9}) == 1  # measured on a shared 2-core machine
+    assert choose_threads({1: 2.0, 2: 1.1}) == 2
+    assert choose_threads({1: 1.0, 4: 1.0}) == 1
