@@ -61,6 +61,12 @@ class HardenConfig:
     #: --time-budget never scales below this (the smallest run that still measures something)
     min_scale: float = 1 / 32
 
+    @property
+    def min_extract_n(self) -> int:
+        """The fewest extraction prompts at which a model refusing `min_refusal_fraction` of them still gives
+        `min_per_group` refused ones: the floor of `extract_n` under `--time-budget`."""
+        return min(self.extract_n, math.ceil(self.min_per_group / self.min_refusal_fraction))
+
     def scaled(self, factor: float) -> HardenConfig:
         """Prompt counts × `factor`, token lengths × √`factor` (both with floors), everything else unchanged:
         how `--time-budget` trades prompts for time. `factor` ≥ 1 returns the defaults."""
@@ -75,7 +81,7 @@ class HardenConfig:
 
         limit = count(100, 4) if self.eval_limit is None else count(self.eval_limit, 4)
         return dataclasses.replace(
-            self, extract_n=count(self.extract_n, 2 * self.min_per_group), extract_tokens=tokens(self.extract_tokens),
+            self, extract_n=count(self.extract_n, self.min_extract_n), extract_tokens=tokens(self.extract_tokens),
             n_harmful=count(self.n_harmful, 16), wrapped=count(self.wrapped, 0),
             answer_tokens=tokens(self.answer_tokens), val_n=count(self.val_n, 8), stage1_n=count(self.stage1_n, 4),
             stage1_tokens=tokens(self.stage1_tokens), max_new_tokens=tokens(self.max_new_tokens),

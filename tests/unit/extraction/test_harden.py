@@ -52,7 +52,7 @@ def test_config_is_frozen_and_scaling_is_monotone_with_floors():
     half, tiny = config.scaled(0.5), config.scaled(0.001)
     assert half.n_harmful == 60 and half.val_n == 30 and half.max_new_tokens == round(32 * 0.5 ** 0.5)
     assert tiny.n_harmful == 16 and tiny.val_n == 8 and tiny.stage1_n == 4 and tiny.max_new_tokens == 4
-    assert tiny.extract_n == 2 * config.min_per_group and tiny.eval_limit == 4 and tiny.finalists == 1
+    assert tiny.extract_n == 80 == config.min_extract_n and tiny.eval_limit == 4 and tiny.finalists == 1
     # what is not a count or length is untouched
     assert tiny.alpha_fractions == config.alpha_fractions and tiny.edit_band == config.edit_band
 
