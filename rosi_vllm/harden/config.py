@@ -109,7 +109,7 @@ FIT_WRAPPERS = 5
 
 
 def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | None = None) -> dict[str, float]:
-    """Seconds per stage, from the prompt counts and lengths of `config` and the measured `cost` (a rough model:
+    """Seconds per stage of `run.STAGES` after the probe, from the prompt counts and lengths of `config` and the measured `cost` (a rough model:
     generation is prompts × tokens × gen_token, forward passes prompts × forward; constants are not modelled)."""
     c = config
     g, f = cost.gen_token, cost.forward
@@ -118,10 +118,11 @@ def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | Non
     eval_n = eval_prompts if eval_prompts is not None else 4 * (c.eval_limit or 100) + 6 * c.jailbreak_goals
     return {
         "write_direction": c.extract_n * (c.extract_tokens * g + f),
-        "fit": (c.n_harmful + FIT_WRAPPERS * c.wrapped * 2) * f + BENIGN_FIT * (c.answer_tokens * g + f),
-        "select": (candidates * c.val_n * f + 3 * c.stage1_n * c.stage1_tokens * g * min(candidates, 3 * c.finalists)
-                   + (c.finalists + 1) * 3 * c.val_n * c.max_new_tokens * g),
         "base_eval": eval_n * c.eval_tokens * g,
+        # fit (collect inputs, answer the benign fit requests) + selection (KL screen, stage 1, stage 2)
+        "edit": ((c.n_harmful + FIT_WRAPPERS * c.wrapped * 2) * f + BENIGN_FIT * (c.answer_tokens * g + f)
+                 + candidates * c.val_n * f + 3 * c.stage1_n * c.stage1_tokens * g * min(candidates, 3 * c.finalists)
+                 + (c.finalists + 1) * 3 * c.val_n * c.max_new_tokens * g),
         "hardened_eval": cost.engine_start + eval_n * c.eval_tokens * g / 2 + c.val_n * f,
     }
 

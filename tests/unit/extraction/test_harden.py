@@ -60,6 +60,9 @@ def test_config_is_frozen_and_scaling_is_monotone_with_floors():
 def test_time_budget_picks_the_largest_scale_that_fits_and_is_deterministic():
     config, cost = HardenConfig(), Cost(gen_token=0.01, forward=0.05, engine_start=30)
     assert scale_for_budget(config, cost, None) == (1.0, config)
+    from rosi_vllm.harden.run import STAGES
+
+    assert list(estimate_stages(config, cost)) == list(STAGES[1:])
     full = sum(estimate_stages(config, cost).values())
     assert scale_for_budget(config, cost, full + 1) == (1.0, config)
     scale, scaled = scale_for_budget(config, cost, full / 3)
