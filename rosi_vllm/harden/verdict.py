@@ -89,7 +89,9 @@ def _fmt(check: Check) -> str:
     if check.name == "KL":
         return f"KL {check.value:.3f} {'<' if check.kind == 'min' else '>'} {check.limit:.3f}"
     relation = "<" if check.kind == "min" else ">"
-    return f"{check.name} {check.value:.0%} {relation} {check.limit:.0%} by {100 * check.miss:.0f} pts"
+    digits = 0 if check.miss >= 0.01 else 1  # a miss under one point still shows as one
+    return (f"{check.name} {check.value:.{digits}%} {relation} {check.limit:.{digits}%} "
+            f"by {100 * check.miss:.{digits}f} pts")
 
 
 def verdict_line(found: list[Check], label: str) -> str:

@@ -149,6 +149,8 @@ def test_verdict_line_names_each_miss_and_by_how_much():
     # worst miss first
     assert line.index("benign") < line.index("harmful [jbb:story]")
     assert verdict_line([], "x").startswith("rosi harden: NOT VERIFIED")
+    small = verdict_line([Check("degenerate", 0.022, 0.02, "max")], "x")
+    assert small.endswith("degenerate 2.2% > 2.0% by 0.2 pts")
 
 
 def test_check_only_what_both_measured():
