@@ -68,7 +68,8 @@ class HardenConfig:
         return min(self.extract_n, math.ceil(self.min_per_group / self.min_refusal_fraction))
 
     def scaled(self, factor: float) -> HardenConfig:
-        """Prompt counts × `factor`, token lengths × √`factor` (both with floors), everything else unchanged:
+        """Prompt counts × `factor`, token lengths × √`factor` (both with floors; not the extraction answers'
+        length, which decides whether a refusal is seen), everything else unchanged:
         how `--time-budget` trades prompts for time. `factor` ≥ 1 returns the defaults."""
         if factor >= 1:
             return self
@@ -81,7 +82,7 @@ class HardenConfig:
 
         limit = count(100, 4) if self.eval_limit is None else count(self.eval_limit, 4)
         return dataclasses.replace(
-            self, extract_n=count(self.extract_n, self.min_extract_n), extract_tokens=tokens(self.extract_tokens),
+            self, extract_n=count(self.extract_n, self.min_extract_n),
             n_harmful=count(self.n_harmful, 16), wrapped=count(self.wrapped, 0),
             answer_tokens=tokens(self.answer_tokens), val_n=count(self.val_n, 8), stage1_n=count(self.stage1_n, 4),
             stage1_tokens=tokens(self.stage1_tokens), max_new_tokens=tokens(self.max_new_tokens),
@@ -149,6 +150,17 @@ def choose_dtype(seconds: dict[str, float], speedup_needed: float = HardenConfig
     if "bfloat16" not in seconds or "float32" not in seconds:
         return "float32"
     return "bfloat16" if seconds["bfloat16"] <= speedup_needed * seconds["float32"] else "float32"
+
+
+def prompts_needed(refused: int, answered: int, min_per_group: int, available: int) -> int:
+    """How many extraction prompts to answer in all so that, at the refusal share measured on the first
+    `answered`, about `min_per_group` are refused (a margin of a quarter over the expectation); `answered`
+    when that many already are, `available` at most, and all of them when nothing was refused yet."""
+    if refused >= min_per_group:
+        return answered
+    if refused == 0:
+        return available
+    return min(available, max(answered, math.ceil(1.25 * min_per_group * answered / refused)))
 
 
 def choose_threads(seconds: dict[int, float]) -> int:

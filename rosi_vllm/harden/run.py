@@ -5,7 +5,8 @@
    `--time-budget` scales the run with (`config.scale_for_budget`).
 2. **write direction**: the unedited model answers harmful extraction prompts; if it refuses fewer than
    `min_refusal_fraction` of them (or fewer than `min_per_group`), the extraction is repeated under the safety
-   system prompt; with enough refused and complied answers the direction is mean(refused) − mean(complied)
+   system prompt; if still fewer than `min_per_group` are refused, more of the extraction split is answered, as
+   many as the measured refusal share says a contrast needs (`config.prompts_needed`); with enough refused and complied answers the direction is mean(refused) − mean(complied)
    (refusal contrast), otherwise harmful − harmless (mean-diff). Its layer: the one, within `write_band` of the
    depth, whose direction separates the two groups best on prompts it was not computed from
    (`config.split_half_separation`). The α grid is `alpha_fractions` × the median residual norm there.
@@ -36,6 +37,7 @@ from .config import (
     choose_threads,
     estimate_stages,
     method_for,
+    prompts_needed,
     scale_for_budget,
     split_half_separation,
 )
@@ -165,6 +167,13 @@ def write_direction(ex, loaded, model: str, config: HardenConfig, path: Path, fi
         system_prompt = ex.resolve_system_prompt("safety")
         flags = judge.judge(_answers(ex, loaded, harmful, system_prompt, config, "write: answers, safety prompt"))
         measured["refusal_with_safety_prompt"] = sum(flags) / len(flags)
+    split = list(ex.prompts.harmful("extraction"))
+    total = prompts_needed(sum(flags), len(flags), config.min_per_group, len(split))
+    if total > len(harmful):  # too few refused for a contrast at this refusal share: answer more prompts
+        more = split[len(harmful):total]
+        flags = flags + judge.judge(_answers(ex, loaded, more, system_prompt, config, "write: more answers"))
+        harmful = harmful + more
+        measured["extended_to"] = len(harmful)
     n_refused = sum(flags)
     n_complied = len(flags) - n_refused
     residuals = ex.last_token_residuals(loaded, ex.chat_texts(loaded.tokenizer, harmful, system_prompt),

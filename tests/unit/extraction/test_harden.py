@@ -20,6 +20,7 @@ from rosi_vllm.harden.config import (
     choose_threads,
     estimate_stages,
     method_for,
+    prompts_needed,
     scale_for_budget,
     split_half_separation,
 )
@@ -182,3 +183,10 @@ def test_thread_choice_from_timings():
     assert choose_threads({1: 6.9, 2: 38.9}) == 1  # measured on a shared 2-core machine
     assert choose_threads({1: 2.0, 2: 1.1}) == 2
     assert choose_threads({1: 1.0, 4: 1.0}) == 1
+
+
+def test_prompts_needed_for_a_contrast_follow_the_measured_refusal_share():
+    assert prompts_needed(8, 80, 8, 496) == 80  # enough already
+    assert prompts_needed(6, 80, 8, 496) == 134  # 7.5 % refused: a quarter over 8 / 0.075
+    assert prompts_needed(1, 80, 8, 496) == 496  # capped at the split
+    assert prompts_needed(0, 80, 8, 496) == 496  # nothing refused yet: all of it
