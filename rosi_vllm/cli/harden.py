@@ -7,8 +7,10 @@ from ..harden.verdict import HARMFUL_FLOOR
 
 def cmd_harden(args) -> int:
     from ..harden.run import harden
+    from ._args import model_path
 
-    report = harden(args.model, args.out, time_budget_min=args.time_budget, xstest=args.xstest)
+    report = harden(args.model, args.out, model=model_path(args.model), time_budget_min=args.time_budget,
+                    xstest=args.xstest)
     return 0 if report["targets_met"] else 1
 
 

@@ -172,7 +172,7 @@ def choose_threads(seconds: dict[int, float]) -> int:
 def method_for(spec, tensor_names) -> tuple[str, str]:
     """(method, why): the threshold edit where the architecture table lists a separate gate and up projection
     (`spec.mlp_inputs`) *and* this checkpoint has tensors matching both; the gated edit otherwise."""
-    from ..architectures import MLP_GATE, MLP_UP
+    from ..core.architectures import MLP_GATE, MLP_UP
 
     rows = {w.target: w for w in spec.mlp_inputs}
     if MLP_GATE not in rows or MLP_UP not in rows:

@@ -91,7 +91,7 @@ def torch_threads() -> int:
 
 
 def _tensor_names(model: str) -> list[str]:
-    from ..checkpoint import safetensors_files, tensor_records
+    from ..core.checkpoint import safetensors_files, tensor_records
 
     return [r.name for r in tensor_records(safetensors_files(model))]
 
@@ -154,7 +154,7 @@ def write_direction(ex, loaded, model: str, config: HardenConfig, path: Path, fi
     """Stage 2 (module docstring): write the v1 write direction to `path`; return what was measured."""
     import torch
 
-    from ..judge import SubstringJudge
+    from ..core.judge import SubstringJudge
 
     judge = SubstringJudge()
     harmful = list(ex.prompts.harmful("extraction"))[:config.extract_n]
@@ -222,7 +222,7 @@ def eval_options(ex, loaded, config: HardenConfig, xstest: str | None) -> dict:
     limit = config.eval_limit
     core = ex.PromptSets.for_split("test", limit, config.jailbreak_goals)
     if not fits(core.flat()):
-        from ..errors import RosiError
+        from ..core.errors import RosiError
 
         raise RosiError(f"rosi: the test split's prompts do not fit this model's context of {context} tokens")
     style = ex.ExtraSets.build("test", limit=limit, style_shift=True)
@@ -239,7 +239,7 @@ def base_eval(ex, loaded, options: dict, config: HardenConfig) -> dict:
     """The unedited model's scores on the sets `run_eval` will score the hardened one on (transformers, greedy)."""
     from tqdm import tqdm
 
-    from ..judge import SubstringJudge
+    from ..core.judge import SubstringJudge
 
     judge = SubstringJudge()
     sets = ex.PromptSets.for_split(options["split"], options["limit"], options["jailbreak_goals"])
@@ -264,7 +264,7 @@ def edit(ex, method: str, model: str, write_file: str, out: Path, report_dir: Pa
          dtype: str, alphas: list[float], num_layers: int) -> dict:
     """Stage 4: fit and select the threshold or gated edit; write `out`. When no layer's gate reaches
     `min_auroc`, the fit is repeated with no AUROC floor (the best gates available) and the report says so."""
-    from ..errors import RosiError
+    from ..core.errors import RosiError
 
     common = {"alphas": tuple(alphas), "n_harmful": config.n_harmful, "answer_tokens": config.answer_tokens,
               "val_n": config.val_n, "stage1_n": config.stage1_n, "stage1_tokens": config.stage1_tokens,
@@ -294,18 +294,18 @@ def edit(ex, method: str, model: str, write_file: str, out: Path, report_dir: Pa
     return report
 
 
-def harden(model_arg: str, out: str | Path, *, time_budget_min: float | None = None, xstest: str | None = None,
-           config: HardenConfig = HardenConfig()) -> dict:
+def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_budget_min: float | None = None,
+           xstest: str | None = None, config: HardenConfig = HardenConfig()) -> dict:
     """`rosi harden MODEL --out FILE`: every stage of the module docstring; returns the report (also written as
-    ``harden.json`` in the report folder, ``FILE`` without its suffix)."""
-    from ..architectures import spec_for_architecture
-    from ..checkpoint import model_shape
-    from ..cli._args import model_path
-    from ..fingerprint import fingerprint_checkpoint
+    ``harden.json`` in the report folder, ``FILE`` without its suffix). `model_arg`: what the user named (a
+    registered name or a folder), `model`: its checkpoint folder (default: `model_arg`)."""
+    from ..core.architectures import spec_for_architecture
+    from ..core.checkpoint import model_shape
+    from ..core.fingerprint import fingerprint_checkpoint
 
     ex = extraction()
     started = time.perf_counter()
-    model = model_path(model_arg)
+    model = model or model_arg
     out = Path(out)
     report_dir = out.with_suffix("")
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The one module of `rosi harden` that imports the extraction library.
+"""The one module of `rosi harden` that imports the extraction library and the methods' fits.
 
 Every function `rosi harden` calls from `rosi_vllm.extraction` (and the direction-file helpers) is bound here
 and nowhere else, so moving those modules means editing these imports only. Imports are at call time where
@@ -12,23 +12,18 @@ def extraction():
     """The extraction library's entry points `rosi harden` uses, as one namespace."""
     from types import SimpleNamespace
 
-    from ..direction_file import save_direction
+    from ..core.direction_file import save_direction
     from ..extraction import prompts
     from ..extraction.eval_extras import ExtraSets
     from ..extraction.evaluate import plot_eval, run_eval, write_report
-    from ..extraction.extract import (
-        Extraction,
-        chat_texts,
-        last_token_residuals,
-        load_hf_model,
-        resolve_system_prompt,
-    )
-    from ..extraction.gated import extract_gated
+    from ..extraction.extract import Extraction, last_token_residuals, resolve_system_prompt
     from ..extraction.hf_eval import generate
+    from ..extraction.hf_model import chat_texts, load_hf_model
     from ..extraction.judge_calibration import calibrate
     from ..extraction.scoring import PromptSets, score_outputs
     from ..extraction.selection import direction_file_for
-    from ..extraction.threshold import extract_threshold
+    from ..methods.gated.fit import extract_gated
+    from ..methods.threshold.fit import extract_threshold
 
     return SimpleNamespace(
         save_direction=save_direction,

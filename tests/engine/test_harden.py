@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from rosi_vllm.direction_file import load_direction
-from rosi_vllm.fingerprint import fingerprint_checkpoint
+from rosi_vllm.core.direction_file import load_direction
+from rosi_vllm.core.fingerprint import fingerprint_checkpoint
 
 
 @pytest.mark.engine

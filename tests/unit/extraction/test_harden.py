@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from rosi_vllm.architectures import ARCHITECTURES, spec_for_architecture
+from rosi_vllm.core.architectures import ARCHITECTURES, spec_for_architecture
 from rosi_vllm.harden.card import render_card
 from rosi_vllm.harden.config import (
     GATED,
