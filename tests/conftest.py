@@ -41,3 +41,23 @@ def llama(tiny_model):
     import torch
 
     return tiny_model("llama", dtype=torch.float32, with_tokenizer=False)
+
+
+#: session fixtures that start something expensive (a server, an engine process): their tests share one xdist
+#: worker, since every worker is a session of its own and would start its own copy
+SHARED_SESSION_FIXTURES = ("tenant_server", "engines")
+#: folders whose tests are cheap and independent, spread over the workers one by one
+SPREAD = ("unit", "deploy")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Group tests for ``--dist loadgroup`` (pyproject's addopts): a test of a shared session fixture goes with
+    every other test of that fixture, any other test outside `SPREAD` with the rest of its module (whose
+    module-scoped servers and caches it shares); unit and deploy tests go wherever a worker is free."""
+    for item in items:
+        shared = next((name for name in SHARED_SESSION_FIXTURES if name in item.fixturenames), None)
+        spread = item.path.parent.name in SPREAD or item.path.parent.parent.name in SPREAD
+        if shared is None and spread:
+            continue
+        item.add_marker(pytest.mark.xdist_group(shared or item.module.__name__))
