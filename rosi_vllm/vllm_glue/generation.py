@@ -14,11 +14,22 @@ differences selection compares.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 from ..core.adapters import write_adapter, writer_read_vectors
 from ..core.injection_plan import InjectionPlan
+
+
+#: ``ROSI_ENFORCE_EAGER=1``: the offline engines skip vLLM's graph compilation (on CPU an inductor C++ build of
+#: tens of seconds): a faster start and a slower decode, the right trade for short runs (the tests' tiny models)
+ENFORCE_EAGER_ENV = "ROSI_ENFORCE_EAGER"
+
+
+def compile_kwargs() -> dict:
+    """`LLM(...)` keyword arguments for graph compilation: vLLM's default unless `ENFORCE_EAGER_ENV` is "1"."""
+    return {"enforce_eager": True} if os.environ.get(ENFORCE_EAGER_ENV) == "1" else {}
 
 
 def rosi_engine_kwargs(direction: str | None, alpha: float | None) -> dict:
@@ -38,7 +49,7 @@ def chat_completions(model: str, instructions, *, direction: str | None, alpha: 
     from vllm import LLM, SamplingParams
 
     kwargs = {"max_model_len": max_model_len} if max_model_len else {}
-    kwargs.update(rosi_engine_kwargs(direction, alpha))
+    kwargs.update(rosi_engine_kwargs(direction, alpha), **compile_kwargs())
     # On CPU vLLM reads gpu_memory_utilization as the share of the NUMA node's RAM for weights + KV cache.
     llm = LLM(model=model, dtype="bfloat16", gpu_memory_utilization=gpu_memory_utilization, seed=0,
               tensor_parallel_size=tensor_parallel_size, **kwargs)
@@ -54,7 +65,7 @@ def next_token_logprobs(model: str, prompts: list[str], *, direction: str | None
     """For each raw prompt, the top-`top` next-token logprobs {token id: logprob} from one engine."""
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=str(model), **engine_kwargs, **rosi_engine_kwargs(direction, None))
+    llm = LLM(model=str(model), **{**compile_kwargs(), **engine_kwargs}, **rosi_engine_kwargs(direction, None))
     params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=top)
     outs = llm.generate(prompts, params, use_tqdm=False)
     del llm
@@ -72,7 +83,7 @@ class LoraVariantGenerator:
         self._reads = None
         self.llm = LLM(model=self.model_dir, enable_lora=True, max_lora_rank=8, max_loras=max_loras,
                        max_cpu_loras=4096, dtype="bfloat16", max_model_len=max_model_len, seed=0,
-                       gpu_memory_utilization=gpu_memory_utilization)
+                       gpu_memory_utilization=gpu_memory_utilization, **compile_kwargs())
         self.tokenizer = self.llm.get_tokenizer()
 
     def _lora_request(self, plan: InjectionPlan | None):
