@@ -21,7 +21,6 @@ from pathlib import Path
 from ..core.adapters import write_adapter, writer_read_vectors
 from ..core.injection_plan import InjectionPlan
 
-
 #: ``ROSI_ENFORCE_EAGER=1``: the offline engines skip vLLM's graph compilation (on CPU an inductor C++ build of
 #: tens of seconds): a faster start and a slower decode, the right trade for short runs (the tests' tiny models)
 ENFORCE_EAGER_ENV = "ROSI_ENFORCE_EAGER"
