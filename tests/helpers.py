@@ -130,3 +130,15 @@ def run_smoke_in_process(module: str, out_dir: Path) -> None:
     script = importlib.import_module(module)
     with torch.random.fork_rng(devices=[]):
         assert script.main(["--smoke", "--out-dir", str(out_dir)]) == 0
+
+
+def load_smoke_result(out_dir: Path, name: str) -> dict:
+    """A smoke run's ``<name>.json`` after the checks every smoke result shares: a plot beside it, the command
+    that reproduces it (with --smoke) and the machine it ran on."""
+    import json
+
+    data = json.loads((out_dir / f"{name}.json").read_text())
+    assert (out_dir / f"{name}.png").stat().st_size > 1000
+    assert data["command"].startswith("python") and "--smoke" in data["command"]
+    assert data["machine"]["cpus"] >= 1
+    return data

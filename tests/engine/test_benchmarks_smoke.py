@@ -5,7 +5,6 @@ The research studies' smoke runs: tests/research/test_research_smoke.py.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, run_smoke_in_process
+from tests.helpers import load_smoke_result as load
 
 #: smoke runs keep vLLM's engine core in the benchmark's own process: one Python process fewer to start (and to
 #: import vLLM and torch into) per engine, which is most of a tiny engine's start-up; what they assert is unchanged
@@ -43,14 +43,6 @@ def smoke_output(served_smokes, module: str) -> Path:
     out, returncode, log_tail = served_smokes[module]
     assert returncode == 0, log_tail
     return out
-
-
-def load(out_dir: Path, name: str) -> dict:
-    data = json.loads((out_dir / f"{name}.json").read_text())
-    assert (out_dir / f"{name}.png").stat().st_size > 1000
-    assert data["command"].startswith("python") and "--smoke" in data["command"]
-    assert data["machine"]["cpus"] >= 1
-    return data
 
 
 @pytest.mark.engine

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from tests.helpers import ROOT, run_smoke_in_process
+from tests.helpers import load_smoke_result as load
 
 #: the sweep keeps vLLM's engine core in its own process: one Python process fewer to start per engine
 SMOKE_ENV = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
@@ -27,14 +28,6 @@ def run_smoke_process(module: str, out_dir: Path) -> None:
     done = subprocess.run([sys.executable, "-m", f"research.{module}", "--smoke", "--out-dir", str(out_dir)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-
-def load(out_dir: Path, name: str) -> dict:
-    data = json.loads((out_dir / f"{name}.json").read_text())
-    assert (out_dir / f"{name}.png").stat().st_size > 1000
-    assert data["command"].startswith("python") and "--smoke" in data["command"]
-    assert data["machine"]["cpus"] >= 1
-    return data
 
 
 def test_validation_kl_bounds_smoke(tmp_path):
