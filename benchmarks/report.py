@@ -61,10 +61,14 @@ def rows() -> list[str]:
         for arm, per in p3["throughput_ratio_vs_baked"].items():
             cells = ", ".join(f"c={lv}: ×{_fmt(v, '.2f')}" for lv, v in per.items())
             out.append(f"| P3 {arm} vs baked (tok/s) | {cells} | ≥ 0.95 at c=16 | `{p3['command']}` |")
-    p4 = _load("p4_extraction")
+    p4 = _load("p4_harden_time")
     if p4:
-        cells = ", ".join(f"N={r['n_pairs']}: {r['seconds_median']:.1f} s" for r in p4["rows"])
-        out.append(f"| P4 extraction ({p4['model']}) | {cells} | N=50 ≤ 20 s | `{p4['command']}` |")
+        for r in p4["rows"]:
+            cells = ", ".join(f"{stage} {s:.0f} s" for stage, s in r["stage_seconds"].items())
+            target = f"≤ {r['target_minutes']:g} min" if r["target_minutes"] else "–"
+            out.append(f"| P4 `rosi harden` {r['model']} (budget {r['time_budget_min']:g} min) | "
+                       f"{r['seconds'] / 60:.1f} min: {cells} | {target} | `{r['reproduce']}`, then "
+                       f"`{p4['command']}` |")
     p5 = _load("p5_tenant_layer")
     if p5:
         ip = p5["in_process"]

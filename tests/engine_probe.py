@@ -46,7 +46,7 @@ def engine_kwargs(job: dict, *, tp: int = 1, pp: int = 1, eager: bool = False) -
     if tp * pp == 1:
         kwargs["distributed_executor_backend"] = "uni"
     return dict(model=job["model"], load_format=job.get("load_format", "auto"), tensor_parallel_size=tp,
-                pipeline_parallel_size=pp, dtype="bfloat16", gpu_memory_utilization=0.1, max_model_len=256, seed=0,
+                pipeline_parallel_size=pp, dtype="bfloat16", kv_cache_memory_bytes=64 << 20, max_model_len=256, seed=0,
                 **kwargs)
 
 

@@ -78,7 +78,8 @@ def add_commands(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts per set")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM context length (default: the model's)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.5,
-                   help="vLLM memory share (on CPU: of the NUMA node's RAM, for weights and KV cache)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="vLLM memory share (on CPU: of the NUMA node's RAM, for weights and KV cache); default: "
+                   "KV cache sized for the evaluated prompts (32 of the longest at once)")
     p.add_argument("--out", required=True, help="JSON path; the PNG is written beside it")
     p.set_defaults(func=cmd_eval)

@@ -14,11 +14,12 @@ from ._args import floats, ints, model_path
 CONFIGS = {"mean-diff": MeanConfig(), "refusal-contrast": MeanConfig(), "refusal-contrast-reply": MeanConfig(),
            "gated": GatedConfig()}
 METHOD_DEPENDENT = ("n_harmful", "wrapped_goals", "answer_tokens", "val_n", "stage1_n", "stage1_tokens",
-                    "max_new_tokens", "finalists", "budget_steps", "batch_size", "dtype", "alphas")
+                    "max_new_tokens", "finalists", "budget_steps", "grow_steps", "forms", "batch_size", "dtype", "alphas")
 #: threshold: `extract_threshold` keyword ← flag (argparse dest), for the ones a preset row sets
 THRESHOLD_FLAGS = {"n_harmful": "n_harmful", "wrapped": "wrapped_goals", "answer_tokens": "answer_tokens",
                    "val_n": "val_n", "stage1_n": "stage1_n", "stage1_tokens": "stage1_tokens",
                    "max_new_tokens": "max_new_tokens", "finalists": "finalists", "budget_steps": "budget_steps",
+                   "grow_steps": "grow_steps", "forms": "forms",
                    "batch_size": "batch_size", "dtype": "dtype", "alphas": "alphas"}
 
 
@@ -78,6 +79,7 @@ def cmd_extract(args) -> int:
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, report_dir=args.report_dir,
                       wrapped_goals=args.wrapped_goals, wrapped_benign=args.wrapped_benign,
                       answer_tokens=args.answer_tokens, finalists=args.finalists, budget_steps=args.budget_steps,
+                      grow_steps=args.grow_steps, forms=args.forms,
                       trailing_wrappers=args.trailing_wrappers, harmful_answer_tokens=args.harmful_answer_tokens)
         return 0
     from ..methods.mean.fit import extract_and_select
@@ -131,6 +133,13 @@ def add_commands(sub) -> None:
     p.add_argument("--budget-steps", type=int, default=None,
                    help="gated: bisection steps toward the largest alpha within the KL budget, for each window whose "
                    "--alphas straddle it (forward passes only; 0: the grid only; " + defaults_text("budget_steps") + ")")
+    p.add_argument("--grow-steps", type=int, default=None,
+                   help="gated: doublings of alpha past the largest of --alphas for a window whose whole grid is within "
+                   "the KL budget (forward passes only; 0: the grid caps alpha; " + defaults_text("grow_steps") + ")")
+    p.add_argument("--forms", type=lambda s: tuple(f for f in s.split(",") if f), default=None, metavar="F,F",
+                   help="gated/threshold: fit and validate on goals and harmless requests in these forms, rotating "
+                   "(imperative,question,first_person,long_context; default: none, the splits as they are; rosi "
+                   "harden fits on all four)")
     p.add_argument("--trailing-wrappers", action="store_true",
                    help="gated: with --wrapped-goals/--wrapped-benign, also fit (and select) under wrappers that put an "
                    "instruction about the answer's form after the goal (extraction.prompts.TRAILING_FIT_WRAPPER_TEMPLATES)")

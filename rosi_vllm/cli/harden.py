@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..harden.config import DEFAULT_TIME_BUDGET_MIN
 from ..harden.verdict import HARMFUL_FLOOR
 
 
@@ -9,7 +10,7 @@ def cmd_harden(args) -> int:
     from ..harden.run import harden
     from ._args import model_path
 
-    report = harden(args.model, args.out, model=model_path(args.model), time_budget_min=args.time_budget,
+    report = harden(args.model, args.out, model=model_path(args.model), time_budget_min=args.time_budget or None,
                     xstest=args.xstest)
     return 0 if report["targets_met"] else 1
 
@@ -25,9 +26,10 @@ def add_commands(sub) -> None:
         "verdict line says by how much.")
     p.add_argument("model", help="checkpoint folder or registered model name (rosi models list)")
     p.add_argument("--out", required=True, help="direction file to write (.safetensors)")
-    p.add_argument("--time-budget", type=float, default=None, metavar="MIN",
+    p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_MIN, metavar="MIN",
                    help="minutes: scales prompt counts (and token lengths by the square root) down from the "
-                   "defaults until the estimate from the measured per-prompt cost fits (default: no scaling)")
+                   "defaults until the estimate from the measured per-prompt cost fits (default "
+                   f"{DEFAULT_TIME_BUDGET_MIN:g}; 0: no scaling, the full defaults)")
     p.add_argument("--xstest", metavar="FILE", default=None,
                    help="XSTest CSV: also check over-refusal of its safe prompts (<= base + 3 points)")
     p.set_defaults(func=cmd_harden)

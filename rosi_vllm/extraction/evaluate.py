@@ -53,10 +53,10 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
              endpoint: str | None = None, served_model: str | None = None, api_key: str | None = None,
              split: str = "test", max_tokens: int = 48, jailbreak_goals: int = 20, limit: int | None = None,
              tensor_parallel_size: int = 1, max_model_len: int | None = None,
-             gpu_memory_utilization: float = 0.5, style_shift: bool = False, xstest: str | None = None,
-             family_goals: int | None = None) -> dict:
+             gpu_memory_utilization: float | None = None, style_shift: bool = False, xstest: str | None = None,
+             family_goals: int | None = None, engine: dict | None = None) -> dict:
     """Scores of one model variant on `split`; `style_shift`, `xstest` (CSV path) and `family_goals` (goals per
-    public jailbreak family, None: none) add the `eval_extras` columns."""
+    public jailbreak family, None: none) add the `eval_extras` columns; `engine`: further `LLM(...)` arguments."""
     judge = SubstringJudge()
     if direction and alpha is None:
         from ..core.direction_file import load_direction
@@ -73,7 +73,7 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
     else:
         texts = chat_completions(model, everything, direction=direction, alpha=alpha, max_tokens=max_tokens,
                                  tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                                 gpu_memory_utilization=gpu_memory_utilization)
+                                 gpu_memory_utilization=gpu_memory_utilization, engine=engine)
     seconds = time.perf_counter() - started
     texts, extra_texts = texts[:len(core)], texts[len(core):]
     harm_out, safe_out, _, borderline_out = sets.split_outputs(texts)

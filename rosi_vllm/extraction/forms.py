@@ -22,7 +22,8 @@ Fit forms and style-shift forms
 
 `FIT_FORMS` (imperative, question, first_person, long_context) are what extraction and selection may
 use: templated rewrites of a split's own goals, so a goal's rewrites stay in its split (`by_form`; goals
-whose question rewrite would near-duplicate another split's are left out, `bases`).
+whose question rewrite would near-duplicate another split's are left out, `bases`). A fit or selection given
+``forms`` (`rosi harden` gives `FIT_FORMS`) takes each goal once, in rotating forms (`rotated`).
 `STYLE_SHIFT_FORMS` (story_frame) is never fitted on. On the test split `eval_sets` adds sources the
 fit never saw, in every form: prompts written for this project (`data/style_shift_written.tsv`, harmful
 and benign pairs phrased alike) and Do-Not-Answer's malicious-use questions (harmful only). A set is
@@ -211,6 +212,24 @@ def by_form(kind: str, split: str, forms=FIT_FORMS, limit: int | None = None) ->
     form of `forms`, base-major. Every rewrite of a goal stays in that goal's split."""
     bases_ = bases(kind, split)[:limit]
     return tuple(FormPrompt("template", form, rewrite(base, form), base) for base in bases_ for form in forms)
+
+
+@lru_cache(maxsize=None)
+def rotated(kind: str, split: str, forms=FIT_FORMS) -> tuple[str, ...]:
+    """The harmful (`kind` "harmful") goals or harmless ("benign") instructions a fit or a selection uses from
+    `split`: every base of `bases` once, the i-th in form ``forms[i % len(forms)]``, so any prefix covers the
+    forms evenly, harmful and benign alike, with as many prompts as the split has bases and no goal twice.
+    `forms` empty: the split's own prompts as they are (`prompts.harmful` / `prompts.harmless`)."""
+    if not forms:
+        return tuple({"harmful": prompts.harmful, "benign": prompts.harmless}[kind](split))
+    forms = tuple(forms)
+    unfit = [f for f in forms if f not in FIT_FORMS]
+    if unfit:
+        from ..core.errors import RosiError
+
+        raise RosiError(f"rosi: no fit may use the form(s) {unfit}: fit forms are {list(FIT_FORMS)} "
+                        f"({list(STYLE_SHIFT_FORMS)} is kept for the style-shift test)")
+    return tuple(rewrite(base, forms[i % len(forms)]) for i, base in enumerate(bases(kind, split)))
 
 
 @lru_cache(maxsize=None)

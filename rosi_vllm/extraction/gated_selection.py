@@ -15,7 +15,10 @@ with the real rank-one edit applied, beside the unedited model on the same promp
    shipped direction, half a unit of α took wrapped-request compliance from 30 %
    to 25 % on validation). Where a window's grid straddles the budget (or jumps
    over it from α = 0), bisection on the upper bound finds the largest α within
-   it, again by forward passes only.
+   it, again by forward passes only. Where the whole grid is within the budget
+   (a gate closed on benign text barely moves its KL), α is first doubled past the
+   grid's top, up to `grow_steps` times, until the upper bound exceeds the budget:
+   a grid chosen before the model was measured does not cap the edit.
 1. Those within the budget, on a subset judged on short completions, when there
    are more of them than finalists. The subset measures refusal in steps of one
    prompt, coarser than the budgets, so here a candidate may be one prompt over
@@ -42,6 +45,8 @@ from .selection import MAX_ADDED_BENIGN_REFUSAL, MAX_ADDED_DEGENERATE, MAX_KL, H
 MAX_ADDED_BORDERLINE_REFUSAL = 0.10
 #: bisection steps between a window's last α within the KL budget and its first over it (0: the grid only)
 BUDGET_STEPS = SelectionConfig.budget_steps
+#: doublings of α past the grid's top while the KL upper bound stays within the budget (0: the grid caps α)
+GROW_STEPS = SelectionConfig.grow_steps
 
 #: (window, targets, α): one candidate edit
 Spec = tuple[tuple[int, ...], tuple[str, ...], float]
@@ -183,14 +188,16 @@ def worth_generating(bounds: list[tuple[float, float]], keep: int) -> list[int]:
     return within or sorted(range(len(bounds)), key=lambda i: bounds[i][1])[:keep]
 
 
-def validation_sets(val_n: int, *, templates: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """The prompts the gated selection scores on: the first `val_n` of each validation set and, when it also
-    fitted on wrapped requests, validation goals under every fit-only wrapper it fitted on (`templates`;
-    None: no attack set) as the attack set."""
+def validation_sets(val_n: int, *, templates: dict[str, str] | None = None,
+                    forms: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """The prompts the gated selection scores on: the first `val_n` of each validation set (harmful and benign
+    in rotating `forms` when given, `forms.rotated`) and, when it also fitted on wrapped requests, validation
+    goals under every fit-only wrapper it fitted on (`templates`; None: no attack set) as the attack set."""
     from . import prompts
+    from .forms import rotated
 
-    sets = {"harmful": list(prompts.harmful("validation"))[:val_n],
-            "benign": list(prompts.harmless("validation"))[:val_n],
+    sets = {"harmful": list(rotated("harmful", "validation", forms))[:val_n],
+            "benign": list(rotated("benign", "validation", forms))[:val_n],
             "borderline": list(prompts.borderline("validation"))[:val_n]}
     if templates:
         goals = prompts.harmful("validation")[:max(1, val_n // len(templates))]
@@ -211,17 +218,18 @@ def score_candidates(loaded: LoadedModel, specs: list[Spec], plan_of: Callable[[
 
 def alphas_at_budget(specs: list[Spec], bounds: list[tuple[float, float]],
                      kl_bounds_at: Callable[[Spec], tuple[float, float]], *,
-                     steps: int = BUDGET_STEPS) -> list[tuple[Spec, tuple[float, float]]]:
-    """For each (window, targets) whose screened α straddle the KL budget: the largest α found within it.
+                     steps: int = BUDGET_STEPS, grow: int = GROW_STEPS) -> list[tuple[Spec, tuple[float, float]]]:
+    """For each (window, targets): the largest α found within the KL budget, past the grid if need be.
 
-    Bisects, on the KL upper bound that `kl_bounds_at` measures, between the
-    window's largest screened α within the budget (α = 0, the unedited model, when
-    none is) and its smallest screened α above that one which is over the budget.
-    Returns every point probed as (spec, (KL, upper bound)), in probing order; the
-    caller keeps those within the budget. A window with no screened α over the
-    budget, or no new point within it, adds nothing within it. Every point returned
-    was measured, so a KL that does not rise with α costs resolution, never the
-    budget.
+    A window none of whose screened α is over the budget first doubles its largest
+    α, up to `grow` times, until the upper bound that `kl_bounds_at` measures is
+    over it. Then it bisects, on that upper bound, between the window's largest α
+    within the budget (α = 0, the unedited model, when none is) and its smallest α
+    above that one which is over the budget. Returns every point probed as
+    (spec, (KL, upper bound)), in probing order; the caller keeps those within the
+    budget. A window still within the budget after growing, or with no new point
+    within it, adds no bisection. Every point returned was measured, so a KL that
+    does not rise with α costs resolution, never the budget.
     """
     by_window: dict[tuple, list[tuple[float, float]]] = {}
     for (window, targets, alpha), (_, upper) in zip(specs, bounds):
@@ -230,6 +238,14 @@ def alphas_at_budget(specs: list[Spec], bounds: list[tuple[float, float]],
     for (window, targets), points in by_window.items():
         lo = max((a for a, upper in points if upper <= MAX_KL), default=0.0)
         hi = min((a for a, upper in points if upper > MAX_KL and a > lo), default=None)
+        for _ in range(grow if hi is None and lo > 0 else 0):
+            spec = (window, targets, 2 * lo)
+            measured = kl_bounds_at(spec)
+            probed.append((spec, measured))
+            if measured[1] > MAX_KL:
+                hi = spec[2]
+                break
+            lo = spec[2]
         if hi is None:
             continue
         for _ in range(steps):
@@ -273,8 +289,8 @@ def write_report(report: dict, out, report_dir, stem: str, plot: Callable[[dict,
 
 def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows, alphas, *, val_n: int,
                  stage1_n: int, stage1_tokens: int, max_new_tokens: int, finalists: int, batch_size: int,
-                 budget_steps: int = BUDGET_STEPS, wrapper_templates: dict[str, str] | None = None,
-                 progress: bool = True) -> GatedSelection:
+                 budget_steps: int = BUDGET_STEPS, grow_steps: int = GROW_STEPS, forms: tuple[str, ...] = (),
+                 wrapper_templates: dict[str, str] | None = None, progress: bool = True) -> GatedSelection:
     """Stages 0, 0b, 1 and 2 of the module docstring over `windows` × `alphas`.
 
     `plan_of`: the injection plan of a (window, targets, α), built the way the
@@ -289,7 +305,7 @@ def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows
     # stage 2's first `stage1_n` prompts per set are stage 1's: with stage1_tokens == max_new_tokens, the
     # finalists and the unedited model reuse those completions instead of generating them again
     generator = HfVariantGenerator(loaded, batch_size, remember=True)
-    sets = validation_sets(val_n, templates=wrapper_templates)
+    sets = validation_sets(val_n, templates=wrapper_templates, forms=forms)
     short = {k: v[:stage1_n] for k, v in sets.items()}
     base_lp = next_token_logprobs(loaded, sets["benign"], batch_size=batch_size)
     grid = [(tuple(w), tuple(t), float(a)) for w, t in windows for a in alphas]
@@ -300,12 +316,12 @@ def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows
     bounds = [kl_bounds_at(spec) for spec in tqdm(grid, desc="select: KL screen", unit="candidate",
                                                    disable=not progress)]
     screened = time.perf_counter()
-    with tqdm(desc="select: α at the KL budget", unit="probe", disable=not progress or not budget_steps) as bar:
+    with tqdm(desc="select: α at the KL budget", unit="probe", disable=not progress or not (budget_steps or grow_steps)) as bar:
         def probe(spec):
             bar.update()
             return kl_bounds_at(spec)
 
-        probed = alphas_at_budget(grid, bounds, probe, steps=budget_steps)
+        probed = alphas_at_budget(grid, bounds, probe, steps=budget_steps, grow=grow_steps)
     budgeted = time.perf_counter()
     specs = grid + [spec for spec, _ in probed]
     bound_of = dict(zip(grid, bounds)) | dict(probed)

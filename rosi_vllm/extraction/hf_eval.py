@@ -41,6 +41,23 @@ def injected(loaded: LoadedModel, plan: InjectionPlan | None):
                 params[name].copy_(original)
 
 
+@contextlib.contextmanager
+def added_to_outputs(loaded: LoadedModel, module_names, vector: torch.Tensor):
+    """Add `vector` to the output of each named module at every position for the duration of the block: what a
+    residual writer writes when a gated edit's gate is fully open (a causal test of a write direction)."""
+    modules = dict(loaded.model.named_modules())
+
+    def hook(_module, _inputs, output):
+        return output + vector.to(output.dtype)
+
+    handles = [modules[name].register_forward_hook(hook) for name in module_names]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def by_length(tokenizer, texts: list[str]) -> list[int]:
     """Indices of `texts`, longest tokenized first: batches of similar lengths waste little on padding."""
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

@@ -25,7 +25,7 @@ CURVES = (("harmful_refusal", "harmful refused"), ("benign_refusal", "benign ref
 
 def run_sweep(*, model: str, direction: str, alphas, split: str = "test", limit: int | None = None,
               jailbreak_goals: int = 20, max_tokens: int = 48, tensor_parallel_size: int = 1,
-              max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
+              max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
               generate=None, kls=None, on_row=None) -> dict:
     """Score `direction` on `model` at every α of `alphas` (see the module docstring).
 

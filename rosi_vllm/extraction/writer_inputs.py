@@ -195,7 +195,7 @@ def load_for_fit(model: str, write_direction: str, dtype: str, *,
 
 def collect_sources(loaded: LoadedModel, writers: list[Writer], *, n_harmful: int, answer_tokens: int,
                     harmful_answer_tokens: int = 0, wrapped_goals: int = 0, wrapped_benign: int = 0,
-                    templates: dict[str, str] | None = None, batch_size: int = 16,
+                    templates: dict[str, str] | None = None, batch_size: int = 16, forms: tuple[str, ...] = (),
                     progress: bool = True) -> tuple[list[WriterInputs], list[WriterInputs]]:
     """(harmful, benign) input sources of every gated fit, from the extraction split.
 
@@ -204,12 +204,14 @@ def collect_sources(loaded: LoadedModel, writers: list[Writer], *, n_harmful: in
     at every position and its own answer of `answer_tokens`. `wrapped_goals` further
     goals and `wrapped_benign` benign requests under each fit-only wrapper of
     `templates` add a source each, grouped per request so the held-out split keeps a
-    request's wrappers together.
+    request's wrappers together. `forms`: the goals and harmless requests in rotating forms
+    (`forms.rotated`; empty: as the split has them).
     """
     from . import prompts
+    from .forms import rotated
 
-    benign_fit = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
-    goals = list(prompts.harmful("extraction"))
+    benign_fit = list(rotated("benign", "extraction", forms)) + list(prompts.borderline("extraction"))
+    goals = list(rotated("harmful", "extraction", forms))
     common = {"batch_size": batch_size, "progress": progress}
     harmful = [collect_inputs(loaded, writers, goals[:n_harmful], positions="instruction_end",
                               answer_tokens=harmful_answer_tokens,

@@ -29,8 +29,18 @@ class HardenConfig:
     min_per_group: int = 8
     #: the same as a share of `extract_n`: a model refusing less than this is prompted with the safety prompt
     min_refusal_fraction: float = 0.10
-    #: the write direction's layer is the one with the largest split-half separation within this band of depth
+    #: the write direction's layer: within this band of depth, the candidate whose direction, written at the MLP
+    #: output of the edit band's middle layer, makes the unedited model refuse the most harmful requests it had
+    #: complied with (a causal test; ties and no refusal at all: the largest split-half separation)
     write_band: tuple[float, float] = (0.25, 0.85)
+    #: candidate layers of that test: the `write_candidates` best separated and as many spread over the band
+    write_candidates: int = 4
+    #: complied-with harmful requests each candidate writes into (harmless ones if the model complied with
+    #: none), and the tokens generated for each
+    induce_n: int = 8
+    induce_tokens: int = 12
+    #: strengths of the test (the best counts), as fractions of the median residual norm where it writes
+    induce_fractions: tuple[float, ...] = (0.25, 0.5)
     # -- gate fit and selection (extraction.threshold / extraction.gated) --
     #: candidate layers of the edit, as a band of depth
     edit_band: tuple[float, float] = (1 / 3, 2 / 3)
@@ -39,6 +49,12 @@ class HardenConfig:
     #: α grid as fractions of the median residual norm at the write layer (measured), bisected to the KL budget
     alpha_fractions: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5)
     budget_steps: int = 3
+    #: doublings past the grid's top while the KL upper bound stays within budget (a gate closed on benign text
+    #: barely moves KL, so the grid's top must not cap α): up to 2**grow_steps × the top, 4 × the residual norm
+    grow_steps: int = 3
+    #: the fit and the selection see every harmful goal and harmless request in one of these forms, rotating, so
+    #: a gate cannot learn the benchmarks' imperative phrasing as harm (`extraction.forms.FIT_FORMS`)
+    forms: tuple[str, ...] = ("imperative", "question", "first_person", "long_context")
     min_auroc: float = 0.9
     n_harmful: int = 120
     wrapped: int = 40
@@ -53,6 +69,9 @@ class HardenConfig:
     eval_limit: int | None = None
     jailbreak_goals: int = 20
     eval_tokens: int = 48
+    #: the evaluation engines skip graph compilation: measured on SmolLM2 (2 CPU cores, 482 prompts × 24 tokens),
+    #: compiling cost ~75 s of start-up and saved ~35 s of decoding (research/results/harden/README.md)
+    eval_compile: bool = False
     # -- dtype rule --
     #: bfloat16 is chosen when its measured time is at most this share of float32's (float32 is exact)
     bf16_speedup_needed: float = 0.9
@@ -82,13 +101,17 @@ class HardenConfig:
 
         limit = count(100, 4) if self.eval_limit is None else count(self.eval_limit, 4)
         return dataclasses.replace(
-            self, extract_n=count(self.extract_n, self.min_extract_n),
+            self, extract_n=count(self.extract_n, self.min_extract_n), induce_n=count(self.induce_n, 4),
             n_harmful=count(self.n_harmful, 16), wrapped=count(self.wrapped, 0),
             answer_tokens=tokens(self.answer_tokens), val_n=count(self.val_n, 8), stage1_n=count(self.stage1_n, 4),
             stage1_tokens=tokens(self.stage1_tokens), max_new_tokens=tokens(self.max_new_tokens),
             finalists=count(self.finalists, 1), budget_steps=count(self.budget_steps, 1),
             eval_limit=limit, jailbreak_goals=count(self.jailbreak_goals, 2), eval_tokens=tokens(self.eval_tokens, 8))
 
+
+#: --time-budget's default, minutes: the issue's target for a 0.5B model on 2 CPU cores (a larger model gets the
+#: smallest scale, `HardenConfig.min_scale`, and takes what that costs; 0 turns the scaling off)
+DEFAULT_TIME_BUDGET_MIN = 10.0
 
 #: --time-budget: the scales tried, largest first; the first whose estimate fits is used
 SCALE_LADDER = tuple(2 ** (-k / 2) for k in range(0, 11))
@@ -97,10 +120,12 @@ SCALE_LADDER = tuple(2 ** (-k / 2) for k in range(0, 11))
 @dataclass(frozen=True)
 class Cost:
     """Measured seconds on this machine (timing probe at the chosen dtype): per prompt per generated token in a
-    batch, per prompt forward pass, and a fixed cost per vLLM engine start."""
+    batch, per prompt forward pass, one load of the model; and a fixed cost per vLLM engine start (not
+    measured: ~20–30 s on 2 CPU cores, less on a GPU machine, so the estimate errs long)."""
 
     gen_token: float
     forward: float
+    load: float = 0.0
     engine_start: float = 30.0
 
 
@@ -110,20 +135,24 @@ FIT_WRAPPERS = 5
 
 
 def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | None = None) -> dict[str, float]:
-    """Seconds per stage of `run.STAGES` after the probe, from the prompt counts and lengths of `config` and the measured `cost` (a rough model:
-    generation is prompts × tokens × gen_token, forward passes prompts × forward; constants are not modelled)."""
+    """Seconds per stage of `run.STAGES` after the probe, from the prompt counts and lengths of `config` and the
+    measured `cost` (a rough model: generation is prompts × tokens × gen_token, forward passes prompts × forward,
+    plus a model load per stage that loads one and an engine start per evaluation; vLLM's eager generation is
+    costed at half of transformers' measured per-token cost: its continuous batching measured 0.56 of it on
+    SmolLM2 on 2 CPU cores, research/results/harden/README.md)."""
     c = config
     g, f = cost.gen_token, cost.forward
     windows, alphas = 3, len(c.alpha_fractions)
-    candidates = windows * alphas + windows * c.budget_steps
+    candidates = windows * alphas + windows * (c.budget_steps + c.grow_steps)
     eval_n = eval_prompts if eval_prompts is not None else 4 * (c.eval_limit or 100) + 6 * c.jailbreak_goals
     return {
-        "write_direction": c.extract_n * (c.extract_tokens * g + f),
-        "base_eval": eval_n * c.eval_tokens * g,
+        "write_direction": (c.extract_n * (c.extract_tokens * g + f)
+                            + 2 * c.write_candidates * len(c.induce_fractions) * c.induce_n * c.induce_tokens * g),
         # fit (collect inputs, answer the benign fit requests) + selection (KL screen, stage 1, stage 2)
-        "edit": ((c.n_harmful + FIT_WRAPPERS * c.wrapped * 2) * f + BENIGN_FIT * (c.answer_tokens * g + f)
+        "edit": cost.load + ((c.n_harmful + FIT_WRAPPERS * c.wrapped * 2) * f + BENIGN_FIT * (c.answer_tokens * g + f)
                  + candidates * c.val_n * f + 3 * c.stage1_n * c.stage1_tokens * g * min(candidates, 3 * c.finalists)
                  + (c.finalists + 1) * 3 * c.val_n * c.max_new_tokens * g),
+        "base_eval": cost.engine_start + eval_n * c.eval_tokens * g / 2,
         "hardened_eval": cost.engine_start + eval_n * c.eval_tokens * g / 2 + c.val_n * f,
     }
 

@@ -7,12 +7,17 @@
    `min_refusal_fraction` of them (or fewer than `min_per_group`), the extraction is repeated under the safety
    system prompt; if still fewer than `min_per_group` are refused, more of the extraction split is answered, as
    many as the measured refusal share says a contrast needs (`config.prompts_needed`); with enough refused and complied answers the direction is mean(refused) − mean(complied)
-   (refusal contrast), otherwise harmful − harmless (mean-diff). Its layer: the one, within `write_band` of the
-   depth, whose direction separates the two groups best on prompts it was not computed from
-   (`config.split_half_separation`). The α grid is `alpha_fractions` × the median residual norm there.
-3. **base eval**: the unedited model on the test split (and the style-shift, XSTest and public-jailbreak sets
-   that fit its context), generated in-process with transformers, scored like `rosi eval`.
-4. **edit**: `extract_threshold` or `extract_gated` (`config.method_for`), α bisected to the KL budget.
+   (refusal contrast), otherwise harmful − harmless (mean-diff). Its layer: among candidates within
+   `write_band` of the depth (the best separated on prompts their direction was not computed from,
+   `config.split_half_separation`, and as many spread over the band), the one whose direction, added to the
+   MLP output of the edit band's middle layer, makes the model refuse the most harmful requests it had
+   complied with (`induced_refusal`: separating is not steering). The α grid is `alpha_fractions` × the
+   median residual norm at that middle layer.
+3. **edit**: `extract_threshold` or `extract_gated` (`config.method_for`), fitted and validated on prompts in
+   every fit form (`config.forms`), α grown past its grid and bisected to the KL budget's upper bound.
+4. **base eval**: `rosi eval` of the unedited model on the test split (and the style-shift, XSTest and
+   public-jailbreak sets that fit its context) through vLLM, like the hardened one, so the two differ only
+   by the edit and never by the generation backend.
 5. **hardened eval**: `rosi eval` on the written file through vLLM's real loader.
 Then the checks, the verdict line, the model card and ``harden.json`` (with every stage's wall time).
 """
@@ -29,6 +34,7 @@ from pathlib import Path
 
 from .card import render_card
 from .config import (
+    DEFAULT_TIME_BUDGET_MIN,
     THRESHOLD,
     Cost,
     HardenConfig,
@@ -44,7 +50,7 @@ from .config import (
 from .steps import extraction
 from .verdict import checks, verdict_line
 
-STAGES = ("probe", "write_direction", "base_eval", "edit", "hardened_eval")
+STAGES = ("probe", "write_direction", "edit", "base_eval", "hardened_eval")
 
 
 class Clock:
@@ -106,7 +112,9 @@ def _probe(ex, model: str, config: HardenConfig) -> tuple[object, str, dict, Cos
     timings = {}
     kept = None
     for name in tqdm(("float32", "bfloat16"), desc="probe: dtype timing", unit="dtype"):
+        t = time.perf_counter()
         loaded = ex.load_hf_model(model, dtype=getattr(torch, name))
+        load = time.perf_counter() - t
         texts = ex.chat_texts(loaded.tokenizer, instructions)
         ex.last_token_residuals(loaded, texts[:2], batch_size=2, progress=False)  # warm-up
         if kept is None:  # first model: how many torch threads are fastest here and now
@@ -124,18 +132,20 @@ def _probe(ex, model: str, config: HardenConfig) -> tuple[object, str, dict, Cos
         t = time.perf_counter()
         ex.generate(loaded, instructions, max_new_tokens=config.probe_tokens, batch_size=len(instructions))
         gen = time.perf_counter() - t
-        timings[name] = {"forward_s": round(forward, 3), "generate_s": round(gen, 3), "total_s": round(forward + gen, 3)}
+        timings[name] = {"forward_s": round(forward, 3), "generate_s": round(gen, 3), "total_s": round(forward + gen, 3),
+                         "load_s": round(load, 3)}
         if kept is None:
             kept = loaded
         else:
             kept = (kept, loaded)
-    dtype = choose_dtype({k: v["total_s"] for k, v in timings.items() if k != "threads"}, config.bf16_speedup_needed)
+    dtype = choose_dtype({k: v["total_s"] for k, v in timings.items() if k in ("float32", "bfloat16")},
+                         config.bf16_speedup_needed)
     loaded = kept[1] if dtype == "bfloat16" else kept[0]
     del kept
     gc.collect()
     n = len(instructions)
     cost = Cost(gen_token=timings[dtype]["generate_s"] / (n * config.probe_tokens),
-                forward=timings[dtype]["forward_s"] / n)
+                forward=timings[dtype]["forward_s"] / n, load=timings[dtype]["load_s"])
     return loaded, dtype, timings, cost
 
 
@@ -161,7 +171,7 @@ def write_direction(ex, loaded, model: str, config: HardenConfig, path: Path, fi
     need = max(config.min_per_group, int(round(config.min_refusal_fraction * len(harmful))))
     measured = {}
     system_prompt = None
-    flags = judge.judge(_answers(ex, loaded, harmful, None, config, "write: unedited answers"))
+    flags = first_flags = judge.judge(_answers(ex, loaded, harmful, None, config, "write: unedited answers"))
     measured["refusal_without_system_prompt"] = sum(flags) / len(flags)
     if sum(flags) < need:
         system_prompt = ex.resolve_system_prompt("safety")
@@ -189,9 +199,16 @@ def write_direction(ex, loaded, model: str, config: HardenConfig, path: Path, fi
     n_layers = loaded.num_layers
     band = band_layers(n_layers, config.write_band)
     separations = {layer: split_half_separation(group_a[layer], group_b[layer]) for layer in band}
-    layer = max(separations, key=lambda k: (separations[k], -k))
     directions = group_a.mean(dim=1) - group_b.mean(dim=1)
-    residual_norm = float(residuals[layer].norm(dim=-1).median())
+    candidates = sorted(set(sorted(band, key=lambda k: -separations[k])[:config.write_candidates])
+                        | set(band_layers(n_layers, config.write_band, config.write_candidates)))
+    edit_layers = band_layers(n_layers, config.edit_band)
+    at = edit_layers[len(edit_layers) // 2]
+    complied = [p for p, refused in zip(harmful, first_flags) if not refused][:config.induce_n]
+    targets = complied or list(ex.prompts.harmless("extraction"))[:config.induce_n]
+    residual_norm = float(residuals[at].norm(dim=-1).median())
+    induced = induced_refusal(ex, loaded, {k: directions[k] for k in candidates}, at, residual_norm, targets, config)
+    layer = max(candidates, key=lambda k: (induced[k], separations[k], -k))
     extraction = ex.Extraction(directions, ex.prompts.sha256_of(harmful), ex.prompts.sha256_of(harmless),
                                system_prompt, len(harmful), method=method,
                                n_refused=n_refused if method == "refusal-contrast" else None,
@@ -203,7 +220,35 @@ def write_direction(ex, loaded, model: str, config: HardenConfig, path: Path, fi
     return {"file": str(path), "method": method, "layer": layer, "system_prompt": system_prompt is not None,
             "n_refused": n_refused, "n_complied": n_complied, "n": len(harmful), **measured,
             "separation": {str(k): round(v, 4) for k, v in separations.items()},
+            "induced_refusal": {str(k): round(v, 4) for k, v in induced.items()}, "induced_at": at,
+            "induced_on": "complied harmful" if complied else "harmless", "induced_n": len(targets),
             "residual_norm_median": round(residual_norm, 4), "alphas": alphas}
+
+
+def induced_refusal(ex, loaded, directions: dict, at: int, norm: float, prompts: list[str],
+                    config: HardenConfig) -> dict[int, float]:
+    """Per candidate layer: the share of `prompts` (harmful requests the unedited model complied with) it refuses
+    when that layer's direction (unit length) is added to the MLP output of layer `at` (where the edit will
+    write) at every position; the best over the strengths `induce_fractions` × `norm` (the median residual norm
+    there). Whether writing the direction causes refusal, which separating refused from complied prompts does
+    not show: measured on SmolLM2, the best-separated layer's direction induced no refusal at any strength while
+    a deeper layer's refused 7 of 8 (research/results/harden/README.md)."""
+    from tqdm import tqdm
+
+    from ..core.architectures import MLP_OUT
+    from ..core.judge import SubstringJudge
+
+    judge = SubstringJudge()
+    modules = [w.module_name for w in ex.find_writers(loaded, {at}, (MLP_OUT,))]
+    rates: dict[int, float] = {}
+    jobs = [(layer, f) for layer in directions for f in config.induce_fractions]
+    for layer, fraction in tqdm(jobs, desc=f"write: induced refusal, written at layer {at}", unit="test"):
+        unit = directions[layer] / directions[layer].norm().clamp_min(1e-12)
+        with ex.added_to_outputs(loaded, modules, fraction * norm * unit):
+            texts = ex.generate(loaded, prompts, max_new_tokens=config.induce_tokens, batch_size=config.batch_size)
+        flags = judge.judge(texts)
+        rates[layer] = max(rates.get(layer, 0.0), sum(flags) / len(flags))
+    return rates
 
 
 def eval_options(ex, loaded, config: HardenConfig, xstest: str | None) -> dict:
@@ -232,32 +277,15 @@ def eval_options(ex, loaded, config: HardenConfig, xstest: str | None) -> dict:
                "max_tokens": config.eval_tokens, "style_shift": fits(style.flat()),
                "family_goals": config.jailbreak_goals if fits(families.flat()) else None,
                "xstest": xstest if xs is not None and fits(xs.flat()) else None}
+    options["engine"] = {} if config.eval_compile else {"enforce_eager": True}
     return options
 
 
-def base_eval(ex, loaded, options: dict, config: HardenConfig) -> dict:
-    """The unedited model's scores on the sets `run_eval` will score the hardened one on (transformers, greedy)."""
-    from tqdm import tqdm
-
-    from ..core.judge import SubstringJudge
-
-    judge = SubstringJudge()
-    sets = ex.PromptSets.for_split(options["split"], options["limit"], options["jailbreak_goals"])
-    extras = ex.ExtraSets.build(options["split"], limit=options["limit"], style_shift=options["style_shift"],
-                                xstest=options["xstest"], family_goals=options["family_goals"])
-    core = sets.flat()
-    everything = core + extras.flat()
-    bs = config.batch_size
-    started = time.perf_counter()
-    texts = []
-    for start in tqdm(range(0, len(everything), bs), desc="base eval: completions", unit="batch"):
-        texts += ex.generate(loaded, everything[start:start + bs], max_new_tokens=options["max_tokens"],
-                             batch_size=bs)
-    return {"model": str(loaded.path), "direction": None, "alpha": None, "split": options["split"],
-            "max_tokens": options["max_tokens"], "judge": judge.name, "backend": "transformers",
-            "generation_seconds": round(time.perf_counter() - started, 1),
-            **ex.score_outputs(sets, texts[:len(core)], judge=judge),
-            **extras.score(texts[len(core):], judge=judge), "judge_calibration": ex.calibrate(judge)}
+def base_eval(ex, model: str, options: dict) -> dict:
+    """The unedited model's scores on the sets the hardened one is scored on: `rosi eval` through vLLM."""
+    result = ex.run_eval(model=model, direction=None, **options)
+    result["backend"] = "vllm"
+    return result
 
 
 def edit(ex, method: str, model: str, write_file: str, out: Path, report_dir: Path, config: HardenConfig,
@@ -269,7 +297,8 @@ def edit(ex, method: str, model: str, write_file: str, out: Path, report_dir: Pa
     common = {"alphas": tuple(alphas), "n_harmful": config.n_harmful, "answer_tokens": config.answer_tokens,
               "val_n": config.val_n, "stage1_n": config.stage1_n, "stage1_tokens": config.stage1_tokens,
               "max_new_tokens": config.max_new_tokens, "finalists": config.finalists,
-              "batch_size": config.batch_size, "budget_steps": config.budget_steps, "dtype": dtype,
+              "batch_size": config.batch_size, "budget_steps": config.budget_steps,
+              "grow_steps": config.grow_steps, "forms": config.forms, "dtype": dtype,
               "report_dir": report_dir}
 
     def run(min_auroc: float) -> dict:
@@ -332,17 +361,18 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
               f"estimate {sum(clock.estimates.values()):.0f} s", file=sys.stderr)
     with clock.stage("write_direction"):
         write = write_direction(ex, loaded, model, config, report_dir / "write-direction.safetensors", fingerprint)
-        print(f"    {write['method']} at layer {write['layer']} (separation {write['separation'][str(write['layer'])]:.2f}"
+        print(f"    {write['method']} at layer {write['layer']} (induced refusal "
+              f"{write['induced_refusal'][str(write['layer'])]:.0%}, separation {write['separation'][str(write['layer'])]:.2f}"
               f"; safety prompt: {write['system_prompt']}); α grid {write['alphas']}", file=sys.stderr)
-    with clock.stage("base_eval"):
         options = eval_options(ex, loaded, config, xstest)
-        base = base_eval(ex, loaded, options, config)
         num_layers = loaded.num_layers
         del loaded
         gc.collect()
     with clock.stage("edit"):
         edit_report = edit(ex, method, model, write["file"], out, report_dir, config, dtype, write["alphas"],
                            num_layers)
+    with clock.stage("base_eval"):
+        base = base_eval(ex, model, options)
     with clock.stage("hardened_eval"):
         hardened = ex.run_eval(model=model, direction=str(out), **options)
         hardened["backend"] = "vllm"
@@ -354,20 +384,21 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
     label = f"{method} window {best['window']} α={best['alpha']:g}"
     line = verdict_line(found, label)
     reproduce = " ".join(["rosi harden", shlex.quote(model_arg), "--out", shlex.quote(str(out))]
-                         + (["--time-budget", f"{time_budget_min:g}"] if time_budget_min is not None else [])
+                         + ([] if time_budget_min == DEFAULT_TIME_BUDGET_MIN
+                            else ["--time-budget", f"{time_budget_min or 0:g}"])
                          + (["--xstest", shlex.quote(xstest)] if xstest else []))
     serve = (f"vllm serve {shlex.quote(model)} --load-format rosi --model-loader-extra-config "
              + shlex.quote(json.dumps({"direction": str(out)})))
     report = {
         "model": model_arg, "model_path": model, "architecture": shape.architecture, "num_layers": shape.num_layers,
         "direction_file": str(out), "method": method, "method_rule": method_rule, "dtype": dtype,
-        "dtype_timings": {k: v for k, v in timings.items() if k != "threads"},
+        "dtype_timings": {k: v for k, v in timings.items() if k in ("float32", "bfloat16")},
         "thread_timings": timings["threads"], "torch_threads": torch_threads(), "cost": asdict(cost), "time_budget_min": time_budget_min, "scale": scale,
         "config": asdict(config), "write": write, "edit": {"window": best["window"], "alpha": best["alpha"],
                                                             "min_auroc_relaxed": edit_report["min_auroc_relaxed"],
                                                             "selected": best,
                                                             "stage_seconds": edit_report.get("stage_seconds")},
-        "eval_options": options, "base_backend": "transformers", "base_eval": _brief(base),
+        "eval_options": options, "base_backend": base["backend"], "base_eval": _brief(base),
         "hardened_eval": _brief(hardened), "checks": [c.to_dict() for c in found], "verdict": line,
         "targets_met": bool(found) and all(c.ok for c in found),
         "stage_estimates": {k: round(v, 1) for k, v in clock.estimates.items()},

@@ -17,11 +17,12 @@ def extraction():
     from ..extraction.eval_extras import ExtraSets
     from ..extraction.evaluate import plot_eval, run_eval, write_report
     from ..extraction.extract import Extraction, last_token_residuals, resolve_system_prompt
-    from ..extraction.hf_eval import generate
+    from ..extraction.hf_eval import added_to_outputs, generate
     from ..extraction.hf_model import chat_texts, load_hf_model
     from ..extraction.judge_calibration import calibrate
     from ..extraction.scoring import PromptSets, score_outputs
     from ..extraction.selection import direction_file_for
+    from ..extraction.writer_inputs import find_writers
     from ..methods.gated.fit import extract_gated
     from ..methods.threshold.fit import extract_threshold
 
@@ -39,6 +40,8 @@ def extraction():
         resolve_system_prompt=resolve_system_prompt,
         extract_gated=extract_gated,
         generate=generate,
+        added_to_outputs=added_to_outputs,
+        find_writers=find_writers,
         calibrate=calibrate,
         PromptSets=PromptSets,
         score_outputs=score_outputs,

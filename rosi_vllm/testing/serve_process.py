@@ -26,7 +26,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SERVE_FLAGS = ("--dtype", "bfloat16", "--max-model-len", "256", "--gpu-memory-utilization", "0.1", "--enforce-eager")
+#: a tiny test model's server: 64 MiB of KV cache (thousands of tokens at its size) rather than a share of the RAM,
+#: whose allocation is most of an engine's start on CPU (`vllm_glue.generation.sized_for`)
+SERVE_FLAGS = ("--dtype", "bfloat16", "--max-model-len", "256", "--kv-cache-memory-bytes", str(64 << 20),
+               "--enforce-eager")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

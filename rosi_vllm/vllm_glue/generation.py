@@ -14,6 +14,7 @@ differences selection compares.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -41,17 +42,52 @@ def rosi_engine_kwargs(direction: str | None, alpha: float | None) -> dict:
     return {"load_format": "rosi", "model_loader_extra_config": extra}
 
 
+#: a workload-sized engine holds KV cache for this many sequences of its longest length at once
+KV_SEQUENCES = 32
+
+
+def sized_for(model: str, instructions, max_tokens: int, max_model_len: int | None = None,
+              sequences: int = KV_SEQUENCES) -> dict:
+    """`LLM(...)` arguments sizing an engine for a batch of chat requests: context for the longest (chat
+    template applied, plus `max_tokens`, rounded up to 256, at most the model's own) unless `max_model_len` is
+    given, and KV cache for `sequences` of that length (bytes per token from the model's config: K and V, every
+    layer, bfloat16). vLLM's default instead takes a share of memory: on CPU, half the RAM, whose allocation
+    alone took ~60 s of an evaluation engine's start on 2 cores (research/results/harden/README.md)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(model))
+    config = getattr(config, "text_config", None) or config
+    if max_model_len is None:
+        tokenizer = AutoTokenizer.from_pretrained(str(model))
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                               add_generation_prompt=True) for t in instructions]
+        longest = max((len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]), default=0)
+        context = int(getattr(config, "max_position_embeddings", 0) or 0) or 1 << 30
+        max_model_len = min(context, 256 * math.ceil((longest + max_tokens) / 256))
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * 2
+    return {"max_model_len": max_model_len, "kv_cache_memory_bytes": per_token * max_model_len * sequences}
+
+
 def chat_completions(model: str, instructions, *, direction: str | None, alpha: float | None, max_tokens: int,
                      tensor_parallel_size: int = 1, max_model_len: int | None = None,
-                     gpu_memory_utilization: float = 0.5) -> list[str]:
-    """Greedy chat completions of `instructions` from one engine, torn down afterwards."""
+                     gpu_memory_utilization: float | None = None, engine: dict | None = None) -> list[str]:
+    """Greedy chat completions of `instructions` from one engine, torn down afterwards. Without
+    `gpu_memory_utilization` the engine is sized for these requests (`sized_for`); `engine`: further
+    `LLM(...)` keyword arguments (they win over the compile setting)."""
     from vllm import LLM, SamplingParams
 
-    kwargs = {"max_model_len": max_model_len} if max_model_len else {}
+    instructions = list(instructions)
+    if gpu_memory_utilization is None:
+        kwargs = sized_for(model, instructions, max_tokens, max_model_len)
+    else:  # on CPU vLLM reads it as the share of the NUMA node's RAM for weights + KV cache
+        kwargs = {"gpu_memory_utilization": gpu_memory_utilization}
+        kwargs.update({"max_model_len": max_model_len} if max_model_len else {})
     kwargs.update(rosi_engine_kwargs(direction, alpha), **compile_kwargs())
-    # On CPU vLLM reads gpu_memory_utilization as the share of the NUMA node's RAM for weights + KV cache.
-    llm = LLM(model=model, dtype="bfloat16", gpu_memory_utilization=gpu_memory_utilization, seed=0,
-              tensor_parallel_size=tensor_parallel_size, **kwargs)
+    kwargs.update(engine or {})
+    llm = LLM(model=model, dtype="bfloat16", seed=0, tensor_parallel_size=tensor_parallel_size, **kwargs)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     outs = llm.chat([[{"role": "user", "content": text}] for text in instructions], params, use_tqdm=True)
     texts = [o.outputs[0].text for o in outs]

@@ -68,12 +68,6 @@ def test_p2_load_time_smoke(tmp_path):
     assert row["ratio_rosi_over_base"] > 0 and all(m > 0 for m in row["delta_math_s"])
 
 
-def test_p4_extraction_smoke(tmp_path):
-    run_smoke_in_process("benchmarks.p4_extraction", tmp_path)
-    rows = load(tmp_path, "p4_extraction_smoke")["rows"]
-    assert [r["n_pairs"] for r in rows] == [4, 8]
-
-
 def test_p5_tenant_layer_smoke(tmp_path):
     run_smoke_in_process("benchmarks.p5_tenant_layer", tmp_path)
     result = load(tmp_path, "p5_tenant_layer_smoke")

@@ -1,5 +1,5 @@
-"""`rosi harden` end to end on a tiny random Qwen2 of 3 layers (a shape no other test uses): one vLLM engine
-(the hardened evaluation), everything else in-process with transformers, the smallest `--time-budget` scale.
+"""`rosi harden` end to end on a tiny random Qwen2 of 3 layers (a shape no other test uses): two vLLM engines
+(the base and hardened evaluations), everything else in-process with transformers, the smallest `--time-budget` scale.
 
 A random model refuses nothing, so the targets are missed: the command must say so in its one verdict line
 (exit status 1) and still write every file, not crash."""
@@ -30,7 +30,7 @@ def test_harden_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     report_dir = tmp_path / "tiny-hardened"
     report = json.loads((report_dir / "harden.json").read_text())
     assert report["method"] == "threshold" and report["verdict"] == lines[0] and not report["targets_met"]
-    assert set(report["stage_seconds"]) == {"probe", "write_direction", "base_eval", "edit", "hardened_eval"}
+    assert list(report["stage_seconds"]) == ["probe", "write_direction", "edit", "base_eval", "hardened_eval"]
     assert set(report["dtype_timings"]) == {"float32", "bfloat16"} and report["scale"] < 1
     for name in ("base-eval.json", "hardened-eval.json", "eval.png", "write-direction.safetensors"):
         assert (report_dir / name).is_file(), name
@@ -38,3 +38,10 @@ def test_harden_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     assert "benign_kl_nats" in hardened and "harmful_refusal" in hardened
     card = out.with_suffix(".md").read_text()
     assert lines[0] in card and "vllm serve" in card and "rosi harden" in card
+    # P4 (harden time) collects what the run recorded: one row per report, its stages as measured
+    from benchmarks.p4_harden_time import main as p4
+
+    assert p4(["--smoke", str(report_dir / "harden.json"), "--out-dir", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "p4_harden_time_smoke.json").read_text())["rows"][0]
+    assert row["stage_seconds"] == report["stage_seconds"] and row["seconds"] == report["seconds"]
+    assert (tmp_path / "p4_harden_time_smoke.png").stat().st_size > 1000

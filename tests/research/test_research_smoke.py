@@ -114,3 +114,9 @@ def test_threshold_gate_smoke(tmp_path):
     for row in result["variants"]:
         assert {name: cell["n"] for name, cell in row["refused"].items()} == sizes
         assert all(0 <= cell["k"] <= cell["n"] for cell in row["refused"].values())
+
+
+def test_extraction_time_smoke(tmp_path):
+    run_smoke("extraction_time", tmp_path)
+    rows = load(tmp_path, "extraction_time_smoke")["rows"]
+    assert [r["n_pairs"] for r in rows] == [4, 8]

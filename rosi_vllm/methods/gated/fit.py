@@ -111,7 +111,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
                   max_new_tokens: int = DEFAULTS.max_new_tokens, finalists: int = DEFAULTS.finalists,
                   batch_size: int = DEFAULTS.batch_size, report_dir=None, wrapped_goals: int = DEFAULTS.wrapped_goals,
                   wrapped_benign: int = DEFAULTS.wrapped_benign, dtype: str = DEFAULTS.dtype,
-                  budget_steps: int = DEFAULTS.budget_steps, trailing_wrappers: bool = DEFAULTS.trailing_wrappers,
+                  budget_steps: int = DEFAULTS.budget_steps, grow_steps: int = DEFAULTS.grow_steps,
+                  forms: tuple[str, ...] = DEFAULTS.forms, trailing_wrappers: bool = DEFAULTS.trailing_wrappers,
                   harmful_answer_tokens: int = DEFAULTS.harmful_answer_tokens, progress: bool = True) -> dict:
     """`rosi extract --method gated`: fit read vectors, check the gates, select window/targets/α, write format v2.
 
@@ -141,7 +142,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
 
     `budget_steps`: bisection steps toward the largest α within the KL budget for
     each window whose `alphas` straddle it (`gated_selection.alphas_at_budget`;
-    0: the grid only, as runs recorded before it existed).
+    0: the grid only, as runs recorded before it existed); `grow_steps`: doublings
+    of α past the grid's top for a window whose whole grid is within it.
     """
     import time
 
@@ -156,7 +158,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     harmful, benign = collect_sources(loaded, writers, n_harmful=n_harmful, answer_tokens=answer_tokens,
                                       harmful_answer_tokens=harmful_answer_tokens, wrapped_goals=wrapped_goals,
                                       wrapped_benign=wrapped_benign, templates=templates, batch_size=batch_size,
-                                      progress=progress)
+                                      forms=tuple(forms), progress=progress)
     benign_fit_n = len(prompts.harmless("extraction")) + len(prompts.borderline("extraction"))
     collected = time.perf_counter()
     fits = fit_gates(writers, harmful, benign, settings, progress=progress)
@@ -178,7 +180,7 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
             "fit_wrappers": list(templates) if wrapped_goals or wrapped_benign else [],
             "layers": layers, "chosen_fit": fit.settings(),
             "gates": [{**f.settings(), "mean_auroc": f.mean_auroc, "writers": f.stats} for f in fits],
-            "dtype": dtype, "budget_steps": budget_steps,
+            "dtype": dtype, "budget_steps": budget_steps, "grow_steps": grow_steps, "forms": list(forms),
         }
 
     return select_and_save(
@@ -186,7 +188,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
         require_windows(windows_from_gates(fit, min_auroc=min_auroc), min_auroc), alphas,
         selection_settings={"val_n": val_n, "stage1_n": stage1_n, "stage1_tokens": stage1_tokens,
                             "max_new_tokens": max_new_tokens, "finalists": finalists, "batch_size": batch_size,
-                            "budget_steps": budget_steps},
+                            "budget_steps": budget_steps, "grow_steps": grow_steps,
+                            "forms": tuple(forms)},
         wrapper_templates=templates if wrapped_goals else None,
         method="extract: gated read vectors (rosi_vllm.methods.gated.fit)", out=out, report_dir=report_dir,
         stem="gate", plot=plot_gates, report_of=report_of, progress=progress)

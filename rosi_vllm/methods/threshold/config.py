@@ -27,7 +27,8 @@ class ThresholdConfig(SelectionConfig):
 
 #: the settings a preset row sets (the rest are flags of their own)
 PRESET_KEYS = ("band", "alphas", "n_harmful", "wrapped", "answer_tokens", "val_n", "stage1_n", "stage1_tokens",
-               "max_new_tokens", "finalists", "budget_steps", "batch_size", "dtype")
+               "max_new_tokens", "finalists", "budget_steps", "grow_steps", "forms", "batch_size",
+               "dtype")
 
 
 def _row(config: ThresholdConfig) -> dict:

@@ -92,6 +92,7 @@ def fit_bias(inputs: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
 
 def fit_neurons(loaded: LoadedModel, layers, *, n_harmful: int = DEFAULTS.n_harmful, wrapped: int = DEFAULTS.wrapped,
                 answer_tokens: int = DEFAULTS.answer_tokens, batch_size: int = DEFAULTS.batch_size,
+                forms: tuple[str, ...] = DEFAULTS.forms,
                 progress: bool = True) -> tuple[dict[int, ThresholdNeuron], dict[int, dict]]:
     """g, u and the neuron of every layer, with held-out statistics of g·x (and of u·x, which should be ≈ 1)."""
     from ...extraction import prompts
@@ -99,7 +100,7 @@ def fit_neurons(loaded: LoadedModel, layers, *, n_harmful: int = DEFAULTS.n_harm
     writers = mlp_input_writers(loaded, set(layers))
     harmful, benign = collect_sources(loaded, writers, n_harmful=n_harmful, answer_tokens=answer_tokens,
                                       wrapped_goals=wrapped, wrapped_benign=wrapped, batch_size=batch_size,
-                                      progress=progress)
+                                      forms=forms, progress=progress)
     h_fit, h_out = split_sources(harmful)
     b_fit, b_out = split_sources(benign)
     benign_requests = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
@@ -159,7 +160,8 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, ban
                       val_n: int = DEFAULTS.val_n, stage1_n: int = DEFAULTS.stage1_n,
                       stage1_tokens: int = DEFAULTS.stage1_tokens, max_new_tokens: int = DEFAULTS.max_new_tokens,
                       finalists: int = DEFAULTS.finalists, batch_size: int = DEFAULTS.batch_size,
-                      budget_steps: int = DEFAULTS.budget_steps, dtype: str = DEFAULTS.dtype, report_dir=None,
+                      budget_steps: int = DEFAULTS.budget_steps, grow_steps: int = DEFAULTS.grow_steps,
+                      forms: tuple[str, ...] = DEFAULTS.forms, dtype: str = DEFAULTS.dtype, report_dir=None,
                       preset: str | None = None, progress: bool = True) -> dict:
     """`rosi extract --method threshold`: fit neurons, check their gates, select window and α, write format v3.
 
@@ -174,7 +176,7 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, ban
     run = start_fit(model, write_direction, dtype, reads=("mean", "gated"))
     started = run.started
     layers = list(layers or band_layers(run.loaded.num_layers, band))
-    neurons, stats = fit_neurons(run.loaded, layers, n_harmful=n_harmful, wrapped=wrapped,
+    neurons, stats = fit_neurons(run.loaded, layers, n_harmful=n_harmful, wrapped=wrapped, forms=tuple(forms),
                                  answer_tokens=answer_tokens, batch_size=batch_size, progress=progress)
     fitted = time.perf_counter()
     fit = {"fit": "nullspace", "rho": 0.7, "lambda": 1.0, "bias": "ridge u·x≈1", "neuron": "quietest on benign"}
@@ -189,6 +191,7 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, ban
                               "select": round(time.perf_counter() - fitted, 1), **selection.seconds},
             "preset": preset, "batch_size": batch_size, "stage1_n": stage1_n, "stage1_tokens": stage1_tokens,
             "max_new_tokens": max_new_tokens, "finalists": finalists, "budget_steps": budget_steps,
+            "grow_steps": grow_steps, "forms": list(forms),
             "n_harmful_fit": n_harmful, "wrapped": wrapped, "answer_tokens": answer_tokens, "val_n": val_n,
             "threshold": threshold, "sharpness": SHARPNESS, "alphas": list(alphas), "layers": layers, "fit": fit,
             "gates": {str(layer): s for layer, s in sorted(stats.items())}, "windows": [list(w) for w in windows],
@@ -201,7 +204,8 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, ban
         [(w, ("mlp_out",)) for w in windows], alphas,
         selection_settings={"val_n": val_n, "stage1_n": stage1_n, "stage1_tokens": stage1_tokens,
                             "max_new_tokens": max_new_tokens, "finalists": finalists, "batch_size": batch_size,
-                            "budget_steps": budget_steps},
+                            "budget_steps": budget_steps, "grow_steps": grow_steps,
+                            "forms": tuple(forms)},
         wrapper_templates=prompts.fit_wrapper_templates() if wrapped else None,
         method="extract: threshold neurons (rosi_vllm.methods.threshold.fit)", out=out, report_dir=report_dir,
         stem="threshold", plot=plot_neuron_gates, report_of=report_of,

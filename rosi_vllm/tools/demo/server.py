@@ -21,8 +21,10 @@ from ...core.errors import RosiError
 from ...testing.serve_process import Server, free_port, start_server
 
 MIDDLEWARE = "rosi_vllm.serving.middleware.RosiTenantMiddleware"
-#: CPU-sized engine: short prompts and answers; LoRA (the base arm's adapter) forces eager mode on CPU anyway
-ENGINE_FLAGS = ("--dtype", "bfloat16", "--max-model-len", "512", "--gpu-memory-utilization", "0.1",
+#: CPU-sized engine: short prompts and answers, KV cache for 64 of them at once (SmolLM2: 23 KiB a token) rather
+#: than a share of the RAM, whose allocation is most of a start on CPU; LoRA (the base arm's adapter) forces eager
+#: mode on CPU anyway
+ENGINE_FLAGS = ("--dtype", "bfloat16", "--max-model-len", "512", "--kv-cache-memory-bytes", str(768 << 20),
                 "--enforce-eager", "--enable-lora", "--max-lora-rank", "1", "--max-loras", "2")
 
 #: log substrings that mean the engine ran out of memory (vLLM's CPU worker, torch, the allocator)

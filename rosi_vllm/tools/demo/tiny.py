@@ -47,7 +47,7 @@ def run_tiny_demo(workdir: Path, alpha: float = 8.0) -> int:
     print(f"wrote {direction} (direction {made.direction_id}, layer 1, alpha {alpha:g})")
     print(f"model {model} fingerprint {fingerprint_checkpoint(model)}")
 
-    common = dict(gpu_memory_utilization=0.1, max_model_len=256, enforce_eager=True, dtype="bfloat16")
+    common = dict(kv_cache_memory_bytes=64 << 20, max_model_len=256, enforce_eager=True, dtype="bfloat16")
     results = {}
     for label, served_direction in (("base", None), ("rosi", str(direction))):
         started = time.perf_counter()

@@ -133,3 +133,18 @@ def test_auroc_by_form_shows_a_gate_that_keys_on_form():
     assert math.isnan(only_harmful["story_frame"]["matched"]) and only_harmful["story_frame"]["vs_all_benign"] == 1
     with pytest.raises(ValueError):
         forms.auroc_by_form([1, 2], ["a"], [], [])
+
+
+def test_rotated_takes_every_base_once_in_rotating_fit_forms_and_refuses_style_shift_forms():
+    from rosi_vllm.core.errors import RosiError
+    from rosi_vllm.extraction.forms import FIT_FORMS, bases, rewrite, rotated
+
+    for kind in ("harmful", "benign"):
+        texts = rotated(kind, "validation", FIT_FORMS)
+        base = bases(kind, "validation")
+        assert len(texts) == len(base)
+        assert all(t == rewrite(b, FIT_FORMS[i % 4]) for i, (t, b) in enumerate(zip(texts, base)))
+        assert all(t.endswith("?") for t in texts[1::4])  # every fourth is a question, harmful and benign
+    assert rotated("harmful", "extraction", ()) == prompts.harmful("extraction")
+    with pytest.raises(RosiError, match="style-shift"):
+        rotated("harmful", "extraction", ("question", "story_frame"))

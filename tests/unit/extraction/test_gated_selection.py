@@ -137,3 +137,23 @@ def test_each_window_sends_its_best_to_the_finalists_before_any_window_sends_a_s
     picked = pick_finalists(wide + narrow, 3)
     assert [(c.window, c.alpha) for c in picked] == [((8, 9, 10), 2.75), ((10, 12), 3.75), ((8, 9, 10), 2.5)]
     assert [(c.window, c.alpha) for c in pick_finalists(wide + narrow, 1)] == [((8, 9, 10), 2.75)]
+
+
+def test_a_window_whose_whole_grid_is_within_the_budget_grows_alpha_past_the_grid_then_bisects():
+    window = ((9,), ("mlp_out",))
+    kl = _quadratic_kl(0.0001)  # the budget's edge: α = √1000 ≈ 31.6, far past the grid's top of 2
+    grid = [(*window, a) for a in (1.0, 2.0)]
+    probed = alphas_at_budget(grid, [kl(s) for s in grid], kl, steps=2, grow=5)
+    alphas = [spec[2] for spec, _ in probed]
+    assert alphas == [4.0, 8.0, 16.0, 32.0, 24.0, 28.0]  # doubled until over the budget, then bisected
+    assert all(bounds == kl(spec) for spec, bounds in probed)
+    within = [a for a in alphas if kl((*window, a))[1] <= MAX_KL]
+    assert max(within) == 28.0 < math.sqrt(MAX_KL / 0.0001) < 32.0
+
+
+def test_growth_stops_after_its_steps_and_never_runs_without_them():
+    window = ((9,), ("mlp_out",))
+    kl = _quadratic_kl(1e-9)  # never reaches the budget
+    grid = [(*window, a) for a in (1.0, 2.0)]
+    assert [s[2] for s, _ in alphas_at_budget(grid, [kl(s) for s in grid], kl, steps=3, grow=3)] == [4.0, 8.0, 16.0]
+    assert alphas_at_budget(grid, [kl(s) for s in grid], kl, steps=3, grow=0) == []

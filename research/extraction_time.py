@@ -1,7 +1,8 @@
-"""P4 extraction time: difference-of-means over N harmful + N harmless prompts, all layers.
+"""Extraction time (the former benchmark P4, before P4 became `rosi harden`'s time per stage): difference-of-means
+over N harmful + N harmless prompts, all layers.
 
-    python -m benchmarks.p4_extraction             # full: SmolLM2-135M, N = 10, 25, 50, 100, 200
-    python -m benchmarks.p4_extraction --smoke     # CI: tiny model, N = 4, 8
+    python -m research.extraction_time             # full: SmolLM2-135M, N = 10, 25, 50, 100, 200
+    python -m research.extraction_time --smoke     # CI: tiny model, N = 4, 8
 
 Times `extract_directions` (chat template, batched forward passes, means) after
 the model is loaded; loading is reported separately. Target: N = 50 in ≤ 20 s
@@ -17,8 +18,7 @@ from pathlib import Path
 
 from rosi_vllm.reports.plots import figure
 
-from ._common import benchmark_parser, median, write_result
-from ._setup import resolve_model
+from ._common import median, resolve_model, study_parser, write_result
 
 
 def plot(rows: list[dict], path: Path, target: float) -> None:
@@ -28,7 +28,7 @@ def plot(rows: list[dict], path: Path, target: float) -> None:
         ax.axhline(target, color="red", linestyle=":", label=f"target for 50+50: {target:g} s")
         ax.set_xlabel("prompt pairs (harmful + harmless each)")
         ax.set_ylabel("seconds")
-        ax.set_title("P4 extraction time")
+        ax.set_title("extraction time")
         ax.legend()
 
 
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from rosi_vllm.extraction import prompts
     from rosi_vllm.extraction.extract import extract_directions, load_hf_model
 
-    parser = benchmark_parser(__doc__, __spec__.name)
+    parser = study_parser(__doc__, __spec__.name)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--pairs", default="10,25,50,100,200")
     parser.add_argument("--repeats", type=int, default=3)
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t)
         rows.append({"n_pairs": n, "seconds": times, "seconds_median": median(times)})
         print(f"N={n}: {median(times):.2f} s")
-    name = "p4_extraction_smoke" if args.smoke else "p4_extraction"
+    name = "extraction_time_smoke" if args.smoke else "extraction_time"
     out_dir = Path(args.out_dir)
     path = write_result(name, {"model": args.model, "model_load_s": load_s, "batch_size": args.batch_size,
                                "torch_threads": torch.get_num_threads(), "rows": rows}, out_dir, args.command)
