@@ -84,20 +84,31 @@ def comparison() -> str:
     """Every compared run of `research/comparison.yaml`, from its `rosi eval` result file."""
     index = yaml.safe_load((ROOT / "research/comparison.yaml").read_text())
     keys = ("harmful_refusal", "benign_refusal", "borderline_refusal", "jailbreak_attack_success")
+    #: from a run's second evaluation (`style_shift_results`: rosi eval --style-shift --xstest), when it has one
+    shift_keys = ("style_shift_harmful_refusal", "xstest_safe_refusal")
     rows = ["| model | run | harmful refused | benign refused | borderline refused | jailbreak success | "
-            "KL (benign) | degenerate |", "|---|---|---|---|---|---|---|---|"]
+            "KL (benign) | degenerate | style-shift harmful refused | XSTest safe refused |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    shift_ns = {}
     for model, runs in index.get("comparison", {}).items():
         for i, run in enumerate(runs):
             result = json.loads((ROOT / run["results"]).read_text())
             cells = [_rate(result[k]) if k in result else "not measured" for k in keys]
             kl = f"{result['benign_kl_nats']:.3f}" if "benign_kl_nats" in result else "–"
+            shift = json.loads((ROOT / run["style_shift_results"]).read_text()) if "style_shift_results" in run else {}
+            shift_cells = [_rate(shift[k]) if k in shift else "–" for k in shift_keys]
+            if shift:
+                shift_ns[model] = (shift["style_shift_harmful_refusal"]["n"], shift["xstest_safe_refusal"]["n"])
             rows.append(f"| {model if i == 0 else ''} | {run['run']} | {' | '.join(cells)} | {kl} | "
-                        f"{_rate(result['degenerate'])} |")
+                        f"{_rate(result['degenerate'])} | {' | '.join(shift_cells)} |")
     ns = {model: json.loads((ROOT / runs[0]["results"]).read_text()) for model, runs in index.get("comparison", {}).items()}
     rows.append("")
     rows.append("Prompts per set (harmful / benign / borderline / jailbreak): " + "; ".join(
         f"{m}: {r['harmful_refusal']['n']} / {r['benign_refusal']['n']} / "
         f"{r.get('borderline_refusal', {}).get('n', 0)} / {r['jailbreak_attack_success']['n']}" for m, r in ns.items())
+        + ". Style-shift and XSTest columns (a second, smaller evaluation: harmful requests in forms and from sources "
+        "no fit used, pooled; XSTest's safe prompts): " + "; ".join(
+            f"{m}: {n} / {x} prompts" for m, (n, x) in shift_ns.items())
         + ". Commands: `research/comparison.yaml`.")
     return "\n".join(rows)
 

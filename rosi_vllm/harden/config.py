@@ -70,7 +70,7 @@ class HardenConfig:
     jailbreak_goals: int = 20
     eval_tokens: int = 48
     #: the evaluation engines skip graph compilation: measured on SmolLM2 (2 CPU cores, 482 prompts × 24 tokens),
-    #: compiling cost ~75 s of start-up and saved ~35 s of decoding (research/results/harden/README.md)
+    #: compiling cost ~75 s of start-up and saved about 30 s of decoding (research/results/harden/measurements-2026-12-04.json)
     eval_compile: bool = False
     # -- dtype rule --
     #: bfloat16 is chosen when its measured time is at most this share of float32's (float32 is exact)
@@ -138,8 +138,8 @@ def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | Non
     """Seconds per stage of `run.STAGES` after the probe, from the prompt counts and lengths of `config` and the
     measured `cost` (a rough model: generation is prompts × tokens × gen_token, forward passes prompts × forward,
     plus a model load per stage that loads one and an engine start per evaluation; vLLM's eager generation is
-    costed at half of transformers' measured per-token cost: its continuous batching measured 0.56 of it on
-    SmolLM2 on 2 CPU cores, research/results/harden/README.md)."""
+    costed at half of transformers' measured per-token cost: its continuous batching measured about half of it on
+    SmolLM2 on 2 CPU cores, research/results/harden/measurements-2026-12-04.json)."""
     c = config
     g, f = cost.gen_token, cost.forward
     windows, alphas = 3, len(c.alpha_fractions)

@@ -232,7 +232,7 @@ def induced_refusal(ex, loaded, directions: dict, at: int, norm: float, prompts:
     write) at every position; the best over the strengths `induce_fractions` × `norm` (the median residual norm
     there). Whether writing the direction causes refusal, which separating refused from complied prompts does
     not show: measured on SmolLM2, the best-separated layer's direction induced no refusal at any strength while
-    a deeper layer's refused 7 of 8 (research/results/harden/README.md)."""
+    a deeper layer's refused 7 of 8 (research/results/harden/measurements-2026-12-04.json)."""
     from tqdm import tqdm
 
     from ..core.architectures import MLP_OUT

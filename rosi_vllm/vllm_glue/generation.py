@@ -52,7 +52,7 @@ def sized_for(model: str, instructions, max_tokens: int, max_model_len: int | No
     template applied, plus `max_tokens`, rounded up to 256, at most the model's own) unless `max_model_len` is
     given, and KV cache for `sequences` of that length (bytes per token from the model's config: K and V, every
     layer, bfloat16). vLLM's default instead takes a share of memory: on CPU, half the RAM, whose allocation
-    alone took ~60 s of an evaluation engine's start on 2 cores (research/results/harden/README.md)."""
+    alone took ~60 s of an evaluation engine's start on 2 cores (research/results/harden/measurements-2026-12-04.json)."""
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(str(model))
