@@ -97,8 +97,8 @@ def comparison() -> str:
             kl = f"{result['benign_kl_nats']:.3f}" if "benign_kl_nats" in result else "–"
             shift = json.loads((ROOT / run["style_shift_results"]).read_text()) if "style_shift_results" in run else {}
             shift_cells = [_rate(shift[k]) if k in shift else "–" for k in shift_keys]
-            if shift:
-                shift_ns[model] = (shift["style_shift_harmful_refusal"]["n"], shift["xstest_safe_refusal"]["n"])
+            if all(k in shift for k in shift_keys):
+                shift_ns.setdefault(model, tuple(shift[k]["n"] for k in shift_keys))
             rows.append(f"| {model if i == 0 else ''} | {run['run']} | {' | '.join(cells)} | {kl} | "
                         f"{_rate(result['degenerate'])} | {' | '.join(shift_cells)} |")
     ns = {model: json.loads((ROOT / runs[0]["results"]).read_text()) for model, runs in index.get("comparison", {}).items()}

@@ -150,7 +150,7 @@ def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | Non
                             + 2 * c.write_candidates * len(c.induce_fractions) * c.induce_n * c.induce_tokens * g),
         # fit (collect inputs, answer the benign fit requests) + selection (KL screen, stage 1, stage 2)
         "edit": cost.load + ((c.n_harmful + FIT_WRAPPERS * c.wrapped * 2) * f + BENIGN_FIT * (c.answer_tokens * g + f)
-                 + candidates * c.val_n * f + 3 * c.stage1_n * c.stage1_tokens * g * min(candidates, 3 * c.finalists)
+                 + candidates * c.val_n * f + 3 * c.stage1_n * c.stage1_tokens * g * candidates  # stage 1: every candidate within the KL budget
                  + (c.finalists + 1) * 3 * c.val_n * c.max_new_tokens * g),
         "base_eval": cost.engine_start + eval_n * c.eval_tokens * g / 2,
         "hardened_eval": cost.engine_start + eval_n * c.eval_tokens * g / 2 + c.val_n * f,
