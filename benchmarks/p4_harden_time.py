@@ -56,7 +56,7 @@ def row_of(report_path: Path) -> dict:
 def plot(payload: dict, path: Path) -> None:
     rows = payload["rows"]
     stages = list(dict.fromkeys(s for r in rows for s in r["stage_seconds"]))
-    with figure(path, (9, 1.2 + 0.9 * len(rows))) as (_, ax):
+    with figure(path, (10.5, 1.4 + 0.9 * len(rows))) as (_, ax):
         for i, row in enumerate(rows):
             left = 0.0
             for j, stage in enumerate(stages):
@@ -72,7 +72,7 @@ def plot(payload: dict, path: Path) -> None:
         ax.invert_yaxis()  # the first report on top
         ax.set_xlabel("minutes (wall)")
         ax.set_title("P4: rosi harden wall time per stage")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
 
 
 def main(argv=None) -> int:
