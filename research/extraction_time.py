@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.pairs, args.repeats = "tiny", "4,8", 1
-    model = resolve_model(args.model, Path(tempfile.mkdtemp(prefix="rosi-p4-")))
+    model = resolve_model(args.model, Path(tempfile.mkdtemp(prefix="rosi-extraction-time-")))
     started = time.perf_counter()
     loaded = load_hf_model(model)
     load_s = time.perf_counter() - started

@@ -281,9 +281,10 @@ def eval_options(ex, loaded, config: HardenConfig, xstest: str | None) -> dict:
     return options
 
 
-def base_eval(ex, model: str, options: dict) -> dict:
-    """The unedited model's scores on the sets the hardened one is scored on: `rosi eval` through vLLM."""
-    result = ex.run_eval(model=model, direction=None, **options)
+def evaluate(ex, model: str, options: dict, direction: str | None = None) -> dict:
+    """Stages 4 and 5: `rosi eval` through vLLM of the unedited model (no `direction`) or of the written file
+    through the real loader, on the same sets and engine settings (`options`)."""
+    result = ex.run_eval(model=model, direction=direction, **options)
     result["backend"] = "vllm"
     return result
 
@@ -372,10 +373,9 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
         edit_report = edit(ex, method, model, write["file"], out, report_dir, config, dtype, write["alphas"],
                            num_layers)
     with clock.stage("base_eval"):
-        base = base_eval(ex, model, options)
+        base = evaluate(ex, model, options)
     with clock.stage("hardened_eval"):
-        hardened = ex.run_eval(model=model, direction=str(out), **options)
-        hardened["backend"] = "vllm"
+        hardened = evaluate(ex, model, options, direction=str(out))
         ex.write_report(hardened, report_dir / "hardened-eval.json", "hardened")
         ex.write_report(base, report_dir / "base-eval.json", "base")
         ex.plot_eval([base, hardened], ["base", "hardened"], report_dir / "eval.png")

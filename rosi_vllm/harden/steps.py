@@ -19,8 +19,7 @@ def extraction():
     from ..extraction.extract import Extraction, last_token_residuals, resolve_system_prompt
     from ..extraction.hf_eval import added_to_outputs, generate
     from ..extraction.hf_model import chat_texts, load_hf_model
-    from ..extraction.judge_calibration import calibrate
-    from ..extraction.scoring import PromptSets, score_outputs
+    from ..extraction.scoring import PromptSets
     from ..extraction.selection import direction_file_for
     from ..extraction.writer_inputs import find_writers
     from ..methods.gated.fit import extract_gated
@@ -42,9 +41,7 @@ def extraction():
         generate=generate,
         added_to_outputs=added_to_outputs,
         find_writers=find_writers,
-        calibrate=calibrate,
         PromptSets=PromptSets,
-        score_outputs=score_outputs,
         direction_file_for=direction_file_for,
         extract_threshold=extract_threshold,
     )

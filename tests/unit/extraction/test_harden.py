@@ -198,3 +198,11 @@ def test_style_shift_benign_refusal_is_held_to_the_benign_budget():
     assert not found["benign [style shift]"].ok and found["benign [style shift]"].limit == pytest.approx(0.12)
     assert {c.name: c for c in checks(base, hardened(style_shift_benign_refusal=rate(0.11)))}[
         "benign [style shift]"].ok
+
+
+def test_harden_fits_on_every_fit_form_and_no_style_shift_form():
+    # the config keeps its own literal (rosi_vllm.harden.steps is the one module that imports the extraction
+    # library); this pins it to the rule's source
+    from rosi_vllm.extraction.forms import FIT_FORMS
+
+    assert HardenConfig().forms == FIT_FORMS
