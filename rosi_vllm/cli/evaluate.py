@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import RosiError
+from ..extraction.eval_extras import XSTEST_SHIPPED
 from ._args import floats, model_path
 
 
@@ -70,8 +71,9 @@ def add_commands(sub) -> None:
     p.add_argument("--style-shift", action="store_true",
                    help="also score harmful and benign prompts per request form (question, first person, long, "
                         "story frame; written and Do-Not-Answer sets on test), see rosi_vllm/extraction/forms.py")
-    p.add_argument("--xstest", metavar="FILE", default=None,
-                   help="XSTest CSV (prompt,type,label columns): report its safe prompts' refusal rate")
+    p.add_argument("--xstest", metavar="FILE", nargs="?", const=XSTEST_SHIPPED, default=None,
+                   help="report XSTest's safe prompts' refusal rate (no FILE: the shipped copy; FILE: a CSV with "
+                        "prompt,type,label columns)")
     p.add_argument("--jailbreak-families", action="store_true",
                    help="also attack with public jailbreak artifacts (GCG suffixes, DAN prompts, past/future tense), "
                         "--jailbreak-goals per family; DAN prompts are long, keep --max-model-len above 1536")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..extraction.eval_extras import XSTEST_SHIPPED
 from ..harden.config import DEFAULT_TIME_BUDGET_MIN
 from ..harden.verdict import HARMFUL_FLOOR
 
@@ -30,6 +31,7 @@ def add_commands(sub) -> None:
                    help="minutes: scales prompt counts (and token lengths by the square root) down from the "
                    "defaults until the estimate from the measured per-prompt cost fits (default "
                    f"{DEFAULT_TIME_BUDGET_MIN:g}; 0: no scaling, the full defaults)")
-    p.add_argument("--xstest", metavar="FILE", default=None,
-                   help="XSTest CSV: also check over-refusal of its safe prompts (<= base + 3 points)")
+    p.add_argument("--xstest", metavar="FILE", default=XSTEST_SHIPPED,
+                   help="XSTest CSV whose safe prompts' over-refusal is checked (<= base + 3 points; default: the "
+                        "shipped copy)")
     p.set_defaults(func=cmd_harden)

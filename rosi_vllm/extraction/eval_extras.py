@@ -6,9 +6,11 @@ scored with the same judge, every rate a `stats.rate` (Wilson 95 % interval):
 * ``--style-shift``: refusal of harmful and of benign prompts per ``source:form`` set (`forms.eval_sets`),
   and pooled over the style-shift sets (forms or sources no fit uses) and over the fit forms, so a gate
   that keys on the form of a request shows as a gap between the two;
-* ``--xstest FILE``: XSTest (Röttger et al. 2024, CC-BY-4.0) read from its public CSV; no package we may
-  copy from ships it, so the file is the user's. Reports the refusal rate of its safe prompts (over-refusal,
-  also per type) and of its unsafe contrast prompts;
+* ``--xstest [FILE]``: XSTest (Röttger et al. 2024, CC-BY-4.0), the copy shipped as package data
+  (`XSTEST_SHIPPED`, from paul-rottger/exaggerated-safety) or a CSV of the same layout. Reports the refusal
+  rate of its safe prompts (over-refusal, also per type) and of its unsafe contrast prompts; every prompt,
+  or (`rosi harden`'s short evaluations) at most `xstest_limit` of each label, taken round-robin over the
+  types so every type stays represented;
 * ``--jailbreak-families``: attack success (share not refused) per public jailbreak family
   (`jailbreak_artifacts.jailbreak_families`).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from importlib import resources
 
 from ..core.judge import SubstringJudge
 from ..core.stats import rate
@@ -31,9 +34,16 @@ class XSTestPrompt:
     label: str  # "safe" or "unsafe"
 
 
+#: `--xstest` with no file: XSTest's public CSV as shipped in the package (data/README.md)
+XSTEST_SHIPPED = "shipped"
+
+
 def read_xstest(path: str) -> tuple[XSTestPrompt, ...]:
     """XSTest prompts from its public CSV: columns ``prompt``, ``type`` and ``label`` (safe / unsafe). A file
-    without ``label`` (the v2 release) is labelled by type: ``contrast_*`` types are unsafe, the rest safe."""
+    without ``label`` (the v2 release) is labelled by type: ``contrast_*`` types are unsafe, the rest safe.
+    `path` `XSTEST_SHIPPED`: the package's copy."""
+    if path == XSTEST_SHIPPED:
+        path = str(resources.files("rosi_vllm.extraction") / "data" / "xstest_prompts.csv")
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         columns = set(reader.fieldnames or ())
@@ -51,6 +61,22 @@ def read_xstest(path: str) -> tuple[XSTestPrompt, ...]:
     return tuple(out)
 
 
+def limited(rows: tuple[XSTestPrompt, ...], limit: int | None) -> tuple[XSTestPrompt, ...]:
+    """At most `limit` prompts of each label, round-robin over the types in file order (None: all)."""
+    if limit is None:
+        return rows
+    out = []
+    for label in ("safe", "unsafe"):
+        by_type: dict[str, list[XSTestPrompt]] = {}
+        for r in rows:
+            if r.label == label:
+                by_type.setdefault(r.type, []).append(r)
+        queues = list(by_type.values())
+        picked = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+        out += picked[:limit]
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class ExtraSets:
     """The optional prompt sets of one evaluation, sent after `PromptSets.flat()` in `flat` order."""
@@ -63,11 +89,13 @@ class ExtraSets:
 
     @classmethod
     def build(cls, split: str = "test", *, limit: int | None = None, style_shift: bool = False,
-              xstest: str | None = None, family_goals: int | None = None) -> ExtraSets:
-        """`style_shift`: `forms.eval_sets` (at most `limit` per set); `xstest`: a CSV path; `family_goals`:
-        that many goals per jailbreak family (None: no families)."""
+              xstest: str | None = None, xstest_limit: int | None = None,
+              family_goals: int | None = None) -> ExtraSets:
+        """`style_shift`: `forms.eval_sets` (at most `limit` per set); `xstest`: a CSV path or `XSTEST_SHIPPED`
+        (at most `xstest_limit` per label, `limited`; None: every prompt); `family_goals`: that many goals per
+        jailbreak family (None: no families)."""
         harmful, benign = forms.eval_sets(split, limit) if style_shift else ((), ())
-        return cls(harmful, benign, read_xstest(xstest) if xstest else (),
+        return cls(harmful, benign, limited(read_xstest(xstest), xstest_limit) if xstest else (),
                    jailbreak_families(split, family_goals) if family_goals is not None else ())
 
     def flat(self) -> list[str]:

@@ -8,8 +8,9 @@ selection): `judge.SubstringJudge` refusals, `judge.is_degenerate`, every rate
 with a Wilson 95 % interval, and the exact benign KL (full vocabulary, first
 response token) with transformers, because vLLM only returns the top-k logprobs.
 Optional columns (`eval_extras`): refusal per request form with the style-shift sets
-(``--style-shift``), XSTest over-refusal (``--xstest FILE``) and success per public jailbreak family
-(``--jailbreak-families``), generated in the same batch.
+(``--style-shift``; with a gated or threshold direction also its gate's AUROC per form, `gate_by_form`),
+XSTest over-refusal (``--xstest``) and success per public jailbreak family (``--jailbreak-families``),
+generated in the same batch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..core.judge import SubstringJudge
 from ..reports.plots import figure, write_json_and_plot
 from ..vllm_glue.generation import chat_completions
 from .eval_extras import ExtraSets
+from .gate_by_form import gate_auroc_by_form
 from .judge_calibration import calibrate
 from .scoring import PromptSets, benign_kls, score_outputs
 
@@ -54,16 +56,18 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
              split: str = "test", max_tokens: int = 48, jailbreak_goals: int = 20, limit: int | None = None,
              tensor_parallel_size: int = 1, max_model_len: int | None = None,
              gpu_memory_utilization: float | None = None, style_shift: bool = False, xstest: str | None = None,
-             family_goals: int | None = None, engine: dict | None = None) -> dict:
-    """Scores of one model variant on `split`; `style_shift`, `xstest` (CSV path) and `family_goals` (goals per
-    public jailbreak family, None: none) add the `eval_extras` columns; `engine`: further `LLM(...)` arguments."""
+             family_goals: int | None = None, xstest_limit: int | None = None, engine: dict | None = None) -> dict:
+    """Scores of one model variant on `split`; `style_shift`, `xstest` (CSV path or `XSTEST_SHIPPED`; at most
+    `xstest_limit` prompts per label, None: all) and `family_goals` (goals per public jailbreak family, None:
+    none) add the `eval_extras` columns; `engine`: further `LLM(...)` arguments."""
     judge = SubstringJudge()
     if direction and alpha is None:
         from ..core.direction_file import load_direction
 
         alpha = load_direction(direction).recommended_alpha  # what the loader will use
     sets = PromptSets.for_split(split, limit, jailbreak_goals)
-    extras = ExtraSets.build(split, limit=limit, style_shift=style_shift, xstest=xstest, family_goals=family_goals)
+    extras = ExtraSets.build(split, limit=limit, style_shift=style_shift, xstest=xstest, xstest_limit=xstest_limit,
+                             family_goals=family_goals)
     core = sets.flat()
     everything = core + extras.flat()
 
@@ -91,6 +95,9 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
     }
     if direction and model and not endpoint:
         result["benign_kl_nats"] = benign_kl(model, direction, alpha, sets.benign)
+        gate = gate_auroc_by_form(model, direction, extras.style_harmful, extras.style_benign)
+        if gate is not None:
+            result["gate_auroc_by_form"] = gate
     return result
 
 
@@ -142,6 +149,12 @@ def print_summary(result: dict) -> None:
     with *), then the KL when measured."""
     for key in (k for k in SUMMARY_KEYS if k in result):
         print(_line(key, result[key]))
+    gate = result.get("gate_auroc_by_form", {}).get("per_form")
+    if gate:
+        print("gate AUROC per form (harmful vs benign of the same form; vs every benign):")
+        for form, row in gate.items():
+            matched = "-" if row["matched"] is None else f"{row['matched']:.3f}"
+            print(f"  {form}: {matched}; {row['vs_all_benign']:.3f} ({row['n_harmful']} harmful, {row['n_benign']} benign)")
     for key, inner, label in BREAKDOWNS:
         rows = result.get(key, {}).get(inner) if inner else result.get(key)
         if rows:

@@ -232,6 +232,40 @@ def rotated(kind: str, split: str, forms=FIT_FORMS) -> tuple[str, ...]:
     return tuple(rewrite(base, forms[i % len(forms)]) for i, base in enumerate(bases(kind, split)))
 
 
+#: AlphaSteer's train/val prompts (`scripts/import_public_data.py`), per (kind, split): requests as people
+#: write them (questions, stated reasons, long requests with context, role-play), which the benchmark goals
+#: are not; extraction and validation only, filtered against every test-split prompt when imported
+NATURAL_FILES = {("harmful", "extraction"): "alphasteer_harmful_extraction.txt",
+                 ("harmful", "validation"): "alphasteer_harmful_validation.txt",
+                 ("benign", "extraction"): "alphasteer_benign_extraction.txt",
+                 ("benign", "validation"): "alphasteer_benign_validation.txt"}
+
+
+@lru_cache(maxsize=None)
+def natural(kind: str, split: str) -> tuple[str, ...]:
+    """AlphaSteer's harmful (`kind` "harmful") or benign ("benign": everyday and borderline requests, alternating)
+    prompts of `split`, as written (`NATURAL_FILES`); none for the test split."""
+    if split not in prompts.SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {prompts.SPLITS}")
+    name = NATURAL_FILES.get((kind, split))
+    return tuple(prompts._read_lines(name)) if name else ()
+
+
+@lru_cache(maxsize=None)
+def fit_prompts(kind: str, split: str, forms=FIT_FORMS) -> tuple[str, ...]:
+    """What a fit or a selection in `forms` uses from `split`: the templated rewrites of `rotated` and the
+    split's `natural` prompts alternating, as many in all as `rotated` gives (so a prefix is half each and
+    costs what the templated prompts alone cost). Templates vary the form of the benchmarks' goals; natural
+    prompts bring what no template writes (a question as a person asks it, a request with its own context).
+    `forms` empty: `rotated`'s (the split's own prompts, as every research run before forms existed)."""
+    templated = rotated(kind, split, forms)
+    if not forms:
+        return templated
+    written_ = natural(kind, split)
+    mixed = [text for i in range(len(templated)) for text in (templated[i], *written_[i:i + 1])]
+    return tuple(mixed[:len(templated)])
+
+
 @lru_cache(maxsize=None)
 def written(kind: str) -> tuple[FormPrompt, ...]:
     """Prompts written for this project in every form but imperative, harmful and benign phrased alike (test only)."""

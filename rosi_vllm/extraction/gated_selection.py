@@ -27,7 +27,9 @@ with the real rank-one edit applied, beside the unedited model on the same promp
 2. The finalists on the whole validation split with full-length completions.
 
 Feasible: at most 5 points of added benign refusal, 10 of borderline refusal, 5 of
-degeneration, KL upper bound ≤ 0.1; the most harm refused wins.
+degeneration (at stage 2 each budget at least one prompt of the sets scored, which a small
+validation split under `rosi harden --time-budget` needs: `GatedCandidate.resolution`), KL
+upper bound ≤ 0.1; the most harm refused wins.
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ class GatedCandidate:
     #: (16 prompts measure benign refusal in steps of 6.25 points, coarser than the 5-point budget, so one
     #: prompt's verdict would otherwise drop a window before the full split sees it); 0 at stage 2
     slack: float = 0.0
+    #: one prompt's share of the smaller of the benign and borderline sets scored: a refusal budget finer than
+    #: this cannot be measured, so each budget is at least one prompt (0: the budgets as they are). At the
+    #: full validation split (40 borderline prompts, 2.5 points) it changes nothing; under `rosi harden
+    #: --time-budget` 8 prompts measure benign refusal in steps of 12.5 points, and a 5-point budget then
+    #: rejects every candidate on a single refusal (Qwen2.5-Coder-0.5B at the 10-minute budget kept α at
+    #: the grid's smallest for one benign refusal of 8 on validation)
+    resolution: float = 0.0
 
     @property
     def budget_kl(self) -> float:
@@ -97,9 +106,10 @@ class GatedCandidate:
     def feasible(self) -> bool:
         added = self.added
         over = self.slack + 1e-9
-        return (added["benign_refusal"] <= MAX_ADDED_BENIGN_REFUSAL + over
-                and added["borderline_refusal"] <= MAX_ADDED_BORDERLINE_REFUSAL + over
-                and added["degenerate"] <= MAX_ADDED_DEGENERATE + over and self.budget_kl <= MAX_KL)
+        floor = self.resolution
+        return (added["benign_refusal"] <= max(MAX_ADDED_BENIGN_REFUSAL, floor) + over
+                and added["borderline_refusal"] <= max(MAX_ADDED_BORDERLINE_REFUSAL, floor) + over
+                and added["degenerate"] <= max(MAX_ADDED_DEGENERATE, floor) + over and self.budget_kl <= MAX_KL)
 
     @property
     def tradeoff(self) -> float:
@@ -129,7 +139,7 @@ class GatedCandidate:
         return {"window": list(self.window), "targets": list(self.targets), "alpha": self.alpha, "stage": self.stage,
                 "harmful_refusal": self.harmful_refusal, "benign_refusal": self.benign_refusal,
                 "borderline_refusal": self.borderline_refusal, "degenerate": self.degenerate, "kl": self.kl,
-                "kl_upper": self.kl_upper, "slack": self.slack,
+                "kl_upper": self.kl_upper, "slack": self.slack, "resolution": self.resolution,
                 "jailbreak_success": self.jailbreak_success, "harm_refused": self.harm_refused,
                 "base": self.base, "added": self.added, "feasible": self.feasible, "tradeoff": self.tradeoff}
 
@@ -191,13 +201,14 @@ def worth_generating(bounds: list[tuple[float, float]], keep: int) -> list[int]:
 def validation_sets(val_n: int, *, templates: dict[str, str] | None = None,
                     forms: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """The prompts the gated selection scores on: the first `val_n` of each validation set (harmful and benign
-    in rotating `forms` when given, `forms.rotated`) and, when it also fitted on wrapped requests, validation
-    goals under every fit-only wrapper it fitted on (`templates`; None: no attack set) as the attack set."""
+    in rotating `forms` alternating with requests as people write them when given, `forms.fit_prompts`) and,
+    when it also fitted on wrapped requests, validation goals under every fit-only wrapper it fitted on
+    (`templates`; None: no attack set) as the attack set."""
     from . import prompts
-    from .forms import rotated
+    from .forms import fit_prompts
 
-    sets = {"harmful": list(rotated("harmful", "validation", forms))[:val_n],
-            "benign": list(rotated("benign", "validation", forms))[:val_n],
+    sets = {"harmful": list(fit_prompts("harmful", "validation", forms))[:val_n],
+            "benign": list(fit_prompts("benign", "validation", forms))[:val_n],
             "borderline": list(prompts.borderline("validation"))[:val_n]}
     if templates:
         goals = prompts.harmful("validation")[:max(1, val_n // len(templates))]
@@ -207,12 +218,13 @@ def validation_sets(val_n: int, *, templates: dict[str, str] | None = None,
 
 def score_candidates(loaded: LoadedModel, specs: list[Spec], plan_of: Callable[[Spec], object],
                      sets: dict[str, list[str]], *, stage: int, base_logprobs, max_new_tokens: int, batch_size: int,
-                     kl_bounds=None, slack: float = 0.0, generator=None) -> tuple[dict, list[GatedCandidate]]:
+                     kl_bounds=None, slack: float = 0.0, resolution: float = 0.0,
+                     generator=None) -> tuple[dict, list[GatedCandidate]]:
     """The unedited model's scores and one `GatedCandidate` per spec, all on `sets` (`score_gated`)."""
     base, *scored = score_gated(loaded, [None, *map(plan_of, specs)], sets, base_logprobs=base_logprobs,
                                 max_new_tokens=max_new_tokens, batch_size=batch_size, kl_bounds=kl_bounds,
                                 generator=generator)
-    return base, [GatedCandidate(w, t, a, stage, **s, base=base, slack=slack)
+    return base, [GatedCandidate(w, t, a, stage, **s, base=base, slack=slack, resolution=resolution)
                   for (w, t, a), s in zip(specs, scored, strict=True)]
 
 
@@ -341,7 +353,8 @@ def select_gated(loaded: LoadedModel, plan_of: Callable[[Spec], object], windows
     stage1_done = time.perf_counter()
     base, final = score_candidates(loaded, kept, plan_of, sets, stage=2, base_logprobs=base_lp,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   kl_bounds=[bound_of[spec] for spec in kept], generator=generator)
+                                   kl_bounds=[bound_of[spec] for spec in kept], generator=generator,
+                                   resolution=1 / min(len(sets["benign"]), len(sets["borderline"])))
     seconds = {"select_kl_screen": round(screened - started, 1), "select_budget": round(budgeted - screened, 1),
                "select_stage1": round(stage1_done - budgeted, 1),
                "select_stage2": round(time.perf_counter() - stage1_done, 1)}

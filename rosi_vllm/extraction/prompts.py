@@ -9,8 +9,8 @@ are split by position in their file.
 
 | split      | harmful                        | harmless            | borderline-benign          | request forms (`forms.py`)                        |
 |------------|--------------------------------|---------------------|----------------------------|---------------------------------------------------|
-| extraction | AdvBench (520, minus overlaps)  | lines 0-79          | per category: rows 0-9     | its goals and lines rewritten, fit forms          |
-| validation | HarmBench standard (200)        | lines 80-139        | per category: rows 10-13   | its goals and lines rewritten, fit forms          |
+| extraction | AdvBench (520, minus overlaps)  | lines 0-79          | per category: rows 0-9     | its goals and lines rewritten, fit forms; AlphaSteer train |
+| validation | HarmBench standard (200)        | lines 80-139        | per category: rows 10-13   | its goals and lines rewritten, fit forms; AlphaSteer val   |
 | test       | JailbreakBench behaviours (100) | lines 140-239       | per category: rows 14-23   | all forms; written set; Do-Not-Answer (style shift) |
 
 Style shift (`forms.py`, test split only, never fitted on): every split's goals and harmless lines are

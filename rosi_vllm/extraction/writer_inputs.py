@@ -196,7 +196,7 @@ def load_for_fit(model: str, write_direction: str, dtype: str, *,
 def collect_sources(loaded: LoadedModel, writers: list[Writer], *, n_harmful: int, answer_tokens: int,
                     harmful_answer_tokens: int = 0, wrapped_goals: int = 0, wrapped_benign: int = 0,
                     templates: dict[str, str] | None = None, batch_size: int = 16, forms: tuple[str, ...] = (),
-                    progress: bool = True) -> tuple[list[WriterInputs], list[WriterInputs]]:
+                    n_benign: int | None = None, progress: bool = True) -> tuple[list[WriterInputs], list[WriterInputs]]:
     """(harmful, benign) input sources of every gated fit, from the extraction split.
 
     harmful: the first `n_harmful` goals at the instruction's end (+ the model's own
@@ -204,14 +204,16 @@ def collect_sources(loaded: LoadedModel, writers: list[Writer], *, n_harmful: in
     at every position and its own answer of `answer_tokens`. `wrapped_goals` further
     goals and `wrapped_benign` benign requests under each fit-only wrapper of
     `templates` add a source each, grouped per request so the held-out split keeps a
-    request's wrappers together. `forms`: the goals and harmless requests in rotating forms
-    (`forms.rotated`; empty: as the split has them).
+    request's wrappers together. `forms`: the goals and harmless requests in rotating forms, alternating with
+    requests as people write them (`forms.fit_prompts`; empty: as the split has them). `n_benign`: answer only
+    that many benign requests, harmless and borderline alternating (None: every one, harmless first), the
+    count `rosi harden --time-budget` scales: answering them is the fit's largest cost.
     """
     from . import prompts
-    from .forms import rotated
+    from .forms import fit_prompts
 
-    benign_fit = list(rotated("benign", "extraction", forms)) + list(prompts.borderline("extraction"))
-    goals = list(rotated("harmful", "extraction", forms))
+    benign_fit = benign_fit_requests(forms, n_benign)
+    goals = list(fit_prompts("harmful", "extraction", forms))
     common = {"batch_size": batch_size, "progress": progress}
     harmful = [collect_inputs(loaded, writers, goals[:n_harmful], positions="instruction_end",
                               answer_tokens=harmful_answer_tokens,
@@ -228,6 +230,21 @@ def collect_sources(loaded: LoadedModel, writers: list[Writer], *, n_harmful: in
             loaded, writers, list(prompts.fit_wrapped(benign_fit[:wrapped_benign], templates)), positions="all",
             desc="wrapped benign inputs", **common).grouped(len(templates)))
     return harmful, benign
+
+
+def benign_fit_requests(forms: tuple[str, ...] = (), n: int | None = None) -> list[str]:
+    """The benign requests a gate fit answers (`collect_sources`): the extraction split's harmless requests
+    (`forms.fit_prompts`) and its borderline ones; all of them harmless first (None), or the first `n` of the
+    two alternating, so a smaller fit keeps both kinds."""
+    from . import prompts
+    from .forms import fit_prompts
+
+    harmless, borderline = list(fit_prompts("benign", "extraction", forms)), list(prompts.borderline("extraction"))
+    if n is None:
+        return harmless + borderline
+    alternating = [text for i in range(max(len(harmless), len(borderline)))
+                   for text in (harmless[i:i + 1] + borderline[i:i + 1])]
+    return alternating[:n]
 
 
 def held_out_split(inputs: WriterInputs, fraction: float = 0.25) -> tuple[WriterInputs, WriterInputs]:

@@ -43,6 +43,14 @@ def render_card(report: dict) -> str:
             lines.append(f"| {label} | {_cell(base.get(key))} | {_cell(hard.get(key))} |")
     if "benign_kl_nats" in hard:
         lines.append(f"| benign KL (nats) | 0 | {hard['benign_kl_nats']:.4f} |")
+    gate = hard.get("gate_auroc_by_form", {}).get("per_form")
+    if gate:
+        lines += ["", "## Gate AUROC per request form (style-shift sets, read on the unedited checkpoint)", "",
+                  "| form | harmful vs benign of the form | vs every benign | harmful / benign prompts |",
+                  "|---|---|---|---|"]
+        for form, row in gate.items():
+            matched = "–" if row["matched"] is None else f"{row['matched']:.3f}"
+            lines.append(f"| {form} | {matched} | {row['vs_all_benign']:.3f} | {row['n_harmful']} / {row['n_benign']} |")
     lines += ["", "## Targets", "", "| target | value | limit | met |", "|---|---|---|---|"]
     for c in report.get("checks", []):
         relation = "≥" if c["kind"] == "min" else "≤"

@@ -57,6 +57,9 @@ class HardenConfig:
     forms: tuple[str, ...] = ("imperative", "question", "first_person", "long_context")
     min_auroc: float = 0.9
     n_harmful: int = 120
+    #: benign requests the fit answers (`writer_inputs.benign_fit_requests`: the extraction split's harmless and
+    #: borderline ones alternating; 180 is all of them): the fit's largest cost, so `--time-budget` scales it too
+    n_benign: int = 180
     wrapped: int = 40
     answer_tokens: int = 32
     val_n: int = 60
@@ -89,12 +92,15 @@ class HardenConfig:
     def scaled(self, factor: float) -> HardenConfig:
         """Prompt counts × `factor`, token lengths × √`factor` (both with floors; not the extraction answers'
         length, which decides whether a refusal is seen), everything else unchanged:
-        how `--time-budget` trades prompts for time. `factor` ≥ 1 returns the defaults."""
+        how `--time-budget` trades prompts for time. The harmful fit prompts, plain and wrapped, scale by
+        √`factor` too: the fit reads them with one forward pass each and generates nothing, so they cost a
+        small share of the run, while the read vector they fit (one coordinate per hidden unit) is what the
+        whole edit rests on. `factor` ≥ 1 returns the defaults."""
         if factor >= 1:
             return self
 
-        def count(n: int, floor: int) -> int:
-            return max(floor, int(round(n * factor)))
+        def count(n: int, floor: int, exponent: float = 1.0) -> int:
+            return max(floor, int(round(n * factor ** exponent)))
 
         def tokens(n: int, floor: int = 4) -> int:
             return max(floor, int(round(n * math.sqrt(factor))))
@@ -102,7 +108,8 @@ class HardenConfig:
         limit = count(100, 4) if self.eval_limit is None else count(self.eval_limit, 4)
         return dataclasses.replace(
             self, extract_n=count(self.extract_n, self.min_extract_n), induce_n=count(self.induce_n, 4),
-            n_harmful=count(self.n_harmful, 16), wrapped=count(self.wrapped, 0),
+            n_harmful=count(self.n_harmful, 16, 0.5), n_benign=count(self.n_benign, 48),
+            wrapped=count(self.wrapped, 0, 0.5),
             answer_tokens=tokens(self.answer_tokens), val_n=count(self.val_n, 8), stage1_n=count(self.stage1_n, 4),
             stage1_tokens=tokens(self.stage1_tokens), max_new_tokens=tokens(self.max_new_tokens),
             finalists=count(self.finalists, 1), budget_steps=count(self.budget_steps, 1),
@@ -120,55 +127,86 @@ SCALE_LADDER = tuple(2 ** (-k / 2) for k in range(0, 11))
 @dataclass(frozen=True)
 class Cost:
     """Measured seconds on this machine (timing probe at the chosen dtype): per prompt per generated token in a
-    batch, per prompt forward pass, one load of the model; and a fixed cost per vLLM engine start (not
+    batch of `HardenConfig.probe_prompts`, per prompt forward pass, one load of the model; per decoding step of
+    a batch of one (0: not measured, a step costs `gen_token`); and a fixed cost per vLLM engine start (not
     measured: ~20–30 s on 2 CPU cores, less on a GPU machine, so the estimate errs long)."""
 
     gen_token: float
     forward: float
     load: float = 0.0
     engine_start: float = 30.0
+    gen_step: float = 0.0
+    #: prompts in the probe's batch (what `gen_token` was measured at)
+    probe_batch: int = HardenConfig.probe_prompts
+
+    def generate(self, prompts: int, tokens: int, batch: int) -> float:
+        """Seconds for transformers to generate `tokens` tokens for each of `prompts` prompts in batches of
+        `batch`: a decoding step costs `gen_step` plus, for each further prompt in the batch, the marginal
+        cost the two probe batches imply. Why not prompts × tokens × `gen_token`: small batches (selection's
+        stage 1 sends a few prompts per set) cost per prompt about twice what the probe's batch did (measured
+        on Qwen2.5-Coder-0.5B, research/results/harden/README.md)."""
+        if prompts <= 0 or tokens <= 0:
+            return 0.0
+        step = self.gen_step or self.gen_token
+        n = self.probe_batch
+        marginal = max(0.0, (n * self.gen_token - step) / (n - 1)) if self.gen_step and n > 1 else self.gen_token
+        full, rest = divmod(prompts, batch)
+        seconds = full * tokens * (step + (batch - 1) * marginal)
+        return seconds + (tokens * (step + (rest - 1) * marginal) if rest else 0.0)
 
 
-#: benign requests every gate fit answers (extraction harmless + borderline split) and the wrappers it uses
-BENIGN_FIT = 90
+#: the wrappers every gate fit puts each wrapped request under (`prompts.FIT_WRAPPER_TEMPLATES`)
 FIT_WRAPPERS = 5
 
 
 def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | None = None) -> dict[str, float]:
     """Seconds per stage of `run.STAGES` after the probe, from the prompt counts and lengths of `config` and the
-    measured `cost` (a rough model: generation is prompts × tokens × gen_token, forward passes prompts × forward,
-    plus a model load per stage that loads one and an engine start per evaluation; vLLM's eager generation is
+    measured `cost` (a rough model: transformers' generation is `Cost.generate` in the run's batches, forward
+    passes prompts × forward, plus a model load per stage that loads one and an engine start per evaluation;
+    selection's stage 1 is costed for every candidate, as if all were within the KL budget; vLLM's eager generation is
     costed at half of transformers' measured per-token cost: its continuous batching measured about half of it on
     SmolLM2 on 2 CPU cores, research/results/harden/measurements-2026-12-04.json)."""
     c = config
-    g, f = cost.gen_token, cost.forward
+    g, f, gen, bs = cost.gen_token, cost.forward, cost.generate, c.batch_size
     windows, alphas = 3, len(c.alpha_fractions)
     candidates = windows * alphas + windows * (c.budget_steps + c.grow_steps)
     eval_n = eval_prompts if eval_prompts is not None else 4 * (c.eval_limit or 100) + 6 * c.jailbreak_goals
+    benign = c.n_benign
+    sets = 4 if c.wrapped else 3  # validation sets each candidate generates in one run: harmful, benign, borderline (+ wrapped)
     return {
-        "write_direction": (c.extract_n * (c.extract_tokens * g + f)
-                            + 2 * c.write_candidates * len(c.induce_fractions) * c.induce_n * c.induce_tokens * g),
-        # fit (collect inputs, answer the benign fit requests) + selection (KL screen, stage 1, stage 2)
-        "edit": cost.load + ((c.n_harmful + FIT_WRAPPERS * c.wrapped * 2) * f + BENIGN_FIT * (c.answer_tokens * g + f)
-                 + candidates * c.val_n * f + 3 * c.stage1_n * c.stage1_tokens * g * candidates  # stage 1: every candidate within the KL budget
-                 + (c.finalists + 1) * 3 * c.val_n * c.max_new_tokens * g),
+        "write_direction": (c.extract_n * f + gen(c.extract_n, c.extract_tokens, bs)
+                            + 2 * c.write_candidates * len(c.induce_fractions) * gen(c.induce_n, c.induce_tokens, bs)),
+        # fit (collect inputs, answer the benign fit requests, find the quietest neurons) + selection (KL screen,
+        # stage 1 for every candidate within the KL budget: three sets each, stage 2 for the finalists and base)
+        "edit": cost.load + ((c.n_harmful + FIT_WRAPPERS * c.wrapped * 2) * f + benign * f
+                             + gen(benign, c.answer_tokens, bs) + gen(48, 8, bs)
+                             + candidates * c.val_n * f
+                             + (candidates + 1) * gen(sets * c.stage1_n, c.stage1_tokens, bs)
+                             + (c.finalists + 1) * gen(sets * c.val_n, c.max_new_tokens, bs)),
         "base_eval": cost.engine_start + eval_n * c.eval_tokens * g / 2,
-        "hardened_eval": cost.engine_start + eval_n * c.eval_tokens * g / 2 + c.val_n * f,
+        # + transformers: the benign KL (a model load, the benign test prompts) and the gate's reads per form (the
+        # style-shift prompts, a forward pass that stops at the window, about half the model; costed on every prompt)
+        "hardened_eval": (cost.engine_start + eval_n * c.eval_tokens * g / 2 + cost.load
+                          + (c.eval_limit or 100) * f + eval_n * f / 2),
     }
 
 
 def scale_for_budget(config: HardenConfig, cost: Cost, budget_seconds: float | None,
-                     eval_prompts=None) -> tuple[float, HardenConfig]:
-    """The largest scale of `SCALE_LADDER` (≥ `config.min_scale`) whose estimated total fits `budget_seconds`,
-    and the config at that scale; no budget: (1, config). Deterministic given the measured `cost`.
-    `eval_prompts`: config → how many prompts each evaluation sends (None: `estimate_stages`' own guess)."""
+                     eval_prompts=None, *, stages: tuple[str, ...] | None = None,
+                     at_most: float = 1.0) -> tuple[float, HardenConfig]:
+    """The largest scale of `SCALE_LADDER` (≥ `config.min_scale`, ≤ `at_most`) whose estimate of `stages`
+    (None: every stage) fits `budget_seconds`, and the config at that scale; no budget: (1, config).
+    Deterministic given the measured `cost`. `eval_prompts`: config → how many prompts each evaluation sends
+    (None: `estimate_stages`' own guess). With `stages` and `at_most`: the re-plan of the stages left once
+    the first ones took what they took (`run.harden`)."""
     if budget_seconds is None:
         return 1.0, config
-    ladder = [s for s in SCALE_LADDER if s >= config.min_scale]
+    ladder = [s for s in SCALE_LADDER if config.min_scale <= s <= at_most + 1e-12] or [config.min_scale]
     for scale in ladder:
         scaled = config.scaled(scale)
         n = eval_prompts(scaled) if eval_prompts else None
-        if sum(estimate_stages(scaled, cost, eval_prompts=n).values()) <= budget_seconds:
+        estimate = estimate_stages(scaled, cost, eval_prompts=n)
+        if sum(v for k, v in estimate.items() if stages is None or k in stages) <= budget_seconds:
             return scale, scaled
     return ladder[-1], config.scaled(ladder[-1])
 

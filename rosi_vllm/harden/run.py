@@ -2,7 +2,9 @@
 
 1. **probe**: a few forward passes and a short generation of the model in float32 and in bfloat16; the faster
    (`config.choose_dtype`) is used for every later transformers pass, and its timing is the measured cost that
-   `--time-budget` scales the run with (`config.scale_for_budget`).
+   `--time-budget` scales the run with (`config.scale_for_budget`); once the write direction is found (a
+   stage whose length depends on how often the model refuses), the stages left are re-planned into what is
+   left of the budget, never at a larger scale.
 2. **write direction**: the unedited model answers harmful extraction prompts; if it refuses fewer than
    `min_refusal_fraction` of them (or fewer than `min_per_group`), the extraction is repeated under the safety
    system prompt; if still fewer than `min_per_group` are refused, more of the extraction split is answered, as
@@ -32,6 +34,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..extraction.eval_extras import XSTEST_SHIPPED
+from ..extraction.forms import fit_prompts
 from .card import render_card
 from .config import (
     DEFAULT_TIME_BUDGET_MIN,
@@ -108,7 +112,11 @@ def _probe(ex, model: str, config: HardenConfig) -> tuple[object, str, dict, Cos
     import torch
     from tqdm import tqdm
 
-    instructions = list(ex.prompts.harmless("extraction"))[:config.probe_prompts]
+    # requests of the lengths the run answers: short benchmark-style ones (the write direction's) alternating
+    # with benign fit requests in every fit form (the fit's and the selection's); on short requests alone the
+    # probe measured about half the per-token cost of the selection's generation on Qwen2.5-Coder-0.5B
+    short, fit = ex.prompts.harmless("extraction"), fit_prompts("benign", "extraction", config.forms)
+    instructions = [text for pair in zip(short, fit) for text in pair][:config.probe_prompts]
     timings = {}
     kept = None
     for name in tqdm(("float32", "bfloat16"), desc="probe: dtype timing", unit="dtype"):
@@ -132,8 +140,11 @@ def _probe(ex, model: str, config: HardenConfig) -> tuple[object, str, dict, Cos
         t = time.perf_counter()
         ex.generate(loaded, instructions, max_new_tokens=config.probe_tokens, batch_size=len(instructions))
         gen = time.perf_counter() - t
+        t = time.perf_counter()
+        ex.generate(loaded, instructions[:1], max_new_tokens=config.probe_tokens, batch_size=1)
+        gen_one = time.perf_counter() - t
         timings[name] = {"forward_s": round(forward, 3), "generate_s": round(gen, 3), "total_s": round(forward + gen, 3),
-                         "load_s": round(load, 3)}
+                         "load_s": round(load, 3), "generate_one_s": round(gen_one, 3)}
         if kept is None:
             kept = loaded
         else:
@@ -145,7 +156,8 @@ def _probe(ex, model: str, config: HardenConfig) -> tuple[object, str, dict, Cos
     gc.collect()
     n = len(instructions)
     cost = Cost(gen_token=timings[dtype]["generate_s"] / (n * config.probe_tokens),
-                forward=timings[dtype]["forward_s"] / n, load=timings[dtype]["load_s"])
+                forward=timings[dtype]["forward_s"] / n, load=timings[dtype]["load_s"],
+                gen_step=timings[dtype]["generate_one_s"] / config.probe_tokens, probe_batch=n)
     return loaded, dtype, timings, cost
 
 
@@ -272,11 +284,11 @@ def eval_options(ex, loaded, config: HardenConfig, xstest: str | None) -> dict:
         raise RosiError(f"rosi: the test split's prompts do not fit this model's context of {context} tokens")
     style = ex.ExtraSets.build("test", limit=limit, style_shift=True)
     families = ex.ExtraSets.build("test", limit=limit, family_goals=config.jailbreak_goals)
-    xs = ex.ExtraSets.build("test", limit=limit, xstest=xstest) if xstest else None
+    xs = ex.ExtraSets.build("test", limit=limit, xstest=xstest, xstest_limit=limit) if xstest else None
     options = {"split": "test", "limit": limit, "jailbreak_goals": config.jailbreak_goals,
                "max_tokens": config.eval_tokens, "style_shift": fits(style.flat()),
                "family_goals": config.jailbreak_goals if fits(families.flat()) else None,
-               "xstest": xstest if xs is not None and fits(xs.flat()) else None}
+               "xstest": xstest if xs is not None and fits(xs.flat()) else None, "xstest_limit": limit}
     options["engine"] = {} if config.eval_compile else {"enforce_eager": True}
     return options
 
@@ -296,7 +308,8 @@ def edit(ex, method: str, model: str, write_file: str, out: Path, report_dir: Pa
     from ..core.errors import RosiError
 
     common = {"alphas": tuple(alphas), "n_harmful": config.n_harmful, "answer_tokens": config.answer_tokens,
-              "val_n": config.val_n, "stage1_n": config.stage1_n, "stage1_tokens": config.stage1_tokens,
+              "n_benign": config.n_benign, "val_n": config.val_n, "stage1_n": config.stage1_n,
+              "stage1_tokens": config.stage1_tokens,
               "max_new_tokens": config.max_new_tokens, "finalists": config.finalists,
               "batch_size": config.batch_size, "budget_steps": config.budget_steps,
               "grow_steps": config.grow_steps, "forms": config.forms, "dtype": dtype,
@@ -325,7 +338,7 @@ def edit(ex, method: str, model: str, write_file: str, out: Path, report_dir: Pa
 
 
 def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_budget_min: float | None = None,
-           xstest: str | None = None, config: HardenConfig = HardenConfig()) -> dict:
+           xstest: str | None = XSTEST_SHIPPED, config: HardenConfig = HardenConfig()) -> dict:
     """`rosi harden MODEL --out FILE`: every stage of the module docstring; returns the report (also written as
     ``harden.json`` in the report folder, ``FILE`` without its suffix). `model_arg`: what the user named (a
     registered name or a folder), `model`: its checkpoint folder (default: `model_arg`)."""
@@ -350,11 +363,13 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
         loaded, dtype, timings, cost = _probe(ex, model, config)
         def eval_prompts(c: HardenConfig) -> int:
             return (len(ex.PromptSets.for_split("test", c.eval_limit, c.jailbreak_goals).flat())
-                    + len(ex.ExtraSets.build("test", limit=c.eval_limit, style_shift=True,
-                                             family_goals=c.jailbreak_goals).flat()))
+                    + len(ex.ExtraSets.build("test", limit=c.eval_limit, style_shift=True, xstest=xstest,
+                                             xstest_limit=c.eval_limit, family_goals=c.jailbreak_goals).flat()))
 
-        scale, config = scale_for_budget(config, cost, None if time_budget_min is None else 60 * time_budget_min,
-                                         eval_prompts)
+        budget = None if time_budget_min is None else 60 * time_budget_min
+        defaults = config
+        scale, config = scale_for_budget(defaults, cost, budget, eval_prompts)
+        planned = scale
         clock.estimates = estimate_stages(config, cost, eval_prompts=eval_prompts(config))
         print(f"    torch threads {torch_threads()} (forward seconds per thread count {timings['threads']}); "
               f"dtype {dtype} (float32 {timings['float32']['total_s']:.2f} s, bfloat16 "
@@ -365,6 +380,16 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
         print(f"    {write['method']} at layer {write['layer']} (induced refusal "
               f"{write['induced_refusal'][str(write['layer'])]:.0%}, separation {write['separation'][str(write['layer'])]:.2f}"
               f"; safety prompt: {write['system_prompt']}); α grid {write['alphas']}", file=sys.stderr)
+        if budget is not None:  # the write stage's length depends on the model's refusals: re-plan what is left
+            later = STAGES[STAGES.index("edit"):]
+            left = budget - (time.perf_counter() - started)
+            rescaled, rest = scale_for_budget(defaults, cost, left, eval_prompts, stages=later, at_most=scale)
+            if rescaled < scale:
+                print(f"    {left:.0f} s of the budget left: the edit and the evaluations rescaled from "
+                      f"{scale:.3f} to {rescaled:.3f}", file=sys.stderr)
+                scale, config = rescaled, rest
+                estimates = estimate_stages(config, cost, eval_prompts=eval_prompts(config))
+                clock.estimates.update({k: v for k, v in estimates.items() if k in later})
         options = eval_options(ex, loaded, config, xstest)
         num_layers = loaded.num_layers
         del loaded
@@ -386,7 +411,7 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
     reproduce = " ".join(["rosi harden", shlex.quote(model_arg), "--out", shlex.quote(str(out))]
                          + ([] if time_budget_min == DEFAULT_TIME_BUDGET_MIN
                             else ["--time-budget", f"{time_budget_min or 0:g}"])
-                         + (["--xstest", shlex.quote(xstest)] if xstest else []))
+                         + (["--xstest", shlex.quote(xstest)] if xstest and xstest != XSTEST_SHIPPED else []))
     serve = (f"vllm serve {shlex.quote(model)} --load-format rosi --model-loader-extra-config "
              + shlex.quote(json.dumps({"direction": str(out)})))
     report = {
@@ -394,6 +419,7 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
         "direction_file": str(out), "method": method, "method_rule": method_rule, "dtype": dtype,
         "dtype_timings": {k: v for k, v in timings.items() if k in ("float32", "bfloat16")},
         "thread_timings": timings["threads"], "torch_threads": torch_threads(), "cost": asdict(cost), "time_budget_min": time_budget_min, "scale": scale,
+        "scale_planned": planned,
         "config": asdict(config), "write": write, "edit": {"window": best["window"], "alpha": best["alpha"],
                                                             "min_auroc_relaxed": edit_report["min_auroc_relaxed"],
                                                             "selected": best,

@@ -48,7 +48,8 @@ class SelectionConfig:
     finalists: int = 3  # candidates scored on the whole validation split with full-length completions
     budget_steps: int = 3  # bisection steps toward the largest α within the KL budget (0: the grid only)
     grow_steps: int = 0  # doublings of α past the grid while the whole grid is within the KL budget (0: none)
-    #: fit and validate on goals and harmless requests in these forms, rotating (`extraction.forms.rotated`;
+    #: fit and validate on goals and harmless requests in these forms, rotating, alternating with requests as
+    #: people write them (`extraction.forms.fit_prompts`;
     #: empty: the splits' own phrasing, as every research run before forms existed)
     forms: tuple[str, ...] = ()
     batch_size: int = 32

@@ -38,6 +38,13 @@ def test_harden_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
         assert (report_dir / name).is_file(), name
     hardened = json.loads((report_dir / "hardened-eval.json").read_text())
     assert "benign_kl_nats" in hardened and "harmful_refusal" in hardened
+    # XSTest (the shipped copy) by default, as many of each label as the other sets' limit; the gate per form
+    limit = report["eval_options"]["limit"]
+    assert report["eval_options"]["xstest"] == "shipped" and hardened["xstest_safe_refusal"]["n"] == limit
+    assert "XSTest safe" in [c["name"] for c in report["checks"]]
+    gate = hardened["gate_auroc_by_form"]["per_form"]
+    assert {"question", "story_frame", "all"} <= set(gate) and gate["all"]["n_harmful"] > 0
+    assert report["scale"] <= report["scale_planned"]
     card = out.with_suffix(".md").read_text()
     assert lines[0] in card and "vllm serve" in card and "rosi harden" in card
     # P4 (harden time) collects what the run recorded: one row per report, its stages as measured

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT, run_smoke_in_process
 from tests.helpers import load_smoke_result as load
 
@@ -120,3 +122,19 @@ def test_extraction_time_smoke(tmp_path):
     run_smoke("extraction_time", tmp_path)
     rows = load(tmp_path, "extraction_time_smoke")["rows"]
     assert [r["n_pairs"] for r in rows] == [4, 8]
+
+
+def test_generation_batch_cost_smoke(tmp_path):
+    run_smoke("generation_batch_cost", tmp_path)
+    rows = load(tmp_path, "generation_batch_cost_smoke")["rows"]
+    assert [r["batch"] for r in rows] == [1, 4, 8]
+    one, eight = rows[0], rows[-1]
+    # the cost model reproduces the two batches it is built from; where noise (a busy machine) made the batch of
+    # eight cost less a step than the batch of one, the marginal cost is clamped at 0 and the model errs long
+    assert abs(one["model_seconds_per_step"] - one["seconds_per_step"]) < 1e-3
+    if eight["seconds_per_step"] >= one["seconds_per_step"]:
+        assert abs(eight["model_seconds_per_step"] - eight["seconds_per_step"]) < 1e-3
+    else:
+        assert eight["model_seconds_per_step"] == pytest.approx(one["seconds_per_step"], abs=1e-3)
+    steps = [r["model_seconds_per_step"] for r in rows]
+    assert steps == sorted(steps)  # a larger batch never costs less a step

@@ -24,7 +24,14 @@ import torch
 from ...core.direction_file import DirectionFile, read_key
 from ...extraction.method_fit import require_windows, select_and_save, start_fit
 from ...extraction.read_fit import benign_top_space, fit_read_vector, gate_statistics
-from ...extraction.writer_inputs import Writer, WriterInputs, collect_sources, find_writers, split_sources
+from ...extraction.writer_inputs import (
+    Writer,
+    WriterInputs,
+    benign_fit_requests,
+    collect_sources,
+    find_writers,
+    split_sources,
+)
 from .config import GatedConfig
 
 DEFAULTS = GatedConfig()
@@ -113,7 +120,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
                   wrapped_benign: int = DEFAULTS.wrapped_benign, dtype: str = DEFAULTS.dtype,
                   budget_steps: int = DEFAULTS.budget_steps, grow_steps: int = DEFAULTS.grow_steps,
                   forms: tuple[str, ...] = DEFAULTS.forms, trailing_wrappers: bool = DEFAULTS.trailing_wrappers,
-                  harmful_answer_tokens: int = DEFAULTS.harmful_answer_tokens, progress: bool = True) -> dict:
+                  harmful_answer_tokens: int = DEFAULTS.harmful_answer_tokens, n_benign: int | None = None,
+                  progress: bool = True) -> dict:
     """`rosi extract --method gated`: fit read vectors, check the gates, select window/targets/α, write format v2.
 
     `write_direction`: a v1 direction file for this checkpoint whose vector is the
@@ -140,6 +148,9 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     assistant prefill). Alignment that stops after the first tokens is "shallow"
     in the sense of Qi et al. (arXiv 2406.05946).
 
+    `n_benign`: benign fit requests answered, harmless and borderline alternating
+    (`writer_inputs.benign_fit_requests`; None: all of them).
+
     `budget_steps`: bisection steps toward the largest α within the KL budget for
     each window whose `alphas` straddle it (`gated_selection.alphas_at_budget`;
     0: the grid only, as runs recorded before it existed); `grow_steps`: doublings
@@ -158,8 +169,8 @@ def extract_gated(model: str, write_direction: str, out, *, layers=None, setting
     harmful, benign = collect_sources(loaded, writers, n_harmful=n_harmful, answer_tokens=answer_tokens,
                                       harmful_answer_tokens=harmful_answer_tokens, wrapped_goals=wrapped_goals,
                                       wrapped_benign=wrapped_benign, templates=templates, batch_size=batch_size,
-                                      forms=tuple(forms), progress=progress)
-    benign_fit_n = len(prompts.harmless("extraction")) + len(prompts.borderline("extraction"))
+                                      forms=tuple(forms), n_benign=n_benign, progress=progress)
+    benign_fit_n = len(benign_fit_requests(tuple(forms), n_benign))
     collected = time.perf_counter()
     fits = fit_gates(writers, harmful, benign, settings, progress=progress)
     fit = max(fits, key=lambda f: f.mean_auroc)
@@ -220,3 +231,10 @@ def plot_gates(report: dict, path) -> None:
         ax2.set_ylabel("h·a (held out)")
         ax2.set_title(f"chosen fit {report['chosen_fit']}")
         ax2.legend(fontsize=7)
+
+
+def gate_inputs(loaded, direction_file: DirectionFile) -> list[tuple[Writer, torch.Tensor]]:
+    """(writer, h) per edited writer of a gated file: its gate reads ``h·a`` on that writer's input `a`
+    (`extraction.gate_by_form`)."""
+    writers = find_writers(loaded, set(direction_file.window), tuple(direction_file.default_targets))
+    return [(w, direction_file.reads[w.key]) for w in writers if w.key in direction_file.reads]

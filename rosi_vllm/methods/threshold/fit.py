@@ -92,15 +92,16 @@ def fit_bias(inputs: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
 
 def fit_neurons(loaded: LoadedModel, layers, *, n_harmful: int = DEFAULTS.n_harmful, wrapped: int = DEFAULTS.wrapped,
                 answer_tokens: int = DEFAULTS.answer_tokens, batch_size: int = DEFAULTS.batch_size,
-                forms: tuple[str, ...] = DEFAULTS.forms,
+                forms: tuple[str, ...] = DEFAULTS.forms, n_benign: int | None = None,
                 progress: bool = True) -> tuple[dict[int, ThresholdNeuron], dict[int, dict]]:
-    """g, u and the neuron of every layer, with held-out statistics of g·x (and of u·x, which should be ≈ 1)."""
+    """g, u and the neuron of every layer, with held-out statistics of g·x (and of u·x, which should be ≈ 1).
+    `n_benign`: benign fit requests answered (`writer_inputs.benign_fit_requests`; None: all)."""
     from ...extraction import prompts
 
     writers = mlp_input_writers(loaded, set(layers))
     harmful, benign = collect_sources(loaded, writers, n_harmful=n_harmful, answer_tokens=answer_tokens,
                                       wrapped_goals=wrapped, wrapped_benign=wrapped, batch_size=batch_size,
-                                      forms=forms, progress=progress)
+                                      forms=forms, n_benign=n_benign, progress=progress)
     h_fit, h_out = split_sources(harmful)
     b_fit, b_out = split_sources(benign)
     benign_requests = list(prompts.harmless("extraction")) + list(prompts.borderline("extraction"))
@@ -162,7 +163,7 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, ban
                       finalists: int = DEFAULTS.finalists, batch_size: int = DEFAULTS.batch_size,
                       budget_steps: int = DEFAULTS.budget_steps, grow_steps: int = DEFAULTS.grow_steps,
                       forms: tuple[str, ...] = DEFAULTS.forms, dtype: str = DEFAULTS.dtype, report_dir=None,
-                      preset: str | None = None, progress: bool = True) -> dict:
+                      preset: str | None = None, n_benign: int | None = None, progress: bool = True) -> dict:
     """`rosi extract --method threshold`: fit neurons, check their gates, select window and α, write format v3.
 
     `write_direction`: a v1 or v2 direction file for this checkpoint whose vector is
@@ -177,7 +178,8 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, ban
     started = run.started
     layers = list(layers or band_layers(run.loaded.num_layers, band))
     neurons, stats = fit_neurons(run.loaded, layers, n_harmful=n_harmful, wrapped=wrapped, forms=tuple(forms),
-                                 answer_tokens=answer_tokens, batch_size=batch_size, progress=progress)
+                                 answer_tokens=answer_tokens, batch_size=batch_size, n_benign=n_benign,
+                                 progress=progress)
     fitted = time.perf_counter()
     fit = {"fit": "nullspace", "rho": 0.7, "lambda": 1.0, "bias": "ridge u·x≈1", "neuron": "quietest on benign"}
     windows = require_windows(candidate_windows(stats, min_auroc), min_auroc)
@@ -192,7 +194,7 @@ def extract_threshold(model: str, write_direction: str, out, *, layers=None, ban
             "preset": preset, "batch_size": batch_size, "stage1_n": stage1_n, "stage1_tokens": stage1_tokens,
             "max_new_tokens": max_new_tokens, "finalists": finalists, "budget_steps": budget_steps,
             "grow_steps": grow_steps, "forms": list(forms),
-            "n_harmful_fit": n_harmful, "wrapped": wrapped, "answer_tokens": answer_tokens, "val_n": val_n,
+            "n_harmful_fit": n_harmful, "n_benign_fit": n_benign, "wrapped": wrapped, "answer_tokens": answer_tokens, "val_n": val_n,
             "threshold": threshold, "sharpness": SHARPNESS, "alphas": list(alphas), "layers": layers, "fit": fit,
             "gates": {str(layer): s for layer, s in sorted(stats.items())}, "windows": [list(w) for w in windows],
             "dtype": dtype,
@@ -231,3 +233,10 @@ def plot_neuron_gates(report: dict, path) -> None:
         ax2.set_xlabel("layer")
         ax2.set_ylabel("g·x (held out)")
         ax2.legend(fontsize=7)
+
+
+def gate_inputs(loaded: LoadedModel, direction_file: DirectionFile) -> list[tuple[Writer, torch.Tensor]]:
+    """(pseudo-writer, g) per window layer of a threshold file: its gate reads ``g·x`` on the MLP's normalised
+    input `x`, and the neuron fires past t (`extraction.gate_by_form`)."""
+    writers = mlp_input_writers(loaded, set(direction_file.neurons))
+    return [(w, direction_file.neurons[w.layer].read) for w in writers]

@@ -122,3 +122,18 @@ def test_rosi_eval_reports_the_extra_columns_from_one_batch(tmp_path, monkeypatc
     assert rosi(["eval", "--model", "m", "--direction", "d", "--alphas", "0,8", "--style-shift",
                  "--out", str(out)]) == 2
     assert "not to an --alphas sweep" in capsys.readouterr().err
+
+
+def test_shipped_xstest_and_its_limit_keep_every_type():
+    from rosi_vllm.extraction.eval_extras import XSTEST_SHIPPED, limited
+
+    rows = read_xstest(XSTEST_SHIPPED)
+    assert len(rows) == 450 and sum(r.label == "safe" for r in rows) == 250
+    safe_types = {r.type for r in rows if r.label == "safe"}
+    few = limited(rows, len(safe_types))
+    assert {r.type for r in few if r.label == "safe"} == safe_types
+    assert sum(r.label == "safe" for r in few) == sum(r.label == "unsafe" for r in few) == len(safe_types)
+    assert limited(rows, None) == rows
+    built = ExtraSets.build("test", limit=4, xstest=XSTEST_SHIPPED, xstest_limit=4)
+    assert len(built.xstest) == 8 and len(built.flat()) == 8
+    assert len(ExtraSets.build("test", limit=4, xstest=XSTEST_SHIPPED).xstest) == 450  # rosi eval: every prompt

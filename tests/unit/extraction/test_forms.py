@@ -148,3 +148,51 @@ def test_rotated_takes_every_base_once_in_rotating_fit_forms_and_refuses_style_s
     assert rotated("harmful", "extraction", ()) == prompts.harmful("extraction")
     with pytest.raises(RosiError, match="style-shift"):
         rotated("harmful", "extraction", ("question", "story_frame"))
+
+
+def test_fit_prompts_alternate_templated_and_natural_at_the_templated_count():
+    from rosi_vllm.extraction.forms import FIT_FORMS, fit_prompts, natural, rotated
+
+    for kind in ("harmful", "benign"):
+        for split in ("extraction", "validation"):
+            templated, written = rotated(kind, split, FIT_FORMS), natural(kind, split)
+            mixed = fit_prompts(kind, split, FIT_FORMS)
+            assert len(written) >= len(templated) // 2 and len(mixed) == len(templated)
+            assert list(mixed[0::2]) == list(templated[:len(mixed[0::2])])
+            assert list(mixed[1::2]) == list(written[:len(mixed[1::2])])
+    assert natural("harmful", "test") == () and fit_prompts("harmful", "test", FIT_FORMS) == rotated(
+        "harmful", "test", FIT_FORMS)
+    assert fit_prompts("benign", "extraction", ()) == prompts.harmless("extraction")
+
+
+def test_natural_prompts_never_meet_a_test_prompt_or_the_other_split():
+    """The AlphaSteer copies are filtered against every test-split prompt when imported (word Jaccard 0.5,
+    `scripts/import_public_data.py`): checked again here on what ships, and across the two fit splits."""
+    from rosi_vllm.extraction.forms import donotanswer, natural, written
+
+    near = prompts._near_duplicate
+    test = ([prompts._words(t) for t in prompts.harmful("test") + prompts.harmless("test")
+             + prompts.borderline("test")]
+            + [prompts._words(p.text) for p in written("harmful") + written("benign") + donotanswer()])
+    for kind in ("harmful", "benign"):
+        extraction = [prompts._words(t) for t in natural(kind, "extraction")]
+        validation = [prompts._words(t) for t in natural(kind, "validation")]
+        assert len(set(extraction)) == len(extraction) and len(set(validation)) == len(validation)
+        for w in extraction + validation:
+            assert not any(near(w, t, 0.5) for t in test)
+        for w in validation:
+            assert not any(near(w, e, 0.5) for e in extraction)
+    harmful = natural("harmful", "extraction") + natural("harmful", "validation")
+    assert sum(t.endswith("?") for t in harmful) >= 0.15 * len(harmful)  # questions as people ask them
+    assert sum(len(t) > 200 for t in harmful) >= 0.05 * len(harmful)  # longer requests with context
+
+
+def test_benign_fit_requests_keep_both_kinds_when_cut():
+    from rosi_vllm.extraction.forms import FIT_FORMS, fit_prompts
+    from rosi_vllm.extraction.writer_inputs import benign_fit_requests
+
+    harmless, borderline = fit_prompts("benign", "extraction", FIT_FORMS), prompts.borderline("extraction")
+    assert benign_fit_requests(FIT_FORMS) == list(harmless) + list(borderline)
+    cut = benign_fit_requests(FIT_FORMS, 10)
+    assert cut[0::2] == list(harmless[:5]) and cut[1::2] == list(borderline[:5])
+    assert sorted(benign_fit_requests(FIT_FORMS, 10_000)) == sorted(benign_fit_requests(FIT_FORMS))

@@ -157,3 +157,19 @@ def test_growth_stops_after_its_steps_and_never_runs_without_them():
     grid = [(*window, a) for a in (1.0, 2.0)]
     assert [s[2] for s, _ in alphas_at_budget(grid, [kl(s) for s in grid], kl, steps=3, grow=3)] == [4.0, 8.0, 16.0]
     assert alphas_at_budget(grid, [kl(s) for s in grid], kl, steps=3, grow=0) == []
+
+
+def test_stage_2_budgets_are_at_least_one_prompt_of_a_small_split():
+    def candidate(benign_refusal, borderline_refusal, resolution):
+        return GatedCandidate((9,), ("mlp_out",), 2.0, 2, harmful_refusal=0.5, benign_refusal=benign_refusal,
+                              borderline_refusal=borderline_refusal, degenerate=0.0, kl=0.01, kl_upper=0.02,
+                              resolution=resolution,
+                              base={"benign_refusal": 0.0, "borderline_refusal": 0.125, "degenerate": 0.0})
+
+    eight = 1 / 8  # rosi harden's smallest validation: 8 prompts a set
+    assert not candidate(eight, 0.125, 0.0).feasible  # a 5-point budget rejects any single refusal of 8
+    assert candidate(eight, 0.125, eight).feasible  # one prompt of 8 is the finest step it can measure
+    assert not candidate(2 * eight, 0.125, eight).feasible
+    assert candidate(0.0, 0.125 + eight, eight).feasible and not candidate(0.0, 0.125 + 2 * eight, eight).feasible
+    # a split fine enough for the budgets: unchanged (the full validation split has 40 borderline prompts)
+    assert not candidate(0.075, 0.125, 1 / 40).feasible and candidate(0.05, 0.125, 1 / 40).feasible

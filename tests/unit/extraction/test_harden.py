@@ -51,7 +51,8 @@ def test_config_is_frozen_and_scaling_is_monotone_with_floors():
         config.val_n = 3  # type: ignore[misc]
     assert config.scaled(1.0) == config and config.scaled(2.0) == config
     half, tiny = config.scaled(0.5), config.scaled(0.001)
-    assert half.n_harmful == 60 and half.val_n == 30 and half.max_new_tokens == round(32 * 0.5 ** 0.5)
+    assert half.n_harmful == round(120 * 0.5 ** 0.5) and half.val_n == 30 and half.max_new_tokens == round(32 * 0.5 ** 0.5)
+    assert half.n_benign == 90 and tiny.n_benign == 48 and half.wrapped == round(40 * 0.5 ** 0.5)
     assert tiny.n_harmful == 16 and tiny.val_n == 8 and tiny.stage1_n == 4 and tiny.max_new_tokens == 4
     assert tiny.extract_n == 80 == config.min_extract_n and tiny.eval_limit == 4 and tiny.finalists == 1
     # what is not a count or length is untouched
@@ -73,9 +74,29 @@ def test_time_budget_picks_the_largest_scale_that_fits_and_is_deterministic():
     assert scale_for_budget(config, cost, full / 3) == (scale, scaled)
     # an impossible budget: the smallest scale, not an error
     assert scale_for_budget(config, cost, 1e-3)[0] >= config.min_scale
+    # the re-plan after the write stage: only the stages left count, and never above the planned scale
+    later = ("edit", "base_eval", "hardened_eval")
+    rest = sum(v for k, v in estimate_stages(scaled, cost).items() if k in later)
+    assert scale_for_budget(config, cost, rest, stages=later, at_most=scale) == (scale, scaled)
+    assert scale_for_budget(config, cost, 10 * full, stages=later, at_most=scale)[0] == scale
+    smaller, _ = scale_for_budget(config, cost, rest / 2, stages=later, at_most=scale)
+    assert smaller < scale
     # a slower machine gets a smaller scale for the same budget
     slow = Cost(gen_token=0.1, forward=0.5, engine_start=30)
     assert scale_for_budget(config, slow, full / 3)[0] < scale
+
+
+def test_generation_cost_charges_small_batches_their_per_step_overhead():
+    # probe: 8 prompts cost 0.02 s per prompt per token (0.16 s a step), one prompt alone 0.1 s a step
+    cost = Cost(gen_token=0.02, forward=0.05, gen_step=0.1, probe_batch=8)
+    assert cost.generate(8, 10, 16) == pytest.approx(10 * 8 * 0.02)  # the probe's own batch
+    assert cost.generate(1, 10, 16) == pytest.approx(10 * 0.1)
+    per_prompt_small, per_prompt_large = cost.generate(4, 10, 16) / 4, cost.generate(64, 10, 16) / 64
+    assert per_prompt_small > 1.5 * per_prompt_large  # few prompts a batch: dearer per prompt
+    assert cost.generate(32, 10, 16) == pytest.approx(2 * cost.generate(16, 10, 16))
+    assert cost.generate(0, 10, 16) == 0 == cost.generate(5, 0, 16)
+    # no batch-of-one timing (reports from before it existed): per prompt-token, as before
+    assert Cost(gen_token=0.02, forward=0.05).generate(4, 10, 16) == pytest.approx(4 * 10 * 0.02)
 
 
 @pytest.mark.parametrize(("timings", "expected"), [
@@ -177,6 +198,12 @@ def test_model_card_renders_what_was_edited_numbers_serve_and_reproduce():
     assert "| benign KL (nats) | 0 | 0.0500 |" in card
     assert "vllm serve /m --load-format rosi" in card and "rosi harden tiny --out /tmp/x.safetensors" in card
     assert "safety" in card and "window: [1], α 2.0" in card
+    assert "Gate AUROC" not in card  # no gate table measured, none rendered
+    report["hardened_eval"] = {**hardened(), "gate_auroc_by_form": {"per_form": {
+        "question": {"matched": 0.75, "vs_all_benign": 0.8, "n_harmful": 10, "n_benign": 10},
+        "story_frame": {"matched": None, "vs_all_benign": 0.6, "n_harmful": 5, "n_benign": 0}}}}
+    card = render_card(report)
+    assert "| question | 0.750 | 0.800 | 10 / 10 |" in card and "| story_frame | – | 0.600 | 5 / 0 |" in card
 
 
 def test_thread_choice_from_timings():
