@@ -137,3 +137,14 @@ def test_shipped_xstest_and_its_limit_keep_every_type():
     built = ExtraSets.build("test", limit=4, xstest=XSTEST_SHIPPED, xstest_limit=4)
     assert len(built.xstest) == 8 and len(built.flat()) == 8
     assert len(ExtraSets.build("test", limit=4, xstest=XSTEST_SHIPPED).xstest) == 450  # rosi eval: every prompt
+
+
+def test_xstest_flag_without_a_file_takes_the_shipped_copy():
+    from rosi_vllm.cli import build_parser
+    from rosi_vllm.extraction.eval_extras import XSTEST_SHIPPED
+
+    parser = build_parser()
+    assert parser.parse_args(["eval", "--model", "m", "--xstest", "--out", "x.json"]).xstest == XSTEST_SHIPPED
+    assert parser.parse_args(["eval", "--model", "m", "--xstest", "f.csv", "--out", "x.json"]).xstest == "f.csv"
+    assert parser.parse_args(["eval", "--model", "m", "--out", "x.json"]).xstest is None
+    assert parser.parse_args(["harden", "m", "--out", "x.safetensors"]).xstest == XSTEST_SHIPPED  # on by default
