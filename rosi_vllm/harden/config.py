@@ -174,8 +174,7 @@ def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | Non
     benign = c.n_benign
     sets = 4 if c.wrapped else 3  # validation sets each candidate generates in one run: harmful, benign, borderline (+ wrapped)
     return {
-        "write_direction": (c.extract_n * f + gen(c.extract_n, c.extract_tokens, bs)
-                            + 2 * c.write_candidates * len(c.induce_fractions) * gen(c.induce_n, c.induce_tokens, bs)),
+        "write_direction": c.extract_n * answer_seconds(c, cost) + induce_seconds(c, cost),
         # fit (collect inputs, answer the benign fit requests, find the quietest neurons) + selection (KL screen,
         # stage 1 for every candidate within the KL budget: three sets each, stage 2 for the finalists and base)
         "edit": cost.load + ((c.n_harmful + FIT_WRAPPERS * c.wrapped * 2) * f + benign * f
@@ -189,6 +188,31 @@ def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | Non
         "hardened_eval": (cost.engine_start + eval_n * c.eval_tokens * g / 2 + cost.load
                           + (c.eval_limit or 100) * f + eval_n * f / 2),
     }
+
+
+def answer_seconds(config: HardenConfig, cost: Cost) -> float:
+    """Seconds per extraction prompt the write stage answers (a forward pass and its answer, in full batches)."""
+    bs = config.batch_size
+    return cost.forward + cost.generate(bs, config.extract_tokens, bs) / bs
+
+
+def induce_seconds(config: HardenConfig, cost: Cost) -> float:
+    """Seconds of the write stage's induced-refusal test: every candidate layer at every strength, written into
+    the complied-with prompts (`run.induced_refusal`; counted twice, as measured)."""
+    c = config
+    return 2 * c.write_candidates * len(c.induce_fractions) * cost.generate(c.induce_n, c.induce_tokens, c.batch_size)
+
+
+def affordable_extraction(config: HardenConfig, cost: Cost, seconds: float) -> int:
+    """The most extraction prompts the write stage may answer in its last pass so that, with a safety-prompt pass
+    of `extract_n` before it and the induced-refusal test, it takes at most `seconds`; never fewer than
+    `extract_n`. The write stage answers more prompts when the model refuses too few for a contrast
+    (`prompts_needed`): on a model that refuses almost nothing that is the whole extraction split, which on a
+    large model would spend the budget before the edit starts; past this cap the direction is the mean
+    difference instead (too few refused for a contrast)."""
+    per = answer_seconds(config, cost)
+    spare = seconds - induce_seconds(config, cost) - config.extract_n * per
+    return max(config.extract_n, int(spare / per + 1e-9) if per > 0 else config.extract_n)
 
 
 def scale_for_budget(config: HardenConfig, cost: Cost, budget_seconds: float | None,

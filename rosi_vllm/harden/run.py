@@ -8,7 +8,9 @@
 2. **write direction**: the unedited model answers harmful extraction prompts; if it refuses fewer than
    `min_refusal_fraction` of them (or fewer than `min_per_group`), the extraction is repeated under the safety
    system prompt; if still fewer than `min_per_group` are refused, more of the extraction split is answered, as
-   many as the measured refusal share says a contrast needs (`config.prompts_needed`); with enough refused and complied answers the direction is mean(refused) − mean(complied)
+   many as the measured refusal share says a contrast needs (`config.prompts_needed`) and the time budget can pay
+   for (`config.affordable_extraction`); with enough refused and complied answers the direction is
+   mean(refused) − mean(complied)
    (refusal contrast), otherwise harmful − harmless (mean-diff). Its layer: among candidates within
    `write_band` of the depth (the best separated on prompts their direction was not computed from,
    `config.split_half_separation`, and as many spread over the band), the one whose direction, added to the
@@ -42,6 +44,7 @@ from .config import (
     THRESHOLD,
     Cost,
     HardenConfig,
+    affordable_extraction,
     band_layers,
     choose_dtype,
     choose_threads,
@@ -172,8 +175,11 @@ def _answers(ex, loaded, instructions, system_prompt, config, desc):
     return out
 
 
-def write_direction(ex, loaded, model: str, config: HardenConfig, path: Path, fingerprint: str) -> dict:
-    """Stage 2 (module docstring): write the v1 write direction to `path`; return what was measured."""
+def write_direction(ex, loaded, model: str, config: HardenConfig, path: Path, fingerprint: str,
+                    most_prompts: int | None = None) -> dict:
+    """Stage 2 (module docstring): write the v1 write direction to `path`; return what was measured.
+    `most_prompts`: answer at most this many extraction prompts in the last pass (`config.affordable_extraction`;
+    None: as many as a contrast needs)."""
     import torch
 
     from ..core.judge import SubstringJudge
@@ -190,7 +196,10 @@ def write_direction(ex, loaded, model: str, config: HardenConfig, path: Path, fi
         flags = judge.judge(_answers(ex, loaded, harmful, system_prompt, config, "write: answers, safety prompt"))
         measured["refusal_with_safety_prompt"] = sum(flags) / len(flags)
     split = list(ex.prompts.harmful("extraction"))
-    total = prompts_needed(sum(flags), len(flags), config.min_per_group, len(split))
+    needed = prompts_needed(sum(flags), len(flags), config.min_per_group, len(split))
+    total = needed if most_prompts is None else max(len(harmful), min(needed, most_prompts))
+    if total < needed:  # the budget cannot pay for the prompts a contrast needs: fewer, maybe a mean difference
+        measured["extension_capped_by_budget"] = {"needed": needed, "answered": total}
     if total > len(harmful):  # too few refused for a contrast at this refusal share: answer more prompts
         more = split[len(harmful):total]
         flags = flags + judge.judge(_answers(ex, loaded, more, system_prompt, config, "write: more answers"))
@@ -375,13 +384,20 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
               f"dtype {dtype} (float32 {timings['float32']['total_s']:.2f} s, bfloat16 "
               f"{timings['bfloat16']['total_s']:.2f} s on {config.probe_prompts} prompts); scale {scale:.3f}; "
               f"estimate {sum(clock.estimates.values()):.0f} s", file=sys.stderr)
+    later = STAGES[STAGES.index("edit"):]
     with clock.stage("write_direction"):
-        write = write_direction(ex, loaded, model, config, report_dir / "write-direction.safetensors", fingerprint)
+        most = None
+        if budget is not None:  # leave the stages after it at least their smallest scale
+            floor = defaults.scaled(defaults.min_scale)
+            rest = estimate_stages(floor, cost, eval_prompts=eval_prompts(floor))
+            left = budget - (time.perf_counter() - started) - sum(rest[k] for k in later)
+            most = affordable_extraction(config, cost, left)
+        write = write_direction(ex, loaded, model, config, report_dir / "write-direction.safetensors", fingerprint,
+                                most_prompts=most)
         print(f"    {write['method']} at layer {write['layer']} (induced refusal "
               f"{write['induced_refusal'][str(write['layer'])]:.0%}, separation {write['separation'][str(write['layer'])]:.2f}"
               f"; safety prompt: {write['system_prompt']}); α grid {write['alphas']}", file=sys.stderr)
         if budget is not None:  # the write stage's length depends on the model's refusals: re-plan what is left
-            later = STAGES[STAGES.index("edit"):]
             left = budget - (time.perf_counter() - started)
             rescaled, rest = scale_for_budget(defaults, cost, left, eval_prompts, stages=later, at_most=scale)
             if rescaled < scale:

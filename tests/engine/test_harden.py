@@ -45,6 +45,9 @@ def test_harden_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     gate = hardened["gate_auroc_by_form"]["per_form"]
     assert {"question", "story_frame", "all"} <= set(gate) and gate["all"]["n_harmful"] > 0
     assert report["scale"] <= report["scale_planned"]
+    # a random model refuses nothing, so a contrast would need the whole extraction split: the budget caps it
+    capped = report["write"]["extension_capped_by_budget"]
+    assert capped["answered"] < capped["needed"] and report["write"]["n"] == capped["answered"]
     card = out.with_suffix(".md").read_text()
     assert lines[0] in card and "vllm serve" in card and "rosi harden" in card
     # P4 (harden time) collects what the run recorded: one row per report, its stages as measured

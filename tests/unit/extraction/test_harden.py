@@ -86,6 +86,21 @@ def test_time_budget_picks_the_largest_scale_that_fits_and_is_deterministic():
     assert scale_for_budget(config, slow, full / 3)[0] < scale
 
 
+def test_the_write_stage_extends_only_as_far_as_the_budget_pays():
+    from rosi_vllm.harden.config import affordable_extraction, answer_seconds, induce_seconds
+
+    config = HardenConfig().scaled(0.25)
+    cost = Cost(gen_token=0.02, forward=0.05, gen_step=0.1)
+    per, induce = answer_seconds(config, cost), induce_seconds(config, cost)
+    assert per > cost.forward and induce > 0
+    # seconds for the first pass, a safety-prompt pass and 100 more prompts (each pass extract_n prompts)
+    seconds = induce + config.extract_n * per + (config.extract_n + 100) * per
+    assert affordable_extraction(config, cost, seconds) == config.extract_n + 100
+    assert affordable_extraction(config, cost, 2 * seconds) > config.extract_n + 100
+    assert affordable_extraction(config, cost, 0.0) == config.extract_n  # never fewer than planned
+    assert affordable_extraction(config, cost, -50.0) == config.extract_n
+
+
 def test_generation_cost_charges_small_batches_their_per_step_overhead():
     # probe: 8 prompts cost 0.02 s per prompt per token (0.16 s a step), one prompt alone 0.1 s a step
     cost = Cost(gen_token=0.02, forward=0.05, gen_step=0.1, probe_batch=8)
