@@ -155,6 +155,12 @@ class Cost:
         return seconds + (tokens * (step + (rest - 1) * marginal) if rest else 0.0)
 
 
+#: vLLM's eager generation per prompt-token as a share of transformers' measured `Cost.gen_token`, for the plan
+#: made before anything ran on vLLM: about 0.5 on SmolLM2-135M and 0.67 on Qwen2.5-Coder-0.5B on 2 CPU cores
+#: (the base evaluations of research/results/harden/*-natural-data.json); the larger, rounded up, so the plan
+#: errs long. The base evaluation then measures it, and the edit is sized into what is left (`run.harden`)
+VLLM_TOKEN_SHARE = 0.75
+
 #: the wrappers every gate fit puts each wrapped request under (`prompts.FIT_WRAPPER_TEMPLATES`)
 FIT_WRAPPERS = 5
 
@@ -163,9 +169,8 @@ def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | Non
     """Seconds per stage of `run.STAGES` after the probe, from the prompt counts and lengths of `config` and the
     measured `cost` (a rough model: transformers' generation is `Cost.generate` in the run's batches, forward
     passes prompts × forward, plus a model load per stage that loads one and an engine start per evaluation;
-    selection's stage 1 is costed for every candidate, as if all were within the KL budget; vLLM's eager generation is
-    costed at half of transformers' measured per-token cost: its continuous batching measured about half of it on
-    SmolLM2 on 2 CPU cores, research/results/harden/measurements-2026-12-04.json)."""
+    selection's stage 1 is costed for every candidate, as if all were within the KL budget; vLLM's eager
+    generation at `VLLM_TOKEN_SHARE` of transformers' measured per-token cost)."""
     c = config
     g, f, gen, bs = cost.gen_token, cost.forward, cost.generate, c.batch_size
     windows, alphas = 3, len(c.alpha_fractions)
@@ -175,6 +180,7 @@ def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | Non
     sets = 4 if c.wrapped else 3  # validation sets each candidate generates in one run: harmful, benign, borderline (+ wrapped)
     return {
         "write_direction": c.extract_n * answer_seconds(c, cost) + induce_seconds(c, cost),
+        "base_eval": cost.engine_start + eval_n * c.eval_tokens * g * VLLM_TOKEN_SHARE,
         # fit (collect inputs, answer the benign fit requests, find the quietest neurons) + selection (KL screen,
         # stage 1 for every candidate within the KL budget: three sets each, stage 2 for the finalists and base)
         "edit": cost.load + ((c.n_harmful + FIT_WRAPPERS * c.wrapped * 2) * f + benign * f
@@ -182,11 +188,11 @@ def estimate_stages(config: HardenConfig, cost: Cost, *, eval_prompts: int | Non
                              + candidates * c.val_n * f
                              + (candidates + 1) * gen(sets * c.stage1_n, c.stage1_tokens, bs)
                              + (c.finalists + 1) * gen(sets * c.val_n, c.max_new_tokens, bs)),
-        "base_eval": cost.engine_start + eval_n * c.eval_tokens * g / 2,
         # + transformers: the benign KL (a model load, the benign test prompts) and the gate's reads per form (the
-        # style-shift prompts, a forward pass that stops at the window, about half the model; costed on every prompt)
-        "hardened_eval": (cost.engine_start + eval_n * c.eval_tokens * g / 2 + cost.load
-                          + (c.eval_limit or 100) * f + eval_n * f / 2),
+        # style-shift prompts; a pass that stops at the window, costed as a whole one: on Qwen2.5-Coder-0.5B the
+        # hardened evaluation took about a minute longer than the base one)
+        "hardened_eval": (cost.engine_start + eval_n * c.eval_tokens * g * VLLM_TOKEN_SHARE + cost.load
+                          + (c.eval_limit or 100) * f + eval_n * f),
     }
 
 

@@ -17,11 +17,12 @@
    MLP output of the edit band's middle layer, makes the model refuse the most harmful requests it had
    complied with (`induced_refusal`: separating is not steering). The α grid is `alpha_fractions` × the
    median residual norm at that middle layer.
-3. **edit**: `extract_threshold` or `extract_gated` (`config.method_for`), fitted and validated on prompts in
-   every fit form (`config.forms`), α grown past its grid and bisected to the KL budget's upper bound.
-4. **base eval**: `rosi eval` of the unedited model on the test split (and the style-shift, XSTest and
+3. **base eval**: `rosi eval` of the unedited model on the test split (and the style-shift, XSTest and
    public-jailbreak sets that fit its context) through vLLM, like the hardened one, so the two differ only
-   by the edit and never by the generation backend.
+   by the edit and never by the generation backend. It runs before the edit because it measures vLLM's
+   cost here, which no transformers probe predicts; the edit is then sized into the budget left.
+4. **edit**: `extract_threshold` or `extract_gated` (`config.method_for`), fitted and validated on prompts in
+   every fit form (`config.forms`), α grown past its grid and bisected to the KL budget's upper bound.
 5. **hardened eval**: `rosi eval` on the written file through vLLM's real loader.
 Then the checks, the verdict line, the model card and ``harden.json`` (with every stage's wall time).
 """
@@ -57,7 +58,10 @@ from .config import (
 from .steps import extraction
 from .verdict import checks, verdict_line
 
-STAGES = ("probe", "write_direction", "edit", "base_eval", "hardened_eval")
+#: the base evaluation runs before the edit: it measures what vLLM's generation costs on this machine (about half
+#: of transformers' per token on SmolLM2 on 2 CPU cores, three quarters on Qwen2.5-Coder-0.5B, far less on a GPU),
+#: so the edit, the one stage whose size is free, is sized into what is left once both evaluations are known
+STAGES = ("probe", "write_direction", "base_eval", "edit", "hardened_eval")
 
 
 class Clock:
@@ -303,7 +307,7 @@ def eval_options(ex, loaded, config: HardenConfig, xstest: str | None) -> dict:
 
 
 def evaluate(ex, model: str, options: dict, direction: str | None = None) -> dict:
-    """Stages 4 and 5: `rosi eval` through vLLM of the unedited model (no `direction`) or of the written file
+    """Stages 3 and 5: `rosi eval` through vLLM of the unedited model (no `direction`) or of the written file
     through the real loader, on the same sets and engine settings (`options`)."""
     result = ex.run_eval(model=model, direction=direction, **options)
     result["backend"] = "vllm"
@@ -384,7 +388,7 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
               f"dtype {dtype} (float32 {timings['float32']['total_s']:.2f} s, bfloat16 "
               f"{timings['bfloat16']['total_s']:.2f} s on {config.probe_prompts} prompts); scale {scale:.3f}; "
               f"estimate {sum(clock.estimates.values()):.0f} s", file=sys.stderr)
-    later = STAGES[STAGES.index("edit"):]
+    later = STAGES[STAGES.index("write_direction") + 1:]
     with clock.stage("write_direction"):
         most = None
         if budget is not None:  # leave the stages after it at least their smallest scale
@@ -401,7 +405,7 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
             left = budget - (time.perf_counter() - started)
             rescaled, rest = scale_for_budget(defaults, cost, left, eval_prompts, stages=later, at_most=scale)
             if rescaled < scale:
-                print(f"    {left:.0f} s of the budget left: the edit and the evaluations rescaled from "
+                print(f"    {left:.0f} s of the budget left: the evaluations and the edit rescaled from "
                       f"{scale:.3f} to {rescaled:.3f}", file=sys.stderr)
                 scale, config = rescaled, rest
                 estimates = estimate_stages(config, cost, eval_prompts=eval_prompts(config))
@@ -410,11 +414,22 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
         num_layers = loaded.num_layers
         del loaded
         gc.collect()
+    with clock.stage("base_eval"):
+        base = evaluate(ex, model, options)
+    eval_scale = scale
+    if budget is not None:  # both evaluations now cost about what this one took: size the edit into the rest
+        extra = clock.estimates["hardened_eval"] - clock.estimates["base_eval"]  # the KL and the gate's reads
+        clock.estimates["hardened_eval"] = clock.seconds["base_eval"] + extra
+        left = budget - (time.perf_counter() - started) - clock.estimates["hardened_eval"]
+        rescaled, rest = scale_for_budget(defaults, cost, left, stages=("edit",), at_most=scale)
+        if rescaled < scale:
+            print(f"    {left:.0f} s of the budget left for the edit: rescaled from {scale:.3f} to {rescaled:.3f}",
+                  file=sys.stderr)
+            scale, config = rescaled, rest
+            clock.estimates["edit"] = estimate_stages(config, cost)["edit"]
     with clock.stage("edit"):
         edit_report = edit(ex, method, model, write["file"], out, report_dir, config, dtype, write["alphas"],
                            num_layers)
-    with clock.stage("base_eval"):
-        base = evaluate(ex, model, options)
     with clock.stage("hardened_eval"):
         hardened = evaluate(ex, model, options, direction=str(out))
         ex.write_report(hardened, report_dir / "hardened-eval.json", "hardened")
@@ -435,7 +450,7 @@ def harden(model_arg: str, out: str | Path, *, model: str | None = None, time_bu
         "direction_file": str(out), "method": method, "method_rule": method_rule, "dtype": dtype,
         "dtype_timings": {k: v for k, v in timings.items() if k in ("float32", "bfloat16")},
         "thread_timings": timings["threads"], "torch_threads": torch_threads(), "cost": asdict(cost), "time_budget_min": time_budget_min, "scale": scale,
-        "scale_planned": planned,
+        "scale_planned": planned, "scale_eval": eval_scale,
         "config": asdict(config), "write": write, "edit": {"window": best["window"], "alpha": best["alpha"],
                                                             "min_auroc_relaxed": edit_report["min_auroc_relaxed"],
                                                             "selected": best,

@@ -32,7 +32,7 @@ def test_harden_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     report_dir = tmp_path / "tiny-hardened"
     report = json.loads((report_dir / "harden.json").read_text())
     assert report["method"] == "threshold" and report["verdict"] == lines[0] and not report["targets_met"]
-    assert list(report["stage_seconds"]) == ["probe", "write_direction", "edit", "base_eval", "hardened_eval"]
+    assert list(report["stage_seconds"]) == ["probe", "write_direction", "base_eval", "edit", "hardened_eval"]
     assert set(report["dtype_timings"]) == {"float32", "bfloat16"} and report["scale"] < 1
     for name in ("base-eval.json", "hardened-eval.json", "eval.png", "write-direction.safetensors"):
         assert (report_dir / name).is_file(), name
