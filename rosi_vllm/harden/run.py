@@ -59,8 +59,9 @@ from .steps import extraction
 from .verdict import checks, verdict_line
 
 #: the base evaluation runs before the edit: it measures what vLLM's generation costs on this machine (about half
-#: of transformers' per token on SmolLM2 on 2 CPU cores, three quarters on Qwen2.5-Coder-0.5B, far less on a GPU),
-#: so the edit, the one stage whose size is free, is sized into what is left once both evaluations are known
+#: of transformers' per token on SmolLM2 and two thirds on Qwen2.5-Coder-0.5B on 2 CPU cores, `config.VLLM_TOKEN_SHARE`;
+#: no transformers probe predicts it), so the edit, the one stage whose size is free, is sized into what is left
+#: once both evaluations are known
 STAGES = ("probe", "write_direction", "base_eval", "edit", "hardened_eval")
 
 
