@@ -80,7 +80,7 @@ def main() -> None:
         # so the gate learns that wording is not harm; benign validation: everyday requests only, since the
         # selection holds benign refusal to base + 5 points and borderline requests have a budget of their own
         # (the unedited SmolLM2 refused 14 % of a validation mix with AlphaSteer's borderline requests in it)
-        "benign_extraction": take(_alternate(benign[:400], borderline), KEEP["benign_extraction"],
+        "benign_extraction": take(prompts.interleave(benign[:400], borderline), KEEP["benign_extraction"],
                                   drop_benchmark=False),
         "benign_validation": take(benign[400:], KEEP["benign_validation"], drop_benchmark=False),
     }
@@ -91,13 +91,6 @@ def main() -> None:
     shutil.copyfile(args.xstest / "xstest_prompts.csv", DATA / "xstest_prompts.csv")
     shutil.copyfile(args.xstest / "LICENSE", DATA / "licenses" / "xstest-LICENSE")
     print(f"{DATA}/xstest_prompts.csv and licenses/ copied")
-
-
-def _alternate(a: list[str], b: list[str]) -> list[str]:
-    out = []
-    for i in range(max(len(a), len(b))):
-        out += [x[i] for x in (a, b) if i < len(x)]
-    return out
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from ..core.judge import SubstringJudge
 from ..core.stats import rate
 from . import forms
 from .jailbreak_artifacts import jailbreak_families
+from .prompts import interleave
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,7 @@ def limited(rows: tuple[XSTestPrompt, ...], limit: int | None) -> tuple[XSTestPr
         for r in rows:
             if r.label == label:
                 by_type.setdefault(r.type, []).append(r)
-        queues = list(by_type.values())
-        picked = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
-        out += picked[:limit]
+        out += interleave(*by_type.values())[:limit]
     return tuple(out)
 
 

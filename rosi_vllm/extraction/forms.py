@@ -261,9 +261,7 @@ def fit_prompts(kind: str, split: str, forms=FIT_FORMS) -> tuple[str, ...]:
     templated = rotated(kind, split, forms)
     if not forms:
         return templated
-    written_ = natural(kind, split)
-    mixed = [text for i in range(len(templated)) for text in (templated[i], *written_[i:i + 1])]
-    return tuple(mixed[:len(templated)])
+    return tuple(prompts.interleave(templated, natural(kind, split))[:len(templated)])
 
 
 @lru_cache(maxsize=None)

@@ -186,6 +186,14 @@ def fit_wrapped(instructions, templates: dict[str, str] | None = None) -> tuple[
                  for text in instructions for tmpl in templates.values())
 
 
+def interleave(*sequences) -> list:
+    """Round-robin over `sequences`: the first of each, then the second of each, and so on, skipping any that
+    ran out. Why: any prefix of the result keeps every sequence in proportion (a fit cut to fewer prompts, an
+    evaluation limited to a few prompts a type)."""
+    longest = max(map(len, sequences), default=0)
+    return [seq[i] for i in range(longest) for seq in sequences if i < len(seq)]
+
+
 def read_prompt_file(path: str) -> tuple[str, ...]:
     with open(path, encoding="utf-8") as f:
         return tuple(line.strip() for line in f if line.strip())

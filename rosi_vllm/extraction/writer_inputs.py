@@ -242,9 +242,7 @@ def benign_fit_requests(forms: tuple[str, ...] = (), n: int | None = None) -> li
     harmless, borderline = list(fit_prompts("benign", "extraction", forms)), list(prompts.borderline("extraction"))
     if n is None:
         return harmless + borderline
-    alternating = [text for i in range(max(len(harmless), len(borderline)))
-                   for text in (harmless[i:i + 1] + borderline[i:i + 1])]
-    return alternating[:n]
+    return prompts.interleave(harmless, borderline)[:n]
 
 
 def held_out_split(inputs: WriterInputs, fraction: float = 0.25) -> tuple[WriterInputs, WriterInputs]:

@@ -124,7 +124,7 @@ def _probe(ex, model: str, config: HardenConfig) -> tuple[object, str, dict, Cos
     # with benign fit requests in every fit form (the fit's and the selection's); on short requests alone the
     # probe measured about half the per-token cost of the selection's generation on Qwen2.5-Coder-0.5B
     short, fit = ex.prompts.harmless("extraction"), fit_prompts("benign", "extraction", config.forms)
-    instructions = [text for pair in zip(short, fit) for text in pair][:config.probe_prompts]
+    instructions = ex.prompts.interleave(short, fit)[:config.probe_prompts]
     timings = {}
     kept = None
     for name in tqdm(("float32", "bfloat16"), desc="probe: dtype timing", unit="dtype"):

@@ -75,3 +75,11 @@ def test_form_rewrites_and_style_shift_sets_stay_out_of_the_fit_splits():
     assert not fit & {_norm(t) for _, t in jailbreak_artifacts.jailbreak_families("test", None)}
     assert {p.base for p in harmful if p.source == "template"} <= set(prompts.harmful("test"))
     assert {p.base for p in benign if p.source == "template"} <= set(prompts.harmless("test"))
+
+
+def test_interleave_is_round_robin_and_keeps_what_is_left():
+    from rosi_vllm.extraction.prompts import interleave
+
+    assert interleave([1, 2, 3], "ab") == [1, "a", 2, "b", 3]
+    assert interleave([1], [], [2, 3, 4], [5, 6]) == [1, 2, 5, 3, 6, 4]
+    assert interleave() == [] and interleave([], []) == []
