@@ -46,9 +46,9 @@ def generate_endpoint(url: str, served_model: str, instructions, *, max_tokens: 
         return list(pool.map(one, instructions))
 
 
-def benign_kl(model: str, direction: str, alpha: float | None, instructions) -> float:
+def benign_kl(model: str, direction: str, alpha: float | None, instructions, *, loaded=None) -> float:
     """Exact benign KL of `direction` at `alpha` (see `scoring.benign_kls`)."""
-    return benign_kls(model, direction, [alpha], instructions)[0]
+    return benign_kls(model, direction, [alpha], instructions, loaded=loaded)[0]
 
 
 def run_eval(*, model: str | None, direction: str | None = None, alpha: float | None = None,
@@ -94,8 +94,11 @@ def run_eval(*, model: str | None, direction: str | None = None, alpha: float | 
         },
     }
     if direction and model and not endpoint:
-        result["benign_kl_nats"] = benign_kl(model, direction, alpha, sets.benign)
-        gate = gate_auroc_by_form(model, direction, extras.style_harmful, extras.style_benign)
+        from .hf_model import load_hf_model
+
+        loaded = load_hf_model(model)  # one transformers model for the exact KL and the gate's reads
+        result["benign_kl_nats"] = benign_kl(model, direction, alpha, sets.benign, loaded=loaded)
+        gate = gate_auroc_by_form(model, direction, extras.style_harmful, extras.style_benign, loaded=loaded)
         if gate is not None:
             result["gate_auroc_by_form"] = gate
     return result

@@ -44,18 +44,19 @@ def gate_scores(loaded, direction_file, instructions: list[str], *, batch_size: 
     return (total / len(pairs)).tolist()
 
 
-def gate_auroc_by_form(model: str, direction: str, harmful, benign) -> dict | None:
+def gate_auroc_by_form(model: str, direction: str, harmful, benign, *, loaded=None) -> dict | None:
     """``{"per_set": ..., "per_form": ...}`` (`forms.auroc_by_form`, NaN written as None) of `direction`'s gate
     on `harmful` and `benign` `forms.FormPrompt`s, read on the unedited checkpoint (the first window layer's
     read is exactly what the served model reads; a later layer's sees, when served, the earlier layers' edit
-    too); None for a file without a gate."""
+    too); None for a file without a gate. `loaded`: the unedited transformers model of `model` when the
+    caller has it."""
     from ..core.direction_file import load_direction
     from .hf_model import load_hf_model
 
     direction_file = load_direction(direction)
     if not has_gate(direction_file) or not harmful or not benign:
         return None
-    loaded = load_hf_model(model)
+    loaded = loaded if loaded is not None else load_hf_model(model)
     h = gate_scores(loaded, direction_file, [p.text for p in harmful])
     b = gate_scores(loaded, direction_file, [p.text for p in benign])
     out = {}

@@ -124,11 +124,12 @@ def edited_kl_bounds(loaded, plan, instructions, base_logprobs, *, batch_size: i
     return float(kls.mean()), mean_upper_bound(kls.tolist())
 
 
-def benign_kls(model: str, direction: str, alphas, instructions) -> list[float]:
+def benign_kls(model: str, direction: str, alphas, instructions, *, loaded=None) -> list[float]:
     """`edited_kl` of `direction` at each α (None: its recommended α; 0: unedited) on one loaded model.
 
     The plan is the loader's own (`build_plan`, default targets, fingerprint
-    checked), so the KL is that of what ``--load-format rosi`` serves.
+    checked), so the KL is that of what ``--load-format rosi`` serves. `loaded`: the
+    transformers model of `model` when the caller has it (each plan is undone after use).
     """
     from ..core.checkpoint import model_shape
     from ..core.direction_file import load_direction
@@ -137,7 +138,7 @@ def benign_kls(model: str, direction: str, alphas, instructions) -> list[float]:
     from .hf_eval import next_token_logprobs
     from .hf_model import load_hf_model
 
-    loaded = load_hf_model(model)
+    loaded = loaded if loaded is not None else load_hf_model(model)
     instructions = list(instructions)
     base = next_token_logprobs(loaded, instructions)
     direction_file, shape, fingerprint = load_direction(direction), model_shape(model), fingerprint_checkpoint(model)

@@ -50,6 +50,8 @@ def test_gate_auroc_by_form_orders_what_the_gate_reads(model, tmp_path):
     assert out["per_form"]["question"]["matched"] == 1.0 and out["per_set"]["written:question"]["n_harmful"] == 3
     swapped = gate_auroc_by_form(str(model), str(path), benign, harmful)
     assert swapped["per_form"]["all"]["matched"] == 0.0
+    # the caller's loaded model (rosi eval shares it with the KL) reads the same
+    assert gate_auroc_by_form(str(model), str(path), harmful, benign, loaded=loaded) == out
 
 
 def test_no_gate_no_table(model, tmp_path, direction_for):
